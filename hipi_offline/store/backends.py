@@ -1,0 +1,229 @@
+"""Storage backends: the same flat layout written through h5py or zarr 3.
+
+A backend only knows how to list, read, create and extend arrays addressed by
+slash-separated paths (``steps/infos/speed``) and how to read and write the
+root attributes. Everything hipi-offline specific lives in ``store.py``.
+Backends are chosen by file suffix and import their library lazily.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from hipi_offline.errors import InputError
+
+Compression = Literal["none", "fast", "small"]
+COMPRESSIONS: tuple[str, ...] = ("none", "fast", "small")
+HDF5_SUFFIXES = (".h5", ".hdf5")
+ZARR_SUFFIXES = (".zarr",)
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """Shape, dtype and on-disk chunk rows of one stored array."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunk_rows: int
+
+
+class Backend(Protocol):
+    kind: str
+    path: Path
+    writable: bool
+
+    def arrays(self, prefix: str) -> dict[str, ArrayInfo]: ...
+    def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray: ...
+    def attrs(self) -> dict[str, Any]: ...
+    def set_attrs(self, values: dict[str, Any]) -> None: ...
+    def create(self, name: str, data: np.ndarray, chunk_rows: int, compression: str) -> None: ...
+    def resize(self, name: str, rows: int) -> None: ...
+    def write(self, name: str, start: int, data: np.ndarray) -> None: ...
+    def close(self) -> None: ...
+
+
+def backend_kind(path: Path) -> str:
+    """``"hdf5"`` or ``"zarr"`` from the suffix, or an InputError naming the suffix."""
+    suffix = path.suffix.lower()
+    if suffix in HDF5_SUFFIXES:
+        return "hdf5"
+    if suffix in ZARR_SUFFIXES:
+        return "zarr"
+    raise InputError(
+        f"{path}: unknown store suffix {suffix!r}; use .h5/.hdf5 (HDF5) or .zarr (Zarr)"
+    )
+
+
+def open_backend(path: Path, mode: Literal["r", "a", "w"]) -> Backend:
+    """Open (``r``/``a``) or create (``w``) the backend that the suffix names."""
+    kind = backend_kind(path)
+    if mode != "w" and not path.exists():
+        raise InputError(f"{path}: no such store")
+    if kind == "hdf5":
+        return Hdf5Backend(path, mode)
+    return ZarrBackend(path, mode)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+class Hdf5Backend:
+    """HDF5 through h5py; one file, arrays resizable along axis 0."""
+
+    kind = "hdf5"
+
+    def __init__(self, path: Path, mode: Literal["r", "a", "w"]) -> None:
+        import h5py
+
+        self.path = path
+        self.writable = mode != "r"
+        if mode != "w" and path.is_dir():
+            raise InputError(f"{path}: is a directory, not an HDF5 file")
+        try:
+            self._file = h5py.File(path, {"r": "r", "a": "r+", "w": "w"}[mode])
+        except OSError as err:
+            reason = str(err).split("(")[0].strip() or "unreadable"
+            raise InputError(f"{path}: not a readable HDF5 file ({reason})") from None
+
+    def arrays(self, prefix: str) -> dict[str, ArrayInfo]:
+        import h5py
+
+        found: dict[str, ArrayInfo] = {}
+        if prefix not in self._file:
+            return found
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                chunks = obj.chunks[0] if obj.chunks else max(obj.shape[0] if obj.shape else 1, 1)
+                found[f"{prefix}/{name}"] = ArrayInfo(tuple(obj.shape), obj.dtype, int(chunks))
+
+        self._file[prefix].visititems(visit)
+        return found
+
+    def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        dataset = self._file[name]
+        if dataset.shape == ():
+            return np.asarray(dataset[()])
+        return np.asarray(dataset[start:stop])
+
+    def attrs(self) -> dict[str, Any]:
+        return {key: _jsonable(value) for key, value in self._file.attrs.items()}
+
+    def set_attrs(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            self._file.attrs[key] = value
+
+    def create(self, name: str, data: np.ndarray, chunk_rows: int, compression: str) -> None:
+        options: dict[str, Any] = {}
+        if compression == "fast":
+            options = {"compression": "lzf"}
+        elif compression == "small":
+            options = {"compression": "gzip", "compression_opts": 4}
+        self._file.create_dataset(
+            name,
+            data=data,
+            maxshape=(None, *data.shape[1:]),
+            chunks=(max(1, chunk_rows), *data.shape[1:]),
+            **options,
+        )
+
+    def resize(self, name: str, rows: int) -> None:
+        dataset = self._file[name]
+        dataset.resize((rows, *dataset.shape[1:]))
+
+    def write(self, name: str, start: int, data: np.ndarray) -> None:
+        self._file[name][start : start + len(data)] = data
+
+    def close(self) -> None:
+        if self._file.id.valid:
+            self._file.close()
+
+
+class ZarrBackend:
+    """Zarr 3 directory store; each array chunked along axis 0."""
+
+    kind = "zarr"
+
+    def __init__(self, path: Path, mode: Literal["r", "a", "w"]) -> None:
+        import zarr
+
+        self.path = path
+        self.writable = mode != "r"
+        if mode != "w" and not (path / "zarr.json").is_file():
+            raise InputError(f"{path}: not a Zarr 3 store (zarr.json missing)")
+        try:
+            self._root = zarr.open_group(str(path), mode={"r": "r", "a": "r+", "w": "w"}[mode])
+        except (ValueError, OSError, json.JSONDecodeError, KeyError) as err:
+            raise InputError(f"{path}: not a readable Zarr store ({err})") from None
+        self._cache: dict[str, Any] = {}
+
+    def _array(self, name: str) -> Any:
+        if name not in self._cache:
+            self._cache[name] = self._root[name]
+        return self._cache[name]
+
+    def arrays(self, prefix: str) -> dict[str, ArrayInfo]:
+        import zarr
+
+        found: dict[str, ArrayInfo] = {}
+        try:
+            group = self._root[prefix]
+        except KeyError:
+            return found
+        for name, member in group.members(max_depth=None):
+            if isinstance(member, zarr.Array):
+                found[f"{prefix}/{name}"] = ArrayInfo(
+                    tuple(member.shape), np.dtype(member.dtype), int(member.chunks[0])
+                )
+        return found
+
+    def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        array = self._array(name)
+        if array.shape == ():
+            return np.asarray(array[()])
+        return np.asarray(array[start:stop])
+
+    def attrs(self) -> dict[str, Any]:
+        return dict(self._root.attrs)
+
+    def set_attrs(self, values: dict[str, Any]) -> None:
+        self._root.attrs.update({key: _jsonable(value) for key, value in values.items()})
+
+    def create(self, name: str, data: np.ndarray, chunk_rows: int, compression: str) -> None:
+        import zarr
+
+        compressors: Any = None
+        if compression == "fast":
+            compressors = zarr.codecs.BloscCodec(cname="lz4", clevel=3)
+        elif compression == "small":
+            compressors = zarr.codecs.ZstdCodec(level=3)
+        array = self._root.create_array(
+            name,
+            shape=data.shape,
+            dtype=data.dtype,
+            chunks=(max(1, chunk_rows), *data.shape[1:]),
+            compressors=compressors,
+        )
+        if data.size:
+            array[...] = data
+        self._cache[name] = array
+
+    def resize(self, name: str, rows: int) -> None:
+        array = self._array(name)
+        array.resize((rows, *array.shape[1:]))
+
+    def write(self, name: str, start: int, data: np.ndarray) -> None:
+        self._array(name)[start : start + len(data)] = data
+
+    def close(self) -> None:
+        self._cache.clear()

@@ -1,0 +1,405 @@
+"""The trajectory store: flat concatenated steps plus episode end offsets.
+
+Layout (documented in docs/FORMAT.md)::
+
+    attrs            hipi_offline_format=1, env, created, free metadata
+    steps/<field>    S rows each; steps/observations and steps/actions required
+    episodes/ends    int64 [N], cumulative exclusive end offsets
+    episodes/<field> N rows of per-episode data (e.g. episodes/task)
+    labels/<name>    label sets, written atomically (see labels.py)
+
+Rows past ``episodes/ends[-1]`` are ignored (left by an interrupted append) and
+overwritten by the next append, so ``ends`` is written last and is the commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from hipi_offline.errors import InputError
+from hipi_offline.store.backends import (
+    COMPRESSIONS,
+    ArrayInfo,
+    Backend,
+    backend_kind,
+    open_backend,
+)
+
+FORMAT_VERSION = 1
+FORMAT_ATTR = "hipi_offline_format"
+REQUIRED_STEP_FIELDS = ("steps/observations", "steps/actions")
+DEFAULT_CHUNK_ROWS = 65536
+_FIELD_NAME = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+
+
+@dataclass(frozen=True, repr=False)
+class StepChunk:
+    """Rows ``[start, stop)`` of some step fields, read together."""
+
+    start: int
+    stop: int
+    fields: dict[str, np.ndarray]
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in self.fields.items())
+        return f"StepChunk(rows=[{self.start}, {self.stop}), {shapes})"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _relative(name: str, prefix: str) -> str:
+    name = name.strip("/")
+    return name[len(prefix) + 1 :] if name.startswith(prefix + "/") else name
+
+
+def _check_finite_rows(name: str, data: np.ndarray) -> None:
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise InputError(f"{name}: contains NaN or inf")
+
+
+class TrajectoryStore:
+    """A lazily read trajectory store on HDF5 or Zarr. Use :func:`open_store` or
+    :func:`create_store`; close it (or use ``with``) when done."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self.path = backend.path
+        self.kind = backend.kind
+        self._ends: np.ndarray | None = None
+
+    # ---------------------------------------------------------------- constructors
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        env: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        compression: str = "none",
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        overwrite: bool = False,
+    ) -> TrajectoryStore:
+        """Create an empty store (episodes are added with :meth:`append_episodes`)."""
+        path = Path(path)
+        backend_kind(path)
+        if compression not in COMPRESSIONS:
+            raise InputError(f"compression: {compression!r} is not one of {COMPRESSIONS}")
+        if path.exists():
+            if not overwrite:
+                raise InputError(f"{path}: already exists; pass overwrite to replace it")
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            sidecar = Path(str(path) + ".labels")
+            if sidecar.exists():
+                shutil.rmtree(sidecar)
+        backend = open_backend(path, "w")
+        attrs = {
+            FORMAT_ATTR: FORMAT_VERSION,
+            "env": env,
+            "created": _now(),
+            "compression": compression,
+            "chunk_rows": int(chunk_rows),
+        }
+        attrs.update(dict(metadata or {}))
+        backend.set_attrs(attrs)
+        backend.create("episodes/ends", np.zeros(0, np.int64), 4096, "none")
+        if backend.kind == "zarr":
+            from hipi_offline.store.labels import ensure_zarr_labels_group
+
+            ensure_zarr_labels_group(path)
+        return cls(backend)
+
+    @classmethod
+    def open(cls, path: str | Path, mode: Literal["r", "a"] = "r") -> TrajectoryStore:
+        """Open and validate an existing store; read-only unless ``mode="a"``."""
+        store = cls(open_backend(Path(path), mode))
+        try:
+            store._validate()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def __enter__(self) -> TrajectoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"TrajectoryStore({str(self.path)!r}, {self.kind}, episodes={self.num_episodes}, "
+            f"steps={self.num_steps}, labels={self.label_names()})"
+        )
+
+    # ---------------------------------------------------------------- validation
+    def _validate(self) -> None:
+        attrs = self._backend.attrs()
+        if FORMAT_ATTR not in attrs:
+            raise InputError(
+                f"{self.path}: not a hipi-offline store (root attribute {FORMAT_ATTR} missing); "
+                "use `hipi-offline import` to convert other formats"
+            )
+        if attrs[FORMAT_ATTR] != FORMAT_VERSION:
+            raise InputError(
+                f"{self.path}: {FORMAT_ATTR}={attrs[FORMAT_ATTR]} is not supported "
+                f"(this version reads {FORMAT_VERSION})"
+            )
+        fields = self.step_fields()
+        for required in REQUIRED_STEP_FIELDS:
+            if not any(k == required or k.startswith(required + "/") for k in fields):
+                raise InputError(f"{self.path}: required field {required} is missing")
+        info = self._backend.arrays("episodes").get("episodes/ends")
+        if info is None:
+            raise InputError(f"{self.path}: episodes/ends is missing")
+        if len(info.shape) != 1 or info.dtype.kind not in "iu":
+            raise InputError(
+                f"{self.path}: episodes/ends must be a 1-D integer array, "
+                f"got shape {info.shape} dtype {info.dtype}"
+            )
+        ends = self._backend.read("episodes/ends").astype(np.int64)
+        if len(ends):
+            if ends[0] <= 0 or np.any(np.diff(ends) <= 0):
+                bad = int(np.argmax(np.diff(np.concatenate([[0], ends])) <= 0))
+                raise InputError(
+                    f"{self.path}: episodes/ends must be strictly increasing and positive "
+                    f"(episode {bad} has length <= 0)"
+                )
+            for name, field in fields.items():
+                if len(field.shape) == 0 or field.shape[0] < ends[-1]:
+                    rows = field.shape[0] if field.shape else 0
+                    raise InputError(
+                        f"{self.path}: {name} has {rows} rows but episodes/ends needs {ends[-1]}"
+                    )
+            for name, field in self.episode_fields().items():
+                if len(field.shape) == 0 or field.shape[0] < len(ends):
+                    raise InputError(
+                        f"{self.path}: {name} has fewer rows than the {len(ends)} episodes"
+                    )
+        self._ends = ends
+
+    # ---------------------------------------------------------------- metadata
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Root attributes (format version, env, created, free metadata)."""
+        return self._backend.attrs()
+
+    @property
+    def ends(self) -> np.ndarray:
+        """int64 [N] cumulative exclusive end offsets of the episodes."""
+        if self._ends is None:
+            self._ends = self._backend.read("episodes/ends").astype(np.int64)
+        return self._ends
+
+    @property
+    def starts(self) -> np.ndarray:
+        """int64 [N] first row of each episode."""
+        return np.concatenate([[0], self.ends[:-1]]).astype(np.int64)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """int64 [N] number of steps in each episode."""
+        return np.diff(np.concatenate([[0], self.ends])).astype(np.int64)
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.ends)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def step_fields(self) -> dict[str, ArrayInfo]:
+        """Every array under ``steps/``, by full path (``steps/infos/speed``)."""
+        return dict(sorted(self._backend.arrays("steps").items()))
+
+    def episode_fields(self) -> dict[str, ArrayInfo]:
+        """Every array under ``episodes/`` except ``episodes/ends``."""
+        found = self._backend.arrays("episodes")
+        found.pop("episodes/ends", None)
+        return dict(sorted(found.items()))
+
+    def field_info(self, name: str) -> ArrayInfo:
+        """Shape and dtype of a step field, or an InputError naming it."""
+        fields = self.step_fields()
+        if name not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            raise InputError(f"field {name} is not in {self.path} (step fields: {known})")
+        return fields[name]
+
+    # ---------------------------------------------------------------- reading
+    def read_steps(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``[start, stop)`` of one step field (stop defaults to the last valid row)."""
+        self.field_info(name)
+        return self._backend.read(name, start, self.num_steps if stop is None else stop)
+
+    def read_episode_field(self, name: str) -> np.ndarray:
+        """All N rows of ``episodes/<name>`` (full path or relative name)."""
+        full = "episodes/" + _relative(name, "episodes")
+        if full not in self.episode_fields():
+            raise InputError(f"field {full} is not in {self.path}")
+        return self._backend.read(full, 0, self.num_episodes)
+
+    def episode(self, index: int, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The step fields of one episode, by full path."""
+        if not -self.num_episodes <= index < self.num_episodes:
+            raise IndexError(f"episode {index} out of range for {self.num_episodes} episodes")
+        index %= self.num_episodes
+        start, stop = int(self.starts[index]), int(self.ends[index])
+        names = list(fields) if fields is not None else list(self.step_fields())
+        return {name: self.read_steps(name, start, stop) for name in names}
+
+    def chunk_bounds(self, chunk_steps: int) -> list[tuple[int, int]]:
+        """Row ranges of about ``chunk_steps`` rows, aligned to the storage chunks."""
+        if chunk_steps <= 0:
+            raise InputError(f"chunk_steps: must be positive, got {chunk_steps}")
+        total = self.num_steps
+        storage = min((f.chunk_rows for f in self.step_fields().values()), default=1)
+        if chunk_steps >= storage:
+            chunk_steps = (chunk_steps // storage) * storage
+        return [(a, min(a + chunk_steps, total)) for a in range(0, total, chunk_steps)]
+
+    def iter_chunks(
+        self, fields: Sequence[str], chunk_steps: int = DEFAULT_CHUNK_ROWS, prefetch: bool = True
+    ) -> Iterator[StepChunk]:
+        """Stream the named step fields in row chunks; the next chunk is read in a
+        background thread while the caller works on the current one."""
+        for name in fields:
+            self.field_info(name)
+        bounds = self.chunk_bounds(chunk_steps)
+
+        def load(bound: tuple[int, int]) -> StepChunk:
+            a, b = bound
+            return StepChunk(a, b, {name: self._backend.read(name, a, b) for name in fields})
+
+        if not prefetch or len(bounds) < 2:
+            for bound in bounds:
+                yield load(bound)
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(load, bounds[0])
+            for nxt in bounds[1:]:
+                current = pending.result()
+                pending = pool.submit(load, nxt)
+                yield current
+            yield pending.result()
+
+    # ---------------------------------------------------------------- writing
+    def append_episodes(
+        self,
+        steps: Mapping[str, np.ndarray],
+        lengths: Sequence[int],
+        episodes: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Append episodes: ``steps`` maps field names (``observations``,
+        ``infos/speed``; a ``steps/`` prefix is optional) to rows of all new episodes
+        concatenated; ``lengths`` gives each new episode's number of steps.
+        ``episodes/ends`` is written last, so an interrupted append changes nothing
+        that readers see."""
+        if not self._backend.writable:
+            raise InputError(f"{self.path}: opened read-only; open with mode='a' to append")
+        lengths_arr = np.asarray(lengths, dtype=np.int64)
+        if lengths_arr.ndim != 1 or len(lengths_arr) == 0 or np.any(lengths_arr <= 0):
+            raise InputError("lengths: need a non-empty list of positive episode lengths")
+        new_rows = int(lengths_arr.sum())
+        steps = {"steps/" + _relative(k, "steps"): np.asarray(v) for k, v in steps.items()}
+        eps = {
+            "episodes/" + _relative(k, "episodes"): np.asarray(v)
+            for k, v in (episodes or {}).items()
+        }
+        self._check_append(steps, eps, new_rows, len(lengths_arr))
+        old_rows, old_eps = self.num_steps, self.num_episodes
+        chunk_rows = int(self.attrs.get("chunk_rows", DEFAULT_CHUNK_ROWS))
+        compression = str(self.attrs.get("compression", "none"))
+        existing = {**self.step_fields(), **self.episode_fields()}
+        for name, data in [*steps.items(), *eps.items()]:
+            offset = old_rows if name.startswith("steps/") else old_eps
+            if name in existing:
+                self._backend.resize(name, offset + len(data))
+                self._backend.write(name, offset, data)
+            else:
+                rows = chunk_rows if name.startswith("steps/") else 4096
+                self._backend.create(name, data, rows, compression)
+        ends = old_rows + np.cumsum(lengths_arr)
+        self._backend.resize("episodes/ends", old_eps + len(ends))
+        self._backend.write("episodes/ends", old_eps, ends)
+        self._ends = np.concatenate([self.ends, ends])
+
+    def _check_append(
+        self, steps: dict[str, np.ndarray], eps: dict[str, np.ndarray], rows: int, count: int
+    ) -> None:
+        for name in [*steps, *eps]:
+            if not _FIELD_NAME.match(name) or name == "episodes/ends":
+                raise InputError(f"{name}: not an allowed field name")
+        existing_steps, existing_eps = self.step_fields(), self.episode_fields()
+        if self.num_episodes == 0:
+            for required in REQUIRED_STEP_FIELDS:
+                if not any(k == required or k.startswith(required + "/") for k in steps):
+                    raise InputError(f"{required}: required step field missing from the append")
+        else:
+            missing = sorted(set(existing_steps) - set(steps))
+            if missing:
+                raise InputError(f"{missing[0]}: stored field missing from the append")
+            missing_eps = sorted(set(existing_eps) - set(eps))
+            if missing_eps:
+                raise InputError(f"{missing_eps[0]}: stored field missing from the append")
+            new = sorted((set(steps) - set(existing_steps)) | (set(eps) - set(existing_eps)))
+            if new:
+                raise InputError(f"{new[0]}: not in the store; fields are fixed by the first append")
+        for group, expected, existing in ((steps, rows, existing_steps), (eps, count, existing_eps)):
+            for name, data in group.items():
+                if data.ndim == 0 or len(data) != expected:
+                    got = len(data) if data.ndim else "a scalar"
+                    raise InputError(f"{name}: has {got} rows, expected {expected}")
+                _check_finite_rows(name, data)
+                if name in existing:
+                    info = existing[name]
+                    if tuple(data.shape[1:]) != info.shape[1:]:
+                        raise InputError(
+                            f"{name}: rows of shape {data.shape[1:]} do not match the stored "
+                            f"{info.shape[1:]}"
+                        )
+                    if not np.can_cast(data.dtype, info.dtype, casting="same_kind"):
+                        raise InputError(f"{name}: dtype {data.dtype} cannot be stored as {info.dtype}")
+
+    # ---------------------------------------------------------------- labels
+    def label_names(self) -> list[str]:
+        """Names of the label sets stored with this store."""
+        from hipi_offline.store.labels import list_label_sets
+
+        return list_label_sets(self.path)
+
+    def read_labels(self, name: str) -> Any:
+        """One label set as a :class:`~hipi_offline.store.labels.LabelSet`."""
+        from hipi_offline.store.labels import read_label_set
+
+        labels = read_label_set(self.path, name)
+        if labels.num_episodes != self.num_episodes:
+            raise InputError(
+                f"labels/{name}: has {labels.num_episodes} episodes but the store has "
+                f"{self.num_episodes}; relabel with --overwrite"
+            )
+        return labels
+
+
+def open_store(path: str | Path, mode: Literal["r", "a"] = "r") -> TrajectoryStore:
+    """Open and validate a store; the backend follows the suffix (.h5/.hdf5, .zarr)."""
+    return TrajectoryStore.open(path, mode)
+
+
+def create_store(path: str | Path, **options: Any) -> TrajectoryStore:
+    """Create an empty store; see :meth:`TrajectoryStore.create` for options."""
+    return TrajectoryStore.create(path, **options)
