@@ -136,9 +136,7 @@ def list_label_sets(store_path: Path) -> list[str]:
         directory = hdf5_sidecar(store_path)
         if not directory.is_dir():
             return []
-        return sorted(
-            p.stem for p in directory.glob("*.h5") if _NAME.match(p.stem) and p.is_file()
-        )
+        return sorted(p.stem for p in directory.glob("*.h5") if _NAME.match(p.stem) and p.is_file())
     directory = store_path / "labels"
     if not directory.is_dir():
         return []

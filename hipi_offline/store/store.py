@@ -63,11 +63,6 @@ def _relative(name: str, prefix: str) -> str:
     return name[len(prefix) + 1 :] if name.startswith(prefix + "/") else name
 
 
-def _check_finite_rows(name: str, data: np.ndarray) -> None:
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
-        raise InputError(f"{name}: contains NaN or inf")
-
-
 class TrajectoryStore:
     """A lazily read trajectory store on HDF5 or Zarr. Use :func:`open_store` or
     :func:`create_store`; close it (or use ``with``) when done."""
@@ -358,13 +353,17 @@ class TrajectoryStore:
                 raise InputError(f"{missing_eps[0]}: stored field missing from the append")
             new = sorted((set(steps) - set(existing_steps)) | (set(eps) - set(existing_eps)))
             if new:
-                raise InputError(f"{new[0]}: not in the store; fields are fixed by the first append")
-        for group, expected, existing in ((steps, rows, existing_steps), (eps, count, existing_eps)):
+                raise InputError(
+                    f"{new[0]}: not in the store; fields are fixed by the first append"
+                )
+        for group, expected, existing in (
+            (steps, rows, existing_steps),
+            (eps, count, existing_eps),
+        ):
             for name, data in group.items():
                 if data.ndim == 0 or len(data) != expected:
                     got = len(data) if data.ndim else "a scalar"
                     raise InputError(f"{name}: has {got} rows, expected {expected}")
-                _check_finite_rows(name, data)
                 if name in existing:
                     info = existing[name]
                     if tuple(data.shape[1:]) != info.shape[1:]:
@@ -373,7 +372,9 @@ class TrajectoryStore:
                             f"{info.shape[1:]}"
                         )
                     if not np.can_cast(data.dtype, info.dtype, casting="same_kind"):
-                        raise InputError(f"{name}: dtype {data.dtype} cannot be stored as {info.dtype}")
+                        raise InputError(
+                            f"{name}: dtype {data.dtype} cannot be stored as {info.dtype}"
+                        )
 
     # ---------------------------------------------------------------- labels
     def label_names(self) -> list[str]:
