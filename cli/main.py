@@ -1,0 +1,116 @@
+"""The ``hipi-offline`` command line: parses options and calls the library."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from hipi_offline.errors import InputError
+
+app = typer.Typer(
+    help="Hindsight inference for policy improvement on offline trajectory data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+T = TypeVar("T")
+
+
+def _run(action: Callable[[], T]) -> T:
+    """Run a library call; a user-input error becomes one red line and exit code 2."""
+    try:
+        return action()
+    except InputError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.secho("interrupted; nothing was committed", fg=typer.colors.RED, err=True)
+        raise typer.Exit(130) from None
+
+
+@app.command("make-synthetic")
+def make_synthetic(
+    out: Annotated[Path, typer.Argument(help="Store to write (.h5/.hdf5 or .zarr).")],
+    episodes: Annotated[int, typer.Option(help="Number of episodes.")] = 200,
+    steps: Annotated[int, typer.Option(help="Steps per episode.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    compression: Annotated[str, typer.Option(help="none, fast or small.")] = "none",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+) -> None:
+    """Generate the built-in synthetic runner dataset (hidden target speeds)."""
+    from hipi_offline.store.synthetic import SyntheticConfig, make_synthetic_store
+
+    config = SyntheticConfig(episodes=episodes, steps=steps, seed=seed, compression=compression)
+    path = _run(lambda: make_synthetic_store(out, config, overwrite=overwrite))
+    typer.echo(f"wrote {episodes} episodes x {steps} steps to {path}")
+
+
+@app.command()
+def relabel(
+    store: Annotated[Path, typer.Argument(help="Trajectory store (.h5/.hdf5 or .zarr).")],
+    tasks: Annotated[str, typer.Option(help="Task spec YAML path or built-in name.")],
+    name: Annotated[str | None, typer.Option(help="Label-set name [default: method]")] = None,
+    method: Annotated[
+        str, typer.Option(help="hipi, no-partition, random or original.")
+    ] = "hipi",
+    temperature: Annotated[float | None, typer.Option(help="Override alpha.")] = None,
+    candidates: Annotated[int | None, typer.Option(help="Override K.")] = None,
+    top_k: Annotated[str, typer.Option("--top-k", help="Stored top-k, or 'all'.")] = "32",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    chunk_steps: Annotated[int, typer.Option(help="Rows per streamed chunk.")] = 65536,
+    seed: Annotated[int, typer.Option(help="Seed of the candidate draws.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing label set.")] = False,
+) -> None:
+    """Infer each episode's posterior over tasks (HIPI) and store it as a label set."""
+    from hipi_offline.relabel import RelabelConfig
+    from hipi_offline.relabel import relabel as run_relabel
+
+    def parse_top_k() -> int | str:
+        if top_k == "all":
+            return "all"
+        if not top_k.isdigit():
+            raise InputError(f"--top-k: expected a positive integer or 'all', got {top_k!r}")
+        return int(top_k)
+
+    def action() -> object:
+        config = RelabelConfig(
+            tasks=tasks,
+            name=name,
+            method=method,
+            temperature=temperature,
+            candidates=candidates,
+            top_k=parse_top_k(),
+            device=device,
+            chunk_steps=chunk_steps,
+            seed=seed,
+            overwrite=overwrite,
+        )
+        return run_relabel(store, config)
+
+    summary = _run(action)
+    for line in summary.lines():  # type: ignore[attr-defined]
+        typer.echo(line)
+
+
+@app.command()
+def inspect(
+    store: Annotated[Path, typer.Argument(help="Trajectory store (.h5/.hdf5 or .zarr).")],
+) -> None:
+    """Show a store's fields, episodes and label sets (entropy, task coverage)."""
+    from hipi_offline.store.describe import describe_store
+
+    description = _run(lambda: describe_store(store))
+    for line in description.lines():
+        typer.echo(line)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

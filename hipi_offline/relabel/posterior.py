@@ -1,0 +1,135 @@
+"""The inverse-RL posterior over tasks (paper Eq. 7) from the returns matrix.
+
+    log Z_j      = logsumexp_i (R_ij / alpha) - log N          (all N episodes)
+    s_ij         = log p(psi_j) + R_ij / alpha - log Z_j        (hipi)
+    s_ij         = log p(psi_j) + R_ij / alpha                  (no-partition ablation)
+    log q_ij     = s_ij - logsumexp_j s_ij
+
+R is read in column tiles, so memory is bounded by N x tile: a first sweep
+gives log Z (per column) and the row normalizers (streamed logsumexp), a second
+gives top-k, entropy and coverage. Everything is float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Block = Callable[[int, int], Tensor]  # (j0, j1) -> R[:, j0:j1] float64 on the device
+
+
+@dataclass(frozen=True, repr=False)
+class Posterior:
+    """Summaries of q(psi_j | tau_i) for N episodes and K candidates."""
+
+    log_z: np.ndarray  # float64 [K]
+    topk_index: np.ndarray  # int64 [N, k]
+    topk_logprob: np.ndarray  # float64 [N, k]
+    entropy: np.ndarray  # float64 [N]
+    coverage: np.ndarray  # float64 [K]
+
+    def __repr__(self) -> str:
+        return f"Posterior(N={len(self.entropy)}, K={len(self.log_z)}, k={self.topk_index.shape[1]})"
+
+
+def log_partition(returns: Tensor, temperature: float) -> Tensor:
+    """log Z_j = logsumexp_i(R_ij / alpha) - log N, [K]."""
+    return torch.logsumexp(returns / temperature, dim=0) - math.log(returns.shape[0])
+
+
+def inverse_rl_posterior(
+    block: Block,
+    n: int,
+    k: int,
+    *,
+    temperature: float,
+    log_prior: Tensor | None,
+    partition: bool,
+    top_k: int,
+    tile: int,
+    device: torch.device,
+) -> Posterior:
+    """Posterior summaries from R given tile by tile (see the module docstring)."""
+    bounds = [(j, min(j + tile, k)) for j in range(0, k, tile)]
+    log_z = torch.empty(k, dtype=torch.float64, device=device)
+    row_norm = torch.full((n,), -math.inf, dtype=torch.float64, device=device)
+
+    def scores(j0: int, j1: int, returns: Tensor) -> Tensor:
+        s = returns / temperature
+        if partition:
+            s = s - log_z[j0:j1]
+        if log_prior is not None:
+            s = s + log_prior[j0:j1]
+        return s  # [N, j1 - j0]
+
+    cache = block(*bounds[0]) if len(bounds) == 1 else None
+    for j0, j1 in bounds:
+        returns = cache if cache is not None else block(j0, j1)
+        log_z[j0:j1] = log_partition(returns, temperature)
+        row_norm = torch.logaddexp(row_norm, torch.logsumexp(scores(j0, j1, returns), dim=1))
+
+    top_k = min(top_k, k)
+    best_val = torch.empty(n, 0, dtype=torch.float64, device=device)
+    best_idx = torch.empty(n, 0, dtype=torch.int64, device=device)
+    entropy = torch.zeros(n, dtype=torch.float64, device=device)
+    coverage = torch.empty(k, dtype=torch.float64, device=device)
+    for j0, j1 in bounds:
+        returns = cache if cache is not None else block(j0, j1)
+        log_q = scores(j0, j1, returns) - row_norm[:, None]
+        q = torch.exp(log_q)
+        entropy -= torch.where(q > 0, q * log_q, torch.zeros_like(q)).sum(dim=1)
+        coverage[j0:j1] = q.sum(dim=0) / n
+        vals, idx = torch.topk(log_q, min(top_k, j1 - j0), dim=1)
+        merged_val = torch.cat([best_val, vals], dim=1)
+        merged_idx = torch.cat([best_idx, idx + j0], dim=1)
+        best_val, order = torch.topk(merged_val, min(top_k, merged_val.shape[1]), dim=1)
+        best_idx = torch.gather(merged_idx, 1, order)
+    return Posterior(
+        log_z=log_z.cpu().numpy(),
+        topk_index=best_idx.cpu().numpy(),
+        topk_logprob=best_val.cpu().numpy(),
+        entropy=entropy.clamp_min(0).cpu().numpy(),
+        coverage=coverage.cpu().numpy(),
+    )
+
+
+def uniform_posterior(n: int, k: int, top_k: int, seed: int) -> Posterior:
+    """The ``random`` baseline: q uniform over the K candidates; each episode's
+    stored top-k is a random subset (its sampled labels are then uniform)."""
+    top_k = min(top_k, k)
+    rng = np.random.default_rng(seed)
+    index = np.argsort(rng.random((n, k)), axis=1)[:, :top_k] if top_k < k else np.tile(
+        np.arange(k), (n, 1)
+    )
+    return Posterior(
+        log_z=np.full(k, np.nan),
+        topk_index=index.astype(np.int64),
+        topk_logprob=np.full((n, top_k), -math.log(k)),
+        entropy=np.full(n, math.log(k)),
+        coverage=np.full(k, 1.0 / k),
+    )
+
+
+def one_hot_posterior(assigned: np.ndarray, k: int, top_k: int) -> Posterior:
+    """The ``original`` baseline: all mass on each episode's commanded task."""
+    n, top_k = len(assigned), min(top_k, k)
+    index = np.empty((n, top_k), dtype=np.int64)
+    index[:, 0] = assigned
+    if top_k > 1:
+        others = np.tile(np.arange(k), (n, 1))
+        others = others[others != assigned[:, None]].reshape(n, k - 1)
+        index[:, 1:] = others[:, : top_k - 1]
+    logprob = np.full((n, top_k), -np.inf)
+    logprob[:, 0] = 0.0
+    return Posterior(
+        log_z=np.full(k, np.nan),
+        topk_index=index,
+        topk_logprob=logprob,
+        entropy=np.zeros(n),
+        coverage=np.bincount(assigned, minlength=k) / n,
+    )

@@ -1,0 +1,196 @@
+"""Streaming computation of the returns matrix R_ij = sum_t gamma^t r_psi_j(s_t, a_t).
+
+One chunked pass over the store's steps: each chunk's rewards are summed into
+per-episode rows with ``index_add_`` (segment sums on the device). Accumulation
+is in float64. Two families have exact fast paths:
+
+* ``linear``: only the sufficient statistic sum_t gamma^t phi_t [N, D] is
+  accumulated; R = Phi psi^T at the end (one pass serves any number of tasks).
+* ``target`` with a scalar feature: sum_t w_t |f_t - psi| is piecewise linear in
+  psi, so each step lands in one bucket between sorted candidates and only
+  per-bucket weight and weighted-feature sums are kept: O(T log K + K) per
+  episode instead of O(T K).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from hipi_offline.errors import InputError
+from hipi_offline.store.store import TrajectoryStore
+from hipi_offline.tasks.families import LinearFamily, RewardFamily, TargetFamily
+from hipi_offline.tasks.spec import TaskSpec
+
+Fields = Mapping[str, Tensor]
+MAX_REWARD_ELEMENTS = 1 << 22  # rows x tasks evaluated at once by the generic path
+
+
+class ReturnAccumulator(Protocol):
+    def add(self, fields: Fields, episode: Tensor, weight: Tensor | None) -> None: ...
+    def result(self, tasks: Tensor) -> Tensor: ...
+
+
+class GenericAccumulator:
+    """Evaluates the family's reward for every (step, task) pair."""
+
+    def __init__(self, family: RewardFamily, tasks: Tensor, episodes: int) -> None:
+        self.family, self.tasks = family, tasks
+        self.returns = torch.zeros(episodes, len(tasks), dtype=torch.float64, device=tasks.device)
+
+    def add(self, fields: Fields, episode: Tensor, weight: Tensor | None) -> None:
+        rows = len(episode)
+        step = max(1, MAX_REWARD_ELEMENTS // max(1, len(self.tasks)))
+        for a in range(0, rows, step):
+            part = {name: value[a : a + step] for name, value in fields.items()}
+            rewards = self.family.reward(part, self.tasks)  # [C, K]
+            if weight is not None:
+                rewards = rewards * weight[a : a + step, None]
+            self.returns.index_add_(0, episode[a : a + step], rewards)
+
+    def result(self, tasks: Tensor) -> Tensor:
+        return self.returns
+
+
+class LinearAccumulator:
+    """Sufficient statistic of a linear reward: discounted feature sums [N, D]."""
+
+    def __init__(self, family: LinearFamily, dim: int, episodes: int, device: torch.device) -> None:
+        self.family = family
+        self.stats = torch.zeros(episodes, dim, dtype=torch.float64, device=device)
+
+    def add(self, fields: Fields, episode: Tensor, weight: Tensor | None) -> None:
+        phi = self.family.phi(fields)  # [C, D]
+        self.stats.index_add_(0, episode, phi if weight is None else phi * weight[:, None])
+
+    def result(self, tasks: Tensor) -> Tensor:
+        return self.stats @ tasks.T  # [N, K]
+
+
+class SortedTargetAccumulator:
+    """Exact returns of -|f - psi| - ctrl for a scalar feature via sorted buckets."""
+
+    def __init__(self, family: TargetFamily, tasks: Tensor, episodes: int) -> None:
+        self.family = family
+        self.order = torch.argsort(tasks[:, 0])
+        self.sorted = tasks[self.order, 0].contiguous()  # [K]
+        self.buckets = len(tasks) + 1
+        device = tasks.device
+        self.weight = torch.zeros(episodes * self.buckets, dtype=torch.float64, device=device)
+        self.moment = torch.zeros_like(self.weight)
+        self.base = torch.zeros(episodes, dtype=torch.float64, device=device)
+
+    def add(self, fields: Fields, episode: Tensor, weight: Tensor | None) -> None:
+        f = self.family.value(fields)[:, 0]  # [C]
+        w = torch.ones_like(f) if weight is None else weight
+        bucket = torch.searchsorted(self.sorted, f)  # number of candidates < f
+        flat = episode * self.buckets + bucket
+        self.weight.index_add_(0, flat, w)
+        self.moment.index_add_(0, flat, w * f)
+        self.base.index_add_(0, episode, w * self.family.task_free(fields))
+
+    def result(self, tasks: Tensor) -> Tensor:
+        weight = self.weight.view(-1, self.buckets).cumsum(dim=1)  # [N, K+1]
+        moment = self.moment.view(-1, self.buckets).cumsum(dim=1)
+        w_total, m_total = weight[:, -1:], moment[:, -1:]
+        w_below, m_below = weight[:, :-1], moment[:, :-1]  # steps with f <= psi_(j)
+        psi = self.sorted[None, :]
+        absolute = (psi * w_below - m_below) + (m_total - m_below) - psi * (w_total - w_below)
+        returns = torch.empty_like(absolute)
+        returns[:, self.order] = self.base[:, None] - absolute
+        return returns
+
+
+def make_accumulator(family: RewardFamily, tasks: Tensor, episodes: int) -> ReturnAccumulator:
+    """The fastest exact accumulator for a family."""
+    if isinstance(family, LinearFamily):
+        return LinearAccumulator(family, tasks.shape[1], episodes, tasks.device)
+    if isinstance(family, TargetFamily) and tasks.shape[1] == 1:
+        return SortedTargetAccumulator(family, tasks, episodes)
+    return GenericAccumulator(family, tasks, episodes)
+
+
+def _to_device(name: str, array: np.ndarray, device: torch.device) -> Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.dtype == torch.bool:
+        tensor = tensor.to(torch.uint8)
+    return tensor.to(device=device, dtype=torch.float64, non_blocking=True)
+
+
+def _check_finite(name: str, value: Tensor, rows: Tensor, episode: Tensor) -> None:
+    finite = torch.isfinite(value.reshape(len(value), -1)).all(dim=1)
+    if not bool(finite.all()):
+        bad = int(torch.argmin(finite.to(torch.uint8)))
+        raise InputError(
+            f"{name}: NaN or inf at step row {int(rows[bad])} (episode {int(episode[bad])})"
+        )
+
+
+def accumulate_returns(
+    store: TrajectoryStore,
+    spec: TaskSpec,
+    accumulator: ReturnAccumulator,
+    *,
+    device: torch.device,
+    chunk_steps: int,
+    progress: Callable[[int], None] | None = None,
+) -> ReturnAccumulator:
+    """One streaming pass over the steps the family reads, into ``accumulator``."""
+    ends = torch.from_numpy(store.ends).to(device)
+    starts = torch.from_numpy(store.starts).to(device)
+    fields = spec.family.fields
+    for chunk in store.iter_chunks(fields, chunk_steps):
+        rows = torch.arange(chunk.start, chunk.stop, device=device)
+        episode = torch.searchsorted(ends, rows, right=True)  # [C]
+        values = {name: _to_device(name, chunk.fields[name], device) for name in fields}
+        if spec.at == "final":
+            keep = rows == ends[episode] - 1
+            rows, episode = rows[keep], episode[keep]
+            values = {name: value[keep] for name, value in values.items()}
+        for name, value in values.items():
+            _check_finite(name, value, rows, episode)
+        weight = None
+        if spec.gamma != 1.0:
+            weight = torch.pow(
+                torch.tensor(spec.gamma, dtype=torch.float64, device=device),
+                (rows - starts[episode]).to(torch.float64),
+            )
+        if len(rows):
+            accumulator.add(values, episode, weight)
+        if progress is not None:
+            progress(chunk.stop - chunk.start)
+    return accumulator
+
+
+def returns_tiles(
+    store: TrajectoryStore,
+    spec: TaskSpec,
+    candidates: np.ndarray,
+    *,
+    device: torch.device,
+    chunk_steps: int,
+    tile: int,
+) -> Iterator[tuple[int, int, Tensor]]:
+    """R [N, K] in column tiles of at most ``tile`` tasks: yields (j0, j1, R[:, j0:j1]).
+
+    ``linear`` reads the data once for all tiles; other families once per tile.
+    """
+    tasks = torch.from_numpy(candidates.astype(np.float64)).to(device)
+    n, k = store.num_episodes, len(candidates)
+    bounds = [(j, min(j + tile, k)) for j in range(0, k, tile)]
+    linear = isinstance(spec.family, LinearFamily)
+    passes = 1 if linear else len(bounds)
+    with tqdm(total=store.num_steps * passes, desc="relabel", unit="step", unit_scale=True) as bar:
+        shared: ReturnAccumulator | None = None
+        for j0, j1 in bounds:
+            if shared is None or not linear:
+                acc = make_accumulator(spec.family, tasks[j0:j1], n)
+                shared = accumulate_returns(
+                    store, spec, acc, device=device, chunk_steps=chunk_steps, progress=bar.update
+                )
+            yield j0, j1, shared.result(tasks[j0:j1])

@@ -1,0 +1,251 @@
+"""The relabel stage: store + task spec -> a label set written into the store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from hipi_offline.errors import InputError
+from hipi_offline.relabel.posterior import (
+    Posterior,
+    inverse_rl_posterior,
+    one_hot_posterior,
+    uniform_posterior,
+)
+from hipi_offline.relabel.returns import returns_tiles
+from hipi_offline.store.labels import LabelSet, check_can_write, write_label_set
+from hipi_offline.store.store import DEFAULT_CHUNK_ROWS, TrajectoryStore, open_store
+from hipi_offline.tasks.spec import TaskSpec, load_task_spec
+
+Method = Literal["hipi", "no-partition", "random", "original"]
+METHODS: tuple[str, ...] = ("hipi", "no-partition", "random", "original")
+
+
+@dataclass(frozen=True)
+class RelabelConfig:
+    """Options of one relabeling run (mirrors ``hipi-offline relabel``)."""
+
+    tasks: str
+    """Task spec: a YAML path or a built-in name (e.g. ``cheetah-velocity``)."""
+    name: str | None = None
+    """Label-set name; defaults to the method's name."""
+    method: str = "hipi"
+    """hipi, no-partition (drop log Z: the paper's ablation), random, or original."""
+    temperature: float | None = None
+    """Override the spec's temperature alpha."""
+    candidates: int | None = None
+    """Override the spec's candidate count K (draws from the prior)."""
+    top_k: int | Literal["all"] = 32
+    """How many of each episode's most probable candidates to store, or ``all``."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu or cuda."""
+    chunk_steps: int = DEFAULT_CHUNK_ROWS
+    """Rows read and reduced at once."""
+    seed: int = 0
+    """Seed of the candidate draws (and of the random baseline)."""
+    overwrite: bool = False
+    """Replace an existing label set of the same name."""
+    max_matrix_mb: float = 2048.0
+    """Largest part of the N x K returns matrix held in memory; larger ones are tiled
+    over K and spilled to a temporary file."""
+
+
+@dataclass(frozen=True)
+class RelabelSummary:
+    """What a relabeling run did, for the closing summary."""
+
+    name: str
+    method: str
+    family: str
+    episodes: int
+    steps: int
+    candidates: int
+    top_k: int
+    seconds: float
+    steps_per_second: float
+    mean_entropy: float
+    """Mean posterior entropy (nats) per episode."""
+    effective_tasks: float
+    """Mean of exp(entropy): how many tasks each episode is labeled with, in effect."""
+    coverage_effective_tasks: float
+    """exp(entropy of the coverage): how many tasks the data as a whole teaches."""
+    device: str
+
+    def lines(self) -> list[str]:
+        return [
+            f"label set '{self.name}' ({self.method}, {self.family}): {self.episodes} episodes, "
+            f"{self.steps} steps, K={self.candidates}, top-k={self.top_k}, device={self.device}",
+            f"time {self.seconds:.2f} s, {self.steps_per_second:,.0f} steps/s",
+            f"posterior entropy {self.mean_entropy:.3f} nats "
+            f"(effective tasks per episode {self.effective_tasks:.2f}); "
+            f"data covers {self.coverage_effective_tasks:.1f} of {self.candidates} tasks in effect",
+        ]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an input error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise InputError(f"--device: expected auto, cpu or cuda, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def _top_k(value: int | str, k: int) -> int:
+    if value == "all":
+        return k
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"--top-k: expected a positive integer or 'all', got {value!r}")
+    return min(value, k)
+
+
+def _spec_with_overrides(config: RelabelConfig) -> TaskSpec:
+    spec = load_task_spec(config.tasks)
+    if config.temperature is not None:
+        if not 0 < config.temperature < math.inf:
+            raise InputError(f"--temperature: must be positive, got {config.temperature}")
+        spec = replace(spec, temperature=float(config.temperature))
+    return spec
+
+
+def _hipi_posterior(
+    store: TrajectoryStore,
+    spec: TaskSpec,
+    candidates: np.ndarray,
+    log_prior: np.ndarray | None,
+    config: RelabelConfig,
+    device: torch.device,
+    top_k: int,
+) -> Posterior:
+    n, k = store.num_episodes, len(candidates)
+    tile = max(1, min(k, int(config.max_matrix_mb * 2**20 // (8 * n))))
+    tiles = returns_tiles(
+        store, spec, candidates, device=device, chunk_steps=config.chunk_steps, tile=tile
+    )
+    prior = None if log_prior is None else torch.from_numpy(log_prior).to(device)
+    options = dict(
+        temperature=spec.temperature,
+        log_prior=prior,
+        partition=config.method == "hipi",
+        top_k=top_k,
+        tile=tile,
+        device=device,
+    )
+    if tile >= k:
+        (_, _, returns), = tiles
+        return inverse_rl_posterior(lambda a, b: returns[:, a:b], n, k, **options)
+    with tempfile.TemporaryDirectory(prefix="hipi-returns-") as folder:
+        spill = np.lib.format.open_memmap(
+            Path(folder) / "returns.npy", mode="w+", dtype=np.float64, shape=(n, k)
+        )
+        for j0, j1, block in tiles:
+            spill[:, j0:j1] = block.cpu().numpy()
+        spill.flush()
+        return inverse_rl_posterior(
+            lambda a, b: torch.from_numpy(np.ascontiguousarray(spill[:, a:b])).to(device),
+            n, k, **options,
+        )
+
+
+def _original(store: TrajectoryStore, spec: TaskSpec, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates and each episode's index among them, from ``episodes/task``."""
+    if "episodes/task" not in store.episode_fields():
+        raise InputError("--method original: the store has no episodes/task field")
+    task = store.read_episode_field("episodes/task")
+    if spec.task_names is not None and task.ndim == 1 and task.dtype.kind in "iu":
+        k = len(spec.task_names)
+        if task.min() < 0 or task.max() >= k:
+            raise InputError(f"episodes/task: task indices must lie in [0, {k})")
+        return np.eye(k, dtype=np.float32), task.astype(np.int64)
+    task = task.reshape(len(task), -1).astype(np.float32)
+    if task.shape[1] != dim:
+        raise InputError(f"episodes/task: has {task.shape[1]} columns, the task spec needs {dim}")
+    candidates, assigned = np.unique(task, axis=0, return_inverse=True)
+    return candidates, assigned.reshape(-1).astype(np.int64)
+
+
+def relabel(store_path: str | Path, config: RelabelConfig) -> RelabelSummary:
+    """Compute the posterior over tasks of every episode and write it as a label set."""
+    if config.method not in METHODS:
+        raise InputError(f"--method: expected one of {', '.join(METHODS)}, got {config.method!r}")
+    store_path = Path(store_path)
+    name = config.name or config.method
+    spec = _spec_with_overrides(config)
+    device = resolve_device(config.device)
+    if config.chunk_steps < 1:
+        raise InputError(f"--chunk-steps: must be positive, got {config.chunk_steps}")
+    started = time.perf_counter()
+    with open_store(store_path) as store:
+        check_can_write(store_path, name, config.overwrite)
+        if store.num_episodes == 0:
+            raise InputError(f"{store_path}: the store has no episodes")
+        dim = spec.task_dim(store.step_fields())
+        if config.method == "original":
+            candidates, assigned = _original(store, spec, dim)
+            log_prior = None
+        else:
+            candidates, log_prior = spec.draw_candidates(config.seed, config.candidates)
+        k = len(candidates)
+        top_k = _top_k(config.top_k, k)
+        if config.method == "original":
+            posterior = one_hot_posterior(assigned, k, top_k)
+        elif config.method == "random":
+            posterior = uniform_posterior(store.num_episodes, k, top_k, config.seed)
+        else:
+            posterior = _hipi_posterior(store, spec, candidates, log_prior, config, device, top_k)
+        n, steps = store.num_episodes, store.num_steps
+    labels = LabelSet(
+        name=name,
+        candidates=candidates,
+        log_z=posterior.log_z,
+        topk_index=posterior.topk_index,
+        topk_logprob=posterior.topk_logprob.astype(np.float32),
+        entropy=posterior.entropy.astype(np.float32),
+        coverage=posterior.coverage,
+        attrs={
+            "spec": spec.source,
+            "spec_origin": spec.origin,
+            "family": spec.family.name,
+            "task_names": json.dumps(list(spec.task_names or [])),
+            "method": config.method,
+            "temperature": spec.temperature,
+            "gamma": spec.gamma,
+            "at": spec.at,
+            "seed": config.seed,
+            "k": top_k,
+            "num_candidates": k,
+            "num_episodes": n,
+            "num_steps": steps,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    write_label_set(store_path, labels, overwrite=config.overwrite)
+    seconds = time.perf_counter() - started
+    entropy = posterior.entropy
+    cov = posterior.coverage[posterior.coverage > 0]
+    return RelabelSummary(
+        name=name,
+        method=config.method,
+        family=spec.family.name,
+        episodes=n,
+        steps=steps,
+        candidates=k,
+        top_k=top_k,
+        seconds=seconds,
+        steps_per_second=steps / max(seconds, 1e-9),
+        mean_entropy=float(entropy.mean()),
+        effective_tasks=float(np.exp(entropy).mean()),
+        coverage_effective_tasks=float(np.exp(-(cov * np.log(cov)).sum())),
+        device=str(device),
+    )

@@ -1,0 +1,380 @@
+"""Reward families: each is a small frozen record whose ``reward`` is one
+vectorized torch function ``(fields, tasks) -> rewards [C, K]``.
+
+``fields`` maps the store paths the family reads (``steps/infos/speed``, ...)
+to float64 tensors of C rows; ``tasks`` is [K, task_dim]. The same function is
+used by relabeling, data collection and evaluation, so a reward is written once.
+Families expose the pieces that the relabeling engine exploits for speed
+(linear features, the scalar feature of a target reward); the engine's fast
+paths are tested against ``reward`` itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from hipi_offline.errors import InputError
+from hipi_offline.store.backends import ArrayInfo
+
+ACTIONS = "steps/actions"
+
+
+class RewardFamily(Protocol):
+    """What every family provides."""
+
+    name: str
+
+    @property
+    def fields(self) -> tuple[str, ...]: ...
+
+    def columns(self, store_fields: Mapping[str, ArrayInfo]) -> int:
+        """The task dimension this family needs on this store (validates fields)."""
+        ...
+
+    def reward(self, fields: Mapping[str, Tensor], tasks: Tensor) -> Tensor: ...
+
+
+def _as_matrix(x: Tensor) -> Tensor:
+    """[C] -> [C, 1]; [C, d1, d2, ...] -> [C, d1*d2*...]."""
+    return x.reshape(x.shape[0], -1)
+
+
+def field_columns(store_fields: Mapping[str, ArrayInfo], name: str, where: str) -> int:
+    """Number of columns of a step field, or an InputError if the store lacks it."""
+    if name not in store_fields:
+        known = ", ".join(sorted(store_fields)) or "none"
+        raise InputError(f"{where}: field {name} is not in the store (step fields: {known})")
+    info = store_fields[name]
+    if info.dtype.kind not in "fiub":
+        raise InputError(f"{where}: field {name} has non-numeric dtype {info.dtype}")
+    cols = 1
+    for size in info.shape[1:]:
+        cols *= size
+    return cols
+
+
+def _check_dims(dims: tuple[int, ...] | None, cols: int, name: str, where: str) -> int:
+    if dims is None:
+        return cols
+    bad = [d for d in dims if not 0 <= d < cols]
+    if bad:
+        raise InputError(f"{where}.dims: index {bad[0]} out of range for {name} ({cols} columns)")
+    return len(dims)
+
+
+def distance(x: Tensor, goals: Tensor) -> Tensor:
+    """Exact Euclidean distances [C, K] between rows of x [C, D] and goals [K, D]."""
+    if x.shape[1] == 1:
+        return (x - goals.T).abs()
+    return torch.cdist(x, goals, p=2.0, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def _select(x: Tensor, dims: tuple[int, ...] | None) -> Tensor:
+    x = _as_matrix(x)
+    return x if dims is None else x[:, list(dims)]
+
+
+@dataclass(frozen=True)
+class LinearFamily:
+    """r_psi(s, a) = psi . phi(s, a), phi = the listed fields' columns concatenated."""
+
+    features: tuple[str, ...]
+    name: str = "linear"
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.features
+
+    def columns(self, store_fields: Mapping[str, ArrayInfo]) -> int:
+        return sum(field_columns(store_fields, f, "features") for f in self.features)
+
+    def phi(self, fields: Mapping[str, Tensor]) -> Tensor:
+        """Feature matrix [C, D]."""
+        return torch.cat([_as_matrix(fields[f]) for f in self.features], dim=1)
+
+    def reward(self, fields: Mapping[str, Tensor], tasks: Tensor) -> Tensor:
+        return self.phi(fields) @ tasks.T
+
+
+@dataclass(frozen=True)
+class TargetFamily:
+    """r_psi = -||f(s) - psi|| - ctrl_cost * ||a||^2 (|.| for a scalar feature)."""
+
+    feature: str
+    dims: tuple[int, ...] | None = None
+    ctrl_cost: float = 0.0
+    name: str = "target"
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return (self.feature, ACTIONS) if self.ctrl_cost else (self.feature,)
+
+    def columns(self, store_fields: Mapping[str, ArrayInfo]) -> int:
+        cols = field_columns(store_fields, self.feature, "feature")
+        if self.ctrl_cost:
+            field_columns(store_fields, ACTIONS, "ctrl_cost")
+        return _check_dims(self.dims, cols, self.feature, "feature")
+
+    def value(self, fields: Mapping[str, Tensor]) -> Tensor:
+        """The feature f(s), [C, D]."""
+        return _select(fields[self.feature], self.dims)
+
+    def task_free(self, fields: Mapping[str, Tensor]) -> Tensor:
+        """The part of the reward that no task changes, [C]: -ctrl_cost * ||a||^2."""
+        if not self.ctrl_cost:
+            return fields[self.feature].new_zeros(fields[self.feature].shape[0])
+        return -self.ctrl_cost * _as_matrix(fields[ACTIONS]).square().sum(dim=1)
+
+    def reward(self, fields: Mapping[str, Tensor], tasks: Tensor) -> Tensor:
+        return -distance(self.value(fields), tasks) + self.task_free(fields)[:, None]
+
+
+@dataclass(frozen=True)
+class GoalFamily:
+    """r_psi = -||x[dims] - g||, or 1[||x[dims] - g|| < m] - 1 with a margin m.
+
+    ``margin`` is None (distance reward), a number, or ``"sampled"``: then the
+    task is (g, m) and the margin is the task's last entry.
+    """
+
+    field: str
+    dims: tuple[int, ...] | None = None
+    margin: float | str | None = None
+    name: str = "goal"
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return (self.field,)
+
+    def columns(self, store_fields: Mapping[str, ArrayInfo]) -> int:
+        cols = field_columns(store_fields, self.field, "field")
+        goal_dim = _check_dims(self.dims, cols, self.field, "field")
+        return goal_dim + (1 if self.margin == "sampled" else 0)
+
+    def reward(self, fields: Mapping[str, Tensor], tasks: Tensor) -> Tensor:
+        x = _select(fields[self.field], self.dims)
+        goals = tasks[:, : x.shape[1]]
+        dist = distance(x, goals)
+        if self.margin is None:
+            return -dist
+        margin = tasks[:, -1] if self.margin == "sampled" else float(self.margin)
+        return (dist < margin).to(dist.dtype) - 1.0
+
+
+@dataclass(frozen=True)
+class Predicate:
+    """Success indicator of one discrete task: ``above < field[column] < below``."""
+
+    field: str
+    column: int | None = None
+    above: float | None = None
+    below: float | None = None
+    reward: float = 1.0
+
+    def indicator(self, fields: Mapping[str, Tensor]) -> Tensor:
+        x = _as_matrix(fields[self.field])
+        x = x[:, 0] if self.column is None else x[:, self.column]
+        hit = torch.ones_like(x, dtype=torch.bool)
+        if self.above is not None:
+            hit &= x > self.above
+        if self.below is not None:
+            hit &= x < self.below
+        return hit.to(x.dtype) * self.reward
+
+
+@dataclass(frozen=True)
+class DiscreteFamily:
+    """A finite set of named tasks with success predicates; tasks are one-hot rows
+    (mixtures of tasks give mixed rewards)."""
+
+    task_names: tuple[str, ...]
+    predicates: tuple[Predicate, ...]
+    name: str = "discrete"
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p.field for p in self.predicates))
+
+    def columns(self, store_fields: Mapping[str, ArrayInfo]) -> int:
+        for task, p in zip(self.task_names, self.predicates, strict=True):
+            cols = field_columns(store_fields, p.field, f"tasks.{task}")
+            if p.column is None and cols != 1:
+                raise InputError(
+                    f"tasks.{task}: field {p.field} has {cols} columns; give `column`"
+                )
+            if p.column is not None and not 0 <= p.column < cols:
+                raise InputError(f"tasks.{task}.column: {p.column} out of range ({cols} columns)")
+        return len(self.task_names)
+
+    def indicators(self, fields: Mapping[str, Tensor]) -> Tensor:
+        """Per-task rewards [C, K_tasks]."""
+        return torch.stack([p.indicator(fields) for p in self.predicates], dim=1)
+
+    def reward(self, fields: Mapping[str, Tensor], tasks: Tensor) -> Tensor:
+        return self.indicators(fields) @ tasks.T
+
+
+RewardFn = Callable[[Mapping[str, Tensor], Tensor | None, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class CustomFamily:
+    """A user's vectorized torch reward ``fn(fields, actions, tasks) -> [C, K]``,
+    imported from the ``module:function`` that the spec names (that code runs)."""
+
+    function: str
+    inputs: tuple[str, ...]
+    fn: RewardFn
+    name: str = "custom"
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.inputs, ACTIONS)))
+
+    def columns(self, store_fields: Mapping[str, ArrayInfo]) -> int:
+        for name in self.fields:
+            field_columns(store_fields, name, "fields")
+        return -1  # the prior decides
+
+    def reward(self, fields: Mapping[str, Tensor], tasks: Tensor) -> Tensor:
+        out = self.fn(fields, fields.get(ACTIONS), tasks)
+        rows = next(iter(fields.values())).shape[0]
+        if not isinstance(out, Tensor) or tuple(out.shape) != (rows, tasks.shape[0]):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise InputError(
+                f"function: {self.function} returned {shape}, expected a tensor of shape "
+                f"({rows}, {tasks.shape[0]})"
+            )
+        return out.to(tasks.dtype)
+
+
+def load_function(target: str) -> RewardFn:
+    """Import exactly the ``module:function`` named by a custom spec."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise InputError(f"function: expected 'module:function', got {target!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise InputError(f"function: cannot import module {module_name!r} ({err})") from None
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise InputError(f"function: {module_name!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise InputError(f"function: {target!r} is not callable")
+    return fn  # type: ignore[return-value]
+
+
+FAMILY_KEYS: dict[str, tuple[set[str], set[str]]] = {
+    "linear": ({"features"}, set()),
+    "target": ({"feature"}, {"dims", "ctrl_cost"}),
+    "goal": ({"field"}, {"dims", "margin"}),
+    "discrete": ({"tasks"}, set()),
+    "custom": ({"function", "fields"}, set()),
+}
+
+
+def _field_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.startswith(("steps/",)):
+        raise InputError(f"{where}: expected a step field path like steps/infos/speed, got {value!r}")
+    return value
+
+
+def _dims(value: Any, where: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if (
+        not isinstance(value, list)
+        or not value
+        or any(isinstance(d, bool) or not isinstance(d, int) for d in value)
+    ):
+        raise InputError(f"{where}: expected a list of column indices, got {value!r}")
+    return tuple(value)
+
+
+def _number(value: Any, where: str, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where}: expected a number, got {value!r}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")) or (positive and value <= 0):
+        raise InputError(f"{where}: expected a {'positive ' if positive else ''}finite number")
+    return value
+
+
+def _predicate(name: str, body: Any) -> Predicate:
+    where = f"tasks.{name}"
+    if not isinstance(body, Mapping):
+        raise InputError(f"{where}: expected a mapping with field and above/below")
+    unknown = sorted(set(body) - {"field", "column", "above", "below", "reward"})
+    if unknown:
+        raise InputError(f"{where}: unknown key {unknown[0]!r} (allowed: field, column, above, below, reward)")
+    if "field" not in body:
+        raise InputError(f"{where}: missing key 'field'")
+    if "above" not in body and "below" not in body:
+        raise InputError(f"{where}: give `above`, `below` or both")
+    column = body.get("column")
+    if column is not None and (isinstance(column, bool) or not isinstance(column, int)):
+        raise InputError(f"{where}.column: expected an integer, got {column!r}")
+    above = None if body.get("above") is None else _number(body["above"], f"{where}.above")
+    below = None if body.get("below") is None else _number(body["below"], f"{where}.below")
+    if above is not None and below is not None and above >= below:
+        raise InputError(f"{where}: above ({above}) must be less than below ({below})")
+    return Predicate(
+        field=_field_name(body["field"], f"{where}.field"),
+        column=column,
+        above=above,
+        below=below,
+        reward=_number(body.get("reward", 1.0), f"{where}.reward"),
+    )
+
+
+def parse_family(family: str, body: Mapping[str, Any]) -> RewardFamily:
+    """Build a family from its YAML keys (already checked against FAMILY_KEYS)."""
+    if family == "linear":
+        features = body["features"]
+        if isinstance(features, str):
+            features = [features]
+        if not isinstance(features, list) or not features:
+            raise InputError("features: expected a non-empty list of step fields")
+        return LinearFamily(tuple(_field_name(f, "features") for f in features))
+    if family == "target":
+        return TargetFamily(
+            feature=_field_name(body["feature"], "feature"),
+            dims=_dims(body.get("dims"), "dims"),
+            ctrl_cost=_number(body.get("ctrl_cost", 0.0), "ctrl_cost"),
+        )
+    if family == "goal":
+        margin = body.get("margin")
+        if margin is not None and margin != "sampled":
+            margin = _number(margin, "margin", positive=True)
+        return GoalFamily(
+            field=_field_name(body["field"], "field"), dims=_dims(body.get("dims"), "dims"),
+            margin=margin,
+        )
+    if family == "discrete":
+        tasks = body["tasks"]
+        if not isinstance(tasks, Mapping) or not tasks:
+            raise InputError("tasks: expected a non-empty mapping of task name -> predicate")
+        names = tuple(str(n) for n in tasks)
+        return DiscreteFamily(names, tuple(_predicate(n, tasks[n]) for n in names))
+    if family == "custom":
+        inputs = body["fields"]
+        if not isinstance(inputs, list):
+            raise InputError("fields: expected a list of step fields")
+        function = body["function"]
+        if not isinstance(function, str):
+            raise InputError(f"function: expected 'module:function', got {function!r}")
+        return CustomFamily(
+            function, tuple(_field_name(f, "fields") for f in inputs), load_function(function)
+        )
+    raise InputError(f"family: unknown family {family!r} (use {', '.join(FAMILY_KEYS)})")
