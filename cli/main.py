@@ -107,6 +107,39 @@ def inspect(
         typer.echo(line)
 
 
+@app.command("import")
+def import_cmd(
+    fmt: Annotated[str, typer.Argument(help="Source format: minari, d4rl or robomimic.")],
+    src: Annotated[Path, typer.Argument(help="Source dataset (file or Minari dataset folder).")],
+    dest: Annotated[Path, typer.Argument(help="Store to write (.h5/.hdf5 or .zarr).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+) -> None:
+    """Convert a Minari, D4RL or robomimic dataset into a hipi-offline store."""
+    from hipi_offline.io import import_dataset
+
+    path = _run(lambda: import_dataset(fmt, src, dest, overwrite=overwrite))
+    typer.echo(f"imported {fmt} dataset {src} into {path}")
+
+
+@app.command("export")
+def export_cmd(
+    fmt: Annotated[str, typer.Argument(help="Target format: minari.")],
+    store: Annotated[Path, typer.Argument(help="Trajectory store to export.")],
+    dest: Annotated[Path, typer.Argument(help="Dataset folder to write.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Write a store (with its label sets as episode metadata) in another format."""
+    from hipi_offline.io import export_minari
+
+    def action() -> Path:
+        if fmt != "minari":
+            raise InputError(f"format: only 'minari' can be exported, got {fmt!r}")
+        return export_minari(store, dest, overwrite=overwrite)
+
+    path = _run(action)
+    typer.echo(f"exported {store} to {path}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
