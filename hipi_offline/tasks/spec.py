@@ -78,9 +78,12 @@ class TaskSpec:
         Candidates drawn from the prior carry no prior term (it is uniform over
         the draws); explicit lists and categorical priors do.
         """
-        if isinstance(self.prior, CategoricalPrior) and count is None and isinstance(
-            self.candidates, int
-        ):
+        if isinstance(self.prior, CategoricalPrior):
+            if count is not None:
+                raise InputError(
+                    "--candidates: a categorical prior's candidates are all of its tasks"
+                )
+        if isinstance(self.prior, CategoricalPrior) and isinstance(self.candidates, int):
             tasks = self.prior.tasks.astype(np.float32)
             return tasks, self.prior.log_prob(tasks.astype(np.float64), "candidates")
         if count is None and not isinstance(self.candidates, int):
