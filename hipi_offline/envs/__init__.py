@@ -1,0 +1,27 @@
+"""Simulated environments (MuJoCo via dm_control) sharing one interface.
+
+Importing this package registers the built-in environments; their modules import
+MuJoCo and dm_control lazily, when an environment is constructed.
+"""
+
+from hipi_offline.envs.base import (
+    EnvInfo,
+    StepResult,
+    TaskEnv,
+    env_names,
+    env_task_spec,
+    make_env,
+    register,
+    transition_rewards,
+)
+
+__all__ = [
+    "EnvInfo",
+    "StepResult",
+    "TaskEnv",
+    "env_names",
+    "env_task_spec",
+    "make_env",
+    "register",
+    "transition_rewards",
+]
