@@ -15,8 +15,10 @@ overwritten by the next append, so ``ends`` is written last and is the commit.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import shutil
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,10 +69,11 @@ class TrajectoryStore:
     """A lazily read trajectory store on HDF5 or Zarr. Use :func:`open_store` or
     :func:`create_store`; close it (or use ``with``) when done."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, path: Path | None = None, staging: bool = False) -> None:
         self._backend = backend
-        self.path = backend.path
+        self.path = path or backend.path
         self.kind = backend.kind
+        self._staging = backend.path if staging else None
         self._ends: np.ndarray | None = None
 
     # ---------------------------------------------------------------- constructors
@@ -85,19 +88,19 @@ class TrajectoryStore:
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         overwrite: bool = False,
     ) -> TrajectoryStore:
-        """Create an empty store (episodes are added with :meth:`append_episodes`)."""
+        """Create an empty store (episodes are added with :meth:`append_episodes`).
+
+        The store is built under a hidden temporary name beside ``path`` and moved
+        into place when closed without an error (a failed or killed creation leaves
+        any existing store at ``path`` untouched)."""
         path = Path(path)
         backend_kind(path)
         if compression not in COMPRESSIONS:
             raise InputError(f"compression: {compression!r} is not one of {COMPRESSIONS}")
-        if path.exists():
-            if not overwrite:
-                raise InputError(f"{path}: already exists; pass overwrite to replace it")
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-            sidecar = Path(str(path) + ".labels")
-            if sidecar.exists():
-                shutil.rmtree(sidecar)
-        backend = open_backend(path, "w")
+        if path.exists() and not overwrite:
+            raise InputError(f"{path}: already exists; pass overwrite to replace it")
+        staging = _sibling(path, "creating")
+        backend = open_backend(staging, "w")
         attrs = {
             FORMAT_ATTR: FORMAT_VERSION,
             "env": env,
@@ -111,8 +114,8 @@ class TrajectoryStore:
         if backend.kind == "zarr":
             from hipi_offline.store.labels import ensure_zarr_labels_group
 
-            ensure_zarr_labels_group(path)
-        return cls(backend)
+            ensure_zarr_labels_group(staging)
+        return cls(backend, path=path, staging=True)
 
     @classmethod
     def open(cls, path: str | Path, mode: Literal["r", "a"] = "r") -> TrajectoryStore:
@@ -128,11 +131,23 @@ class TrajectoryStore:
     def __enter__(self) -> TrajectoryStore:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(commit=exc_type is None)
 
-    def close(self) -> None:
+    def close(self, commit: bool = True) -> None:
+        """Close the store; a store being created is moved into place (``commit``)
+        or discarded."""
         self._backend.close()
+        staging, self._staging = self._staging, None
+        if staging is None:
+            return
+        if commit:
+            _replace_path(staging, self.path)
+            stale_labels = Path(str(self.path) + ".labels")  # an HDF5 store's replaced labels
+            if self.kind == "hdf5" and stale_labels.is_dir():
+                shutil.rmtree(stale_labels)
+        else:
+            _remove_path(staging)
 
     def __repr__(self) -> str:
         return (
@@ -306,6 +321,39 @@ class TrajectoryStore:
         that readers see."""
         if not self._backend.writable:
             raise InputError(f"{self.path}: opened read-only; open with mode='a' to append")
+        if self.kind == "hdf5" and self._staging is None:
+            self._append_copy_on_write(steps, lengths, episodes)
+            return
+        self._append(steps, lengths, episodes)
+
+    def _append_copy_on_write(
+        self,
+        steps: Mapping[str, np.ndarray],
+        lengths: Sequence[int],
+        episodes: Mapping[str, np.ndarray] | None,
+    ) -> None:
+        """HDF5 is not crash-safe in place: append to a copy, then replace the file."""
+        self._backend.close()
+        work = _sibling(self.path, "append")
+        try:
+            shutil.copy2(self.path, work)
+            self._backend = open_backend(work, "a")
+            self._append(steps, lengths, episodes)
+            self._backend.close()
+            _replace_path(work, self.path)
+        except BaseException:
+            self._ends = None
+            raise
+        finally:
+            _remove_path(work)
+            self._backend = open_backend(self.path, "a")
+
+    def _append(
+        self,
+        steps: Mapping[str, np.ndarray],
+        lengths: Sequence[int],
+        episodes: Mapping[str, np.ndarray] | None,
+    ) -> None:
         lengths_arr = np.asarray(lengths, dtype=np.int64)
         if lengths_arr.ndim != 1 or len(lengths_arr) == 0 or np.any(lengths_arr <= 0):
             raise InputError("lengths: need a non-empty list of positive episode lengths")
@@ -394,6 +442,48 @@ class TrajectoryStore:
                 f"{self.num_episodes}; relabel with --overwrite"
             )
         return labels
+
+
+def _sibling(path: Path, purpose: str) -> Path:
+    """A hidden temporary path beside ``path`` with the same suffix."""
+    return path.with_name(f".{path.name}.{purpose}-{uuid.uuid4().hex[:12]}{path.suffix}")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _replace_path(source: Path, target: Path) -> None:
+    """Move a finished file or folder onto ``target`` (atomic for files; for folders
+    the old one is renamed away first)."""
+    if source.is_file():
+        with open(source, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(source, target)
+    else:
+        trash = _sibling(target, "old") if target.exists() else None
+        if trash is not None:
+            os.rename(target, trash)
+        os.rename(source, target)
+        if trash is not None:
+            _remove_path(trash)
+    _fsync_dir(target.parent)
 
 
 def open_store(path: str | Path, mode: Literal["r", "a"] = "r") -> TrajectoryStore:
