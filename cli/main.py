@@ -49,13 +49,33 @@ def make_synthetic(
 
 
 @app.command()
+def collect(
+    env: Annotated[str, typer.Argument(help="Environment: cheetah, quadruped or desk.")],
+    out: Annotated[Path, typer.Option(help="Store to write or continue (.h5/.hdf5 or .zarr).")],
+    episodes: Annotated[int, typer.Option(help="Episodes the store should hold.")] = 100,
+    steps: Annotated[int | None, typer.Option(help="Steps per episode [env default].")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of tasks, initial states and noise.")] = 0,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    windows: Annotated[int, typer.Option(help="desk: windows per play stream.")] = 10,
+) -> None:
+    """Collect expert episodes (commanded tasks in episodes/task; no rewards stored)."""
+    from hipi_offline.collect import CollectConfig
+    from hipi_offline.collect import collect as run_collect
+
+    config = CollectConfig(
+        episodes=episodes, steps=steps, seed=seed, workers=workers, windows=windows
+    )
+    summary = _run(lambda: run_collect(env, out, config))
+    for line in summary.lines():
+        typer.echo(line)
+
+
+@app.command()
 def relabel(
     store: Annotated[Path, typer.Argument(help="Trajectory store (.h5/.hdf5 or .zarr).")],
     tasks: Annotated[str, typer.Option(help="Task spec YAML path or built-in name.")],
     name: Annotated[str | None, typer.Option(help="Label-set name [default: method]")] = None,
-    method: Annotated[
-        str, typer.Option(help="hipi, no-partition, random or original.")
-    ] = "hipi",
+    method: Annotated[str, typer.Option(help="hipi, no-partition, random or original.")] = "hipi",
     temperature: Annotated[float | None, typer.Option(help="Override alpha.")] = None,
     candidates: Annotated[int | None, typer.Option(help="Override K.")] = None,
     top_k: Annotated[str, typer.Option("--top-k", help="Stored top-k, or 'all'.")] = "32",
