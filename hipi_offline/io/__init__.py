@@ -1,0 +1,35 @@
+"""Importers from Minari, D4RL and robomimic files, and the Minari exporter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from hipi_offline.errors import InputError
+from hipi_offline.io.d4rl_import import import_d4rl
+from hipi_offline.io.minari_export import export_minari
+from hipi_offline.io.minari_import import import_minari
+from hipi_offline.io.robomimic_import import import_robomimic
+
+IMPORTERS: dict[str, Callable[..., Path]] = {
+    "minari": import_minari,
+    "d4rl": import_d4rl,
+    "robomimic": import_robomimic,
+}
+
+
+def import_dataset(fmt: str, src: str | Path, dest: str | Path, *, overwrite: bool = False) -> Path:
+    """Import ``src`` (format ``fmt``: minari, d4rl or robomimic) into a new store ``dest``."""
+    if fmt not in IMPORTERS:
+        raise InputError(f"format: {fmt!r} is not one of {', '.join(sorted(IMPORTERS))}")
+    return IMPORTERS[fmt](src, dest, overwrite=overwrite)
+
+
+__all__ = [
+    "IMPORTERS",
+    "export_minari",
+    "import_d4rl",
+    "import_dataset",
+    "import_minari",
+    "import_robomimic",
+]

@@ -1,0 +1,341 @@
+"""Helpers shared by the importers: staged destinations, source HDF5 access and
+batched appends of whole episodes to a new store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from hipi_offline.errors import InputError
+from hipi_offline.store import TrajectoryStore, create_store
+from hipi_offline.store.backends import backend_kind
+
+DEFAULT_BATCH_STEPS = 200_000
+"""Steps buffered before one append to the store."""
+DEFAULT_BATCH_BYTES = 256 << 20
+"""Bytes buffered before one append (bounds memory for image observations)."""
+MAX_ATTR_JSON = 16_000
+"""Source metadata values longer than this as JSON are dropped (HDF5 attribute limit)."""
+
+
+# ---------------------------------------------------------------- destinations
+def _sidecar(path: Path) -> Path:
+    return Path(str(path) + ".labels")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def check_destination(dest: Path, overwrite: bool, *, store: bool = True) -> None:
+    """Refuse an existing DEST without ``overwrite`` (and, for stores, a bad suffix)."""
+    if store:
+        backend_kind(dest)
+    if (dest.exists() or dest.is_symlink()) and not overwrite:
+        raise InputError(f"{dest}: already exists; pass overwrite to replace it")
+    if dest.parent.exists() and not dest.parent.is_dir():
+        raise InputError(f"{dest}: parent {dest.parent} is not a directory")
+
+
+@contextmanager
+def staged_destination(dest: Path, overwrite: bool, *, store: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling of ``dest`` (same suffix) to write into; on success
+    rename it into place (replacing ``dest`` and its ``.labels`` sidecar when
+    ``overwrite``), on failure delete it so no half-written DEST is left."""
+    check_destination(dest, overwrite, store=store)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.stem}.tmp-{uuid.uuid4().hex[:12]}{dest.suffix}")
+    try:
+        yield tmp
+        _commit(tmp, dest, overwrite)
+    finally:
+        _remove(tmp)
+        _remove(_sidecar(tmp))
+
+
+def _commit(tmp: Path, dest: Path, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``dest``; an existing ``dest`` (and its sidecar) is moved
+    aside first and put back if the rename fails, deleted once it succeeded."""
+    check_destination(dest, overwrite, store=False)
+    old = dest.with_name(f".{dest.stem}.old-{uuid.uuid4().hex[:12]}{dest.suffix}")
+    moved = [(p, q) for p, q in ((dest, old), (_sidecar(dest), _sidecar(old))) if p.exists()]
+    for p, q in moved:
+        os.replace(p, q)
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        for p, q in moved:
+            os.replace(q, p)
+        raise
+    if _sidecar(tmp).exists():
+        os.replace(_sidecar(tmp), _sidecar(dest))
+    for _, q in moved:
+        _remove(q)
+
+
+# ---------------------------------------------------------------- source HDF5
+def open_hdf5_source(path: Path) -> Any:
+    """Open a source file read-only with h5py, or an InputError naming it."""
+    import h5py
+
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not an HDF5 file")
+    if not h5py.is_hdf5(path):
+        raise InputError(f"{path}: not an HDF5 file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        reason = str(err).split("(")[0].strip() or "unreadable"
+        raise InputError(f"{path}: not a readable HDF5 file ({reason})") from None
+
+
+def require(group: Any, key: str, source: Path) -> Any:
+    """``group[key]`` or an InputError naming the file and the missing field."""
+    if key not in group:
+        raise InputError(f"{source}: required field {_join(group.name, key)} is missing")
+    return group[key]
+
+
+def leaf_datasets(node: Any, prefix: str) -> dict[str, Any]:
+    """The h5py datasets under ``node`` keyed by ``prefix/relative/path``
+    (``{prefix: node}`` when ``node`` is itself a dataset)."""
+    import h5py
+
+    if isinstance(node, h5py.Dataset):
+        return {prefix: node}
+    found: dict[str, Any] = {}
+    for key in node:
+        found.update(leaf_datasets(node[key], f"{prefix}/{key}"))
+    return found
+
+
+def _join(group_name: str, key: str) -> str:
+    return f"{group_name.rstrip('/')}/{key}".lstrip("/")
+
+
+def source_name(dataset: Any) -> str:
+    """The HDF5 path of a dataset without the leading slash (for messages)."""
+    return str(dataset.name).lstrip("/")
+
+
+def check_rows(source: Path, dataset: Any, expected: int, what: str = "rows") -> None:
+    """InputError unless ``dataset`` has ``expected`` rows along axis 0."""
+    rows = dataset.shape[0] if dataset.shape else None
+    if rows != expected:
+        got = "a scalar" if rows is None else f"{rows} {what}"
+        raise InputError(f"{source}: {source_name(dataset)} has {got}, expected {expected} {what}")
+
+
+def is_numeric(dataset: Any) -> bool:
+    """True for bool/int/float/complex datasets (what a store can hold)."""
+    return np.dtype(dataset.dtype).kind in "biufc"
+
+
+def require_numeric(source: Path, dataset: Any) -> None:
+    if not is_numeric(dataset):
+        raise InputError(
+            f"{source}: {source_name(dataset)} has dtype {dataset.dtype}; "
+            "only numeric and bool data can be imported"
+        )
+
+
+def numeric_only(fields: Mapping[str, Any], skipped: set[str]) -> dict[str, Any]:
+    """Keep numeric datasets; add the HDF5 paths of the others to ``skipped``."""
+    kept = {}
+    for name, dataset in fields.items():
+        if is_numeric(dataset):
+            kept[name] = dataset
+        else:
+            skipped.add(source_name(dataset))
+    return kept
+
+
+# ---------------------------------------------------------------- metadata
+def jsonable(value: Any) -> Any:
+    """HDF5 attribute / numpy values as plain JSON values."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        return [jsonable(v) for v in value.tolist()] if value.ndim else jsonable(value.item())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
+
+
+def metadata_json(values: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """``values`` as a JSON string, leaving out entries longer than
+    :data:`MAX_ATTR_JSON` characters; also returns the names left out."""
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for key, value in values.items():
+        text = json.dumps(jsonable(value))
+        if len(text) > MAX_ATTR_JSON:
+            dropped.append(str(key))
+        else:
+            kept[str(key)] = json.loads(text)
+    return json.dumps(kept, sort_keys=True), dropped
+
+
+def numeric_suffix(name: str, prefix: str) -> int | None:
+    """``12`` for ``prefix12``; None when ``name`` is not ``prefix`` + digits."""
+    rest = name[len(prefix) :]
+    return int(rest) if name.startswith(prefix) and rest.isdigit() else None
+
+
+def sorted_numbered(names: Sequence[str], prefix: str) -> list[tuple[int, str]]:
+    """``(number, name)`` for the names ``prefix<number>``, by number."""
+    found = [(numeric_suffix(name, prefix), name) for name in names]
+    return sorted((n, name) for n, name in found if n is not None)
+
+
+# ---------------------------------------------------------------- writing
+class EpisodeWriter:
+    """Buffers whole episodes and appends them to a store in batches of about
+    ``batch_steps`` steps (or ``batch_bytes`` bytes), with a progress bar."""
+
+    def __init__(
+        self,
+        store: TrajectoryStore,
+        total_episodes: int,
+        desc: str,
+        batch_steps: int = DEFAULT_BATCH_STEPS,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+    ) -> None:
+        self.store = store
+        self.batch_steps = max(1, int(batch_steps))
+        self.batch_bytes = max(1, int(batch_bytes))
+        self._steps: dict[str, list[np.ndarray]] = {}
+        self._episodes: dict[str, list[np.ndarray]] = {}
+        self._lengths: list[int] = []
+        self._rows = 0
+        self._bytes = 0
+        self._bar = tqdm(total=total_episodes, desc=desc, unit="ep")
+
+    def add(
+        self,
+        steps: Mapping[str, np.ndarray],
+        lengths: Sequence[int],
+        episodes: Mapping[str, np.ndarray],
+        where: str,
+    ) -> None:
+        """Buffer episodes (``steps`` rows = sum of ``lengths``; ``episodes`` rows =
+        number of episodes); ``where`` names them in errors (file and group)."""
+        self._check_fields(steps, episodes, where)
+        for name, data in steps.items():
+            self._steps.setdefault(name, []).append(np.asarray(data))
+        for name, data in episodes.items():
+            self._episodes.setdefault(name, []).append(np.asarray(data))
+        self._lengths.extend(int(n) for n in lengths)
+        self._rows += int(sum(lengths))
+        self._bytes += sum(np.asarray(v).nbytes for v in (*steps.values(), *episodes.values()))
+        self._bar.update(len(lengths))
+        if self._rows >= self.batch_steps or self._bytes >= self.batch_bytes:
+            self.flush()
+
+    def _check_fields(
+        self, steps: Mapping[str, np.ndarray], episodes: Mapping[str, np.ndarray], where: str
+    ) -> None:
+        got = {("steps", k) for k in steps} | {("episodes", k) for k in episodes}
+        expected = {("steps", k) for k in self._steps} | {("episodes", k) for k in self._episodes}
+        if not expected and self.store.num_episodes:
+            fields = [*self.store.step_fields(), *self.store.episode_fields()]
+            expected = {tuple(name.split("/", 1)) for name in fields}
+        if not expected or got == expected:
+            return
+        missing, extra = sorted(expected - got), sorted(got - expected)
+        if missing:
+            raise InputError(f"{where}: lacks {'/'.join(missing[0])}, which earlier episodes have")
+        raise InputError(f"{where}: has {'/'.join(extra[0])}, which earlier episodes lack")
+
+    def flush(self) -> None:
+        """Append what is buffered to the store."""
+        if not self._lengths:
+            return
+        steps = {k: np.concatenate(v) for k, v in self._steps.items()}
+        episodes = {k: np.concatenate(v) for k, v in self._episodes.items()}
+        self.store.append_episodes(steps, self._lengths, episodes)
+        self._steps, self._episodes, self._lengths = {}, {}, []
+        self._rows = self._bytes = 0
+
+    def __enter__(self) -> EpisodeWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self.flush()
+        finally:
+            self._bar.close()
+
+
+@contextmanager
+def new_store(
+    dest: Path, overwrite: bool, env: str, metadata: Mapping[str, Any]
+) -> Iterator[TrajectoryStore]:
+    """Create a store at a staged sibling of ``dest``; renamed into place when the
+    block succeeds (deleted when it fails)."""
+    with staged_destination(dest, overwrite) as tmp:
+        store = create_store(tmp, env=env, metadata=dict(metadata))
+        try:
+            yield store
+            if store.num_episodes == 0:
+                raise InputError(f"{metadata.get('source', dest)}: no episodes were imported")
+        finally:
+            store.close()
+
+
+def store_metadata(
+    source_format: str, source: Path, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Root metadata every import writes: ``source_format``, ``source`` and the
+    extras (empty lists and None left out)."""
+    kept = {k: v for k, v in (extra or {}).items() if v is not None and not _empty_list(v)}
+    return {"source_format": source_format, "source": str(source.resolve()), **kept}
+
+
+def _empty_list(value: Any) -> bool:
+    return isinstance(value, list | tuple) and len(value) == 0
+
+
+def row_bytes(fields: Mapping[str, Any]) -> int:
+    """Bytes of one row of every dataset in ``fields`` together."""
+    return sum(
+        int(np.dtype(d.dtype).itemsize * np.prod(d.shape[1:], dtype=np.int64))
+        for d in fields.values()
+    )
+
+
+def rows_per_batch(bytes_per_row: int, batch_steps: int, batch_bytes: int) -> int:
+    """Rows per batch within both the step and the byte budget (at least 1)."""
+    return max(1, min(int(batch_steps), int(batch_bytes) // max(1, bytes_per_row)))
+
+
+def episode_batches(ends: np.ndarray, max_rows: int) -> Iterator[tuple[int, int]]:
+    """Episode ranges ``[i, j)`` of at most ``max_rows`` rows (or one longer episode)."""
+    ends = np.asarray(ends, dtype=np.int64)
+    i = 0
+    while i < len(ends):
+        start = int(ends[i - 1]) if i else 0
+        j = max(i + 1, int(np.searchsorted(ends, start + max_rows, side="right")))
+        yield i, j
+        i = j

@@ -1,0 +1,249 @@
+"""Import a Minari dataset (HDF5 storage, Minari 0.4/0.5 layout).
+
+``src`` is the dataset directory (``<id>/`` holding ``data/main_data.hdf5``), its
+``data/`` directory, or ``main_data.hdf5`` itself. Minari 0.5 keeps the dataset
+metadata in ``metadata.json`` beside ``main_data.hdf5``; Minari 0.4 kept it in
+the file's root attrs. Both are read.
+
+Each ``episode_{i}`` group (sorted by i) holds ``observations`` with T+1 rows
+(Dict/Tuple spaces are subgroups, Tuple items named ``_index_<j>``), ``actions``,
+``rewards``, ``terminations``, ``truncations`` (T rows) and ``infos``. Minari 0.5
+records infos at reset and after every step (T+1 rows, row t came with
+observation t); some datasets have T rows. Mapping::
+
+    observations[:-1]      -> steps/observations[/<key>...]
+    observations[-1]       -> episodes/final_observations[/<key>...]
+    actions                -> steps/actions[/<key>...]
+    rewards                -> steps/rewards
+    terminations           -> steps/terminations  (bool)
+    truncations            -> steps/truncations   (bool)
+    infos/<key> (T rows)   -> steps/infos/<key>
+    infos/<key> (T+1 rows) -> steps/infos/<key> = rows[:-1], episodes/final_infos/<key> = rows[-1]
+    i of episode_{i}       -> episodes/source_id  (int64)
+    attr seed              -> episodes/seed (uint64: Minari auto-seeds are 64-bit),
+                              episodes/has_seed (bool; False where no seed was stored)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hipi_offline.errors import InputError
+from hipi_offline.io.common import (
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_BATCH_STEPS,
+    EpisodeWriter,
+    check_destination,
+    check_rows,
+    jsonable,
+    leaf_datasets,
+    metadata_json,
+    new_store,
+    numeric_only,
+    open_hdf5_source,
+    require,
+    require_numeric,
+    sorted_numbered,
+    store_metadata,
+)
+
+MAIN_FILE = "main_data.hdf5"
+METADATA_FILE = "metadata.json"
+_FLAGS = ("terminations", "truncations")
+
+
+def import_minari(
+    src: str | Path,
+    dest: str | Path,
+    *,
+    overwrite: bool = False,
+    batch_steps: int = DEFAULT_BATCH_STEPS,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+) -> Path:
+    """Convert the Minari dataset at ``src`` into a new store at ``dest``."""
+    src, dest = Path(src), Path(dest)
+    check_destination(dest, overwrite)
+    main = locate_main_file(src)
+    with open_hdf5_source(main) as source:
+        info = {**jsonable(dict(source.attrs)), **_read_metadata_file(main)}
+        _reject_jpeg(info, main)
+        episodes = sorted_numbered(list(source), "episode_")
+        if not episodes:
+            raise InputError(f"{main}: no episode_N groups; nothing to import")
+        skipped: set[str] = set()
+        first_steps, first_final, _ = _read_episode(source[episodes[0][1]], main, skipped)
+        metadata = _metadata(src, info, _infos_rows(first_steps, first_final), sorted(skipped))
+        with (
+            new_store(dest, overwrite, _env_name(info), metadata) as store,
+            EpisodeWriter(store, len(episodes), "minari episodes", batch_steps, batch_bytes) as w,
+        ):
+            for number, name in episodes:
+                steps, final, length = _read_episode(source[name], main, skipped)
+                episode = {
+                    **final,
+                    **_seed(source[name]),
+                    "source_id": np.array([number], np.int64),
+                }
+                w.add(steps, [length], episode, where=f"{main}: {name}")
+    return dest
+
+
+def locate_main_file(src: Path) -> Path:
+    """``main_data.hdf5`` of a Minari dataset given the dataset dir, data dir or file."""
+    if not src.exists():
+        raise InputError(f"{src}: no such file or directory")
+    if src.is_file():
+        return src
+    for directory in (src / "data", src):
+        _read_metadata_file(directory / MAIN_FILE)  # names a non-HDF5 data_format
+        if (directory / MAIN_FILE).is_file():
+            return directory / MAIN_FILE
+    raise InputError(f"{src}: no Minari data found (expected data/{MAIN_FILE})")
+
+
+def _read_metadata_file(main: Path) -> dict[str, Any]:
+    path = main.parent / METADATA_FILE
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err.__class__.__name__})") from None
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    data_format = values.get("data_format", "hdf5")
+    if data_format != "hdf5":
+        raise InputError(f"{path}: data_format {data_format!r} is not supported (only hdf5)")
+    return values
+
+
+def _is_image_box(space: Any) -> bool:
+    """Minari's test for spaces it JPEG-encodes (uint8 Box, >=32x32, bounds 0..255)."""
+    shape = space.get("shape", [])
+    return (
+        space.get("type") == "Box"
+        and space.get("dtype") == "uint8"
+        and len(shape) in (2, 3)
+        and shape[0] >= 32
+        and shape[1] >= 32
+        and bool(np.all(np.asarray(space.get("low")) == 0))
+        and bool(np.all(np.asarray(space.get("high")) == 255))
+    )
+
+
+def _has_image(space: Any) -> bool:
+    if not isinstance(space, dict):
+        return False
+    subspaces = space.get("subspaces", [])
+    children = subspaces.values() if isinstance(subspaces, dict) else subspaces
+    return _is_image_box(space) or any(_has_image(child) for child in children)
+
+
+def _reject_jpeg(info: dict[str, Any], main: Path) -> None:
+    """InputError for datasets whose image observations/actions are JPEG bytes."""
+    if not info.get("jpeg_encoding", False):
+        return
+    for key in ("observation_space", "action_space"):
+        text = info.get(key)
+        if isinstance(text, str) and _has_image(json.loads(text)):
+            raise InputError(
+                f"{main}: {key} holds JPEG-encoded images (jpeg_encoding=true), which this "
+                "importer does not decode; re-create the dataset with jpeg_encoding=False"
+            )
+
+
+def _read_episode(
+    group: Any, main: Path, skipped: set[str]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+    """Step fields, per-episode fields (final observation/info) and length T."""
+    actions = leaf_datasets(require(group, "actions", main), "actions")
+    first = next(iter(actions.values()), None)
+    length = int(first.shape[0]) if first is not None and first.shape else 0
+    if length == 0:
+        raise InputError(f"{main}: {group.name.lstrip('/')}/actions has no rows")
+    steps: dict[str, np.ndarray] = {}
+    final: dict[str, np.ndarray] = {}
+    for name, dataset in leaf_datasets(require(group, "observations", main), "").items():
+        require_numeric(main, dataset)
+        check_rows(main, dataset, length + 1)
+        values = np.asarray(dataset[()])
+        steps["observations" + name], final["final_observations" + name] = values[:-1], values[-1:]
+    sources = dict(actions)
+    for key in ("rewards", *_FLAGS):
+        if key in group:
+            sources.update(leaf_datasets(group[key], key))
+    for name, dataset in sources.items():
+        require_numeric(main, dataset)
+        check_rows(main, dataset, length)
+        values = np.asarray(dataset[()])
+        steps[name] = values.astype(bool) if name in _FLAGS else values
+    if "infos" in group:
+        _read_infos(group["infos"], main, length, skipped, steps, final)
+    return steps, final, length
+
+
+def _read_infos(
+    infos: Any,
+    main: Path,
+    length: int,
+    skipped: set[str],
+    steps: dict[str, np.ndarray],
+    final: dict[str, np.ndarray],
+) -> None:
+    """Infos aligned to steps: T rows as they are, T+1 rows split like observations."""
+    for name, dataset in numeric_only(leaf_datasets(infos, ""), skipped).items():
+        rows = dataset.shape[0] if dataset.shape else None
+        if rows not in (length, length + 1):
+            check_rows(main, dataset, length)
+        values = np.asarray(dataset[()])
+        if rows == length + 1:
+            steps["infos" + name], final["final_infos" + name] = values[:-1], values[-1:]
+        else:
+            steps["infos" + name] = values
+
+
+def _seed(group: Any) -> dict[str, np.ndarray]:
+    seed = group.attrs.get("seed")
+    has_seed = seed is not None and np.ndim(seed) == 0
+    value = int(seed) % (1 << 64) if has_seed else 0
+    return {
+        "seed": np.array([value], dtype=np.uint64),
+        "has_seed": np.array([has_seed], dtype=bool),
+    }
+
+
+def _env_name(info: dict[str, Any]) -> str:
+    spec = info.get("env_spec")
+    if isinstance(spec, str):
+        try:
+            return str(json.loads(spec).get("id", ""))
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    return str(info.get("dataset_id", ""))
+
+
+def _infos_rows(steps: dict[str, np.ndarray], final: dict[str, np.ndarray]) -> str | None:
+    """How many infos rows the (first) episode has: "T+1", "T" or None (no infos)."""
+    if any(name.startswith("final_infos/") for name in final):
+        return "T+1"
+    return "T" if any(name.startswith("infos/") for name in steps) else None
+
+
+def _metadata(
+    src: Path, info: dict[str, Any], infos_rows: str | None, skipped: list[str]
+) -> dict[str, Any]:
+    text, dropped = metadata_json(info)
+    extra: dict[str, Any] = {
+        "source_metadata": text,
+        "minari_dataset_id": info.get("dataset_id"),
+        "minari_version": info.get("minari_version"),
+        "env_spec": info.get("env_spec") if isinstance(info.get("env_spec"), str) else None,
+        "minari_infos_rows": infos_rows,
+        "skipped_fields": skipped,
+        "source_metadata_dropped": dropped,
+    }
+    return store_metadata("minari", src, extra)
