@@ -294,14 +294,13 @@ def new_store(
 ) -> Iterator[TrajectoryStore]:
     """Create a store at a staged sibling of ``dest``; renamed into place when the
     block succeeds (deleted when it fails)."""
-    with staged_destination(dest, overwrite) as tmp:
-        store = create_store(tmp, env=env, metadata=dict(metadata))
-        try:
-            yield store
-            if store.num_episodes == 0:
-                raise InputError(f"{metadata.get('source', dest)}: no episodes were imported")
-        finally:
-            store.close()
+    with (
+        staged_destination(dest, overwrite) as tmp,
+        create_store(tmp, env=env, metadata=dict(metadata)) as store,
+    ):
+        yield store
+        if store.num_episodes == 0:
+            raise InputError(f"{metadata.get('source', dest)}: no episodes were imported")
 
 
 def store_metadata(
