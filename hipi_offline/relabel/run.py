@@ -143,7 +143,7 @@ def _hipi_posterior(
         device=device,
     )
     if tile >= k:
-        (_, _, returns), = tiles
+        ((_, _, returns),) = tiles
         return inverse_rl_posterior(lambda a, b: returns[:, a:b], n, k, **options)
     with tempfile.TemporaryDirectory(prefix="hipi-returns-") as folder:
         spill = np.lib.format.open_memmap(
@@ -154,7 +154,9 @@ def _hipi_posterior(
         spill.flush()
         return inverse_rl_posterior(
             lambda a, b: torch.from_numpy(np.ascontiguousarray(spill[:, a:b])).to(device),
-            n, k, **options,
+            n,
+            k,
+            **options,
         )
 
 
@@ -169,6 +171,9 @@ def _original(store: TrajectoryStore, spec: TaskSpec, dim: int) -> tuple[np.ndar
             raise InputError(f"episodes/task: task indices must lie in [0, {k})")
         return np.eye(k, dtype=np.float32), task.astype(np.int64)
     task = task.reshape(len(task), -1).astype(np.float32)
+    finite = np.isfinite(task).all(axis=1)
+    if not finite.all():
+        raise InputError(f"episodes/task: NaN or inf at episode {int(np.argmin(finite))}")
     if task.shape[1] != dim:
         raise InputError(f"episodes/task: has {task.shape[1]} columns, the task spec needs {dim}")
     candidates, assigned = np.unique(task, axis=0, return_inverse=True)

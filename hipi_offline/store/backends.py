@@ -69,6 +69,21 @@ def open_backend(path: Path, mode: Literal["r", "a", "w"]) -> Backend:
     return ZarrBackend(path, mode)
 
 
+# what h5py, zarr and their codecs raise on damaged metadata or chunks (a JSON
+# decoding error is a ValueError)
+DAMAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, RuntimeError)
+
+
+def damaged(path: Path, what: str, err: BaseException) -> InputError:
+    """The one-line InputError for a damaged (e.g. truncated) part of a store."""
+    reason = " ".join(str(err).split())[:200] or type(err).__name__
+    return InputError(f"{path}: {what} is damaged or unreadable ({reason})")
+
+
+def _rows(start: int | None, stop: int | None) -> str:
+    return "" if start is None and stop is None else f" (rows [{start or 0}, {stop}))"
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -107,14 +122,20 @@ class Hdf5Backend:
                 chunks = obj.chunks[0] if obj.chunks else max(obj.shape[0] if obj.shape else 1, 1)
                 found[f"{prefix}/{name}"] = ArrayInfo(tuple(obj.shape), obj.dtype, int(chunks))
 
-        self._file[prefix].visititems(visit)
+        try:
+            self._file[prefix].visititems(visit)
+        except DAMAGE_ERRORS as err:
+            raise damaged(self.path, f"the {prefix}/ group", err) from None
         return found
 
     def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-        dataset = self._file[name]
-        if dataset.shape == ():
-            return np.asarray(dataset[()])
-        return np.asarray(dataset[start:stop])
+        try:
+            dataset = self._file[name]
+            if dataset.shape == ():
+                return np.asarray(dataset[()])
+            return np.asarray(dataset[start:stop])
+        except DAMAGE_ERRORS as err:
+            raise damaged(self.path, name + _rows(start, stop), err) from None
 
     def attrs(self) -> dict[str, Any]:
         return {key: _jsonable(value) for key, value in self._file.attrs.items()}
@@ -180,18 +201,26 @@ class ZarrBackend:
             group = self._root[prefix]
         except KeyError:
             return found
-        for name, member in group.members(max_depth=None):
-            if isinstance(member, zarr.Array):
-                found[f"{prefix}/{name}"] = ArrayInfo(
-                    tuple(member.shape), np.dtype(member.dtype), int(member.chunks[0])
-                )
+        except DAMAGE_ERRORS as err:
+            raise damaged(self.path, f"{prefix}/zarr.json", err) from None
+        try:
+            for name, member in group.members(max_depth=None):
+                if isinstance(member, zarr.Array):
+                    found[f"{prefix}/{name}"] = ArrayInfo(
+                        tuple(member.shape), np.dtype(member.dtype), int(member.chunks[0])
+                    )
+        except DAMAGE_ERRORS as err:
+            raise damaged(self.path, f"the metadata under {prefix}/", err) from None
         return found
 
     def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-        array = self._array(name)
-        if array.shape == ():
-            return np.asarray(array[()])
-        return np.asarray(array[start:stop])
+        try:
+            array = self._array(name)
+            if array.shape == ():
+                return np.asarray(array[()])
+            return np.asarray(array[start:stop])
+        except DAMAGE_ERRORS as err:
+            raise damaged(self.path, name + _rows(start, stop), err) from None
 
     def attrs(self) -> dict[str, Any]:
         return dict(self._root.attrs)

@@ -169,10 +169,13 @@ class TrajectoryStore:
                 f"(this version reads {FORMAT_VERSION})"
             )
         fields = self.step_fields()
-        for required in REQUIRED_STEP_FIELDS:
+        info = self._backend.arrays("episodes").get("episodes/ends")
+        # a store created but never appended to has no step fields yet: it opens
+        # (commands that need episodes say so), so that appends can resume
+        empty = not fields and info is not None and info.shape == (0,)
+        for required in () if empty else REQUIRED_STEP_FIELDS:
             if not any(k == required or k.startswith(required + "/") for k in fields):
                 raise InputError(f"{self.path}: required field {required} is missing")
-        info = self._backend.arrays("episodes").get("episodes/ends")
         if info is None:
             raise InputError(f"{self.path}: episodes/ends is missing")
         if len(info.shape) != 1 or info.dtype.kind not in "iu":
