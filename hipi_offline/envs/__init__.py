@@ -25,3 +25,5 @@ __all__ = [
     "register",
     "transition_rewards",
 ]
+
+import hipi_offline.envs.desk  # noqa: E402,F401  (registers "desk")
