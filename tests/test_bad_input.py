@@ -368,6 +368,17 @@ def test_spec_directory(h5store: Path, tmp_path: Path):
     fails(tmp_path, h5store, *relabel_args(h5store, folder), needles=("specs.yaml",))
 
 
+def test_spec_not_utf8(h5store: Path, tmp_path: Path):
+    spec = tmp_path / "latin1.yaml"
+    spec.write_bytes("family: target\nfeature: caf\xe9\n".encode("latin-1"))
+    fails(tmp_path, h5store, *relabel_args(h5store, spec), needles=("latin1.yaml", "UTF-8"))
+
+
+def test_spec_is_a_binary_file(h5store: Path, tmp_path: Path):
+    """--tasks given the store by mistake."""
+    fails(tmp_path, h5store, *relabel_args(h5store, h5store), needles=(h5store.name,))
+
+
 # ------------------------------------------------------------------ non-finite data
 NONFINITE_CASES = [
     # (id, field to spoil, value, spec, field named in the error)
@@ -530,6 +541,42 @@ def test_hdf5_compressed_chunk_damaged(tmp_path: Path):
         f.write(b"\xff" * 64)
     fails(tmp_path, path, *relabel_args(path, "synthetic-velocity"),
           needles=("steps/infos/speed",))  # fmt: skip
+
+
+def test_group_is_an_array(tmp_path: Path):
+    """A store whose ``steps`` (or ``episodes``) is an array, not a group."""
+    for kind in KINDS:
+        for group in ("steps", "episodes"):
+            path = tmp_path / f"{group}-array.{kind}"
+            if kind == "h5":
+                with h5py.File(path, "w") as f:
+                    f.attrs["hipi_offline_format"] = 1
+                    f[group] = np.zeros(3)
+                    if group == "steps":
+                        f["episodes/ends"] = np.array([3])
+            else:
+                root = zarr.open_group(str(path), mode="w")
+                root.attrs["hipi_offline_format"] = 1
+                root.create_array(group, data=np.zeros(3))
+            for args in (["inspect", path], relabel_args(path, "synthetic-velocity")):
+                fails(tmp_path, None, *args, needles=(path.name, group))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_label_set(store: Path, tmp_path: Path, damage: str):
+    """A damaged label set: inspect says so in one line; relabel --overwrite repairs it."""
+    if store.suffix == ".h5":
+        target = Path(str(store) + ".labels") / "hipi.h5"
+    else:
+        target = (store / "labels" / "hipi").resolve() / "entropy" / "c" / "0"
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:5] + b"?" * 40)
+    fails(tmp_path, None, "inspect", store, needles=("labels/hipi", "damaged"))
+    fails(tmp_path, None, "relabel", store, "--tasks", "synthetic-velocity",
+          needles=("labels/hipi", "exists"))  # fmt: skip
+    result = cli(*relabel_args(store, "synthetic-velocity", "--candidates", 8))
+    assert result.exit_code == 0, result.output
+    assert "  hipi: method hipi" in cli("inspect", store).stdout
 
 
 NOT_A_STORE = {

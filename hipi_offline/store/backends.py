@@ -116,6 +116,8 @@ class Hdf5Backend:
         found: dict[str, ArrayInfo] = {}
         if prefix not in self._file:
             return found
+        if not isinstance(self._file[prefix], h5py.Group):
+            raise InputError(f"{self.path}: {prefix} must be a group of arrays, not an array")
 
         def visit(name: str, obj: Any) -> None:
             if isinstance(obj, h5py.Dataset):
@@ -203,6 +205,8 @@ class ZarrBackend:
             return found
         except DAMAGE_ERRORS as err:
             raise damaged(self.path, f"{prefix}/zarr.json", err) from None
+        if not isinstance(group, zarr.Group):
+            raise InputError(f"{self.path}: {prefix} must be a group of arrays, not an array")
         try:
             for name, member in group.members(max_depth=None):
                 if isinstance(member, zarr.Array):

@@ -174,8 +174,11 @@ def read_label_set(store_path: Path, name: str) -> LabelSet:
             group = zarr.open_group(str(store_path / "labels" / name), mode="r")
             arrays = {key: np.asarray(group[key][...]) for key in LABEL_ARRAYS}
             attrs = dict(group.attrs)
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as err:
-        raise InputError(f"labels/{name}: damaged label set ({err})") from None
+    except (OSError, KeyError, ValueError, RuntimeError, json.JSONDecodeError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise InputError(
+            f"labels/{name}: damaged label set ({reason}); relabel with --overwrite"
+        ) from None
     return LabelSet(name=name, attrs=attrs, **arrays)
 
 

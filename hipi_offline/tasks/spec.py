@@ -49,7 +49,8 @@ class TaskSpec:
     def __repr__(self) -> str:
         k = self.candidates if isinstance(self.candidates, int) else self.candidates.shape
         return (
-            f"TaskSpec({self.family.name}, fields={self.family.fields}, prior={type(self.prior).__name__}, "
+            f"TaskSpec({self.family.name}, fields={self.family.fields}, "
+            f"prior={type(self.prior).__name__}, "
             f"candidates={k}, temperature={self.temperature}, gamma={self.gamma}, at={self.at!r})"
         )
 
@@ -78,11 +79,8 @@ class TaskSpec:
         Candidates drawn from the prior carry no prior term (it is uniform over
         the draws); explicit lists and categorical priors do.
         """
-        if isinstance(self.prior, CategoricalPrior):
-            if count is not None:
-                raise InputError(
-                    "--candidates: a categorical prior's candidates are all of its tasks"
-                )
+        if isinstance(self.prior, CategoricalPrior) and count is not None:
+            raise InputError("--candidates: a categorical prior's candidates are all of its tasks")
         if isinstance(self.prior, CategoricalPrior) and isinstance(self.candidates, int):
             tasks = self.prior.tasks.astype(np.float32)
             return tasks, self.prior.log_prob(tasks.astype(np.float64), "candidates")
@@ -108,7 +106,13 @@ def load_task_spec(spec: str | Path) -> TaskSpec:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise InputError(f"{path}: no such task spec file")
-        return parse_task_spec(path.read_text(), origin=str(path))
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not a task spec (not UTF-8 YAML text)") from None
+        except OSError as err:
+            raise InputError(f"{path}: cannot read the task spec ({err.strerror})") from None
+        return parse_task_spec(text, origin=str(path))
     name = str(spec)
     resource = resources.files("hipi_offline.tasks") / "builtin" / f"{name}.yaml"
     if not resource.is_file():
@@ -141,7 +145,9 @@ def _build(data: Mapping[str, Any], text: str, origin: str) -> TaskSpec:
     unknown = sorted(set(data) - COMMON_KEYS - required - optional)
     if unknown:
         allowed = ", ".join(sorted(COMMON_KEYS | required | optional))
-        raise InputError(f"unknown key {unknown[0]!r} for family {family_name} (allowed: {allowed})")
+        raise InputError(
+            f"unknown key {unknown[0]!r} for family {family_name} (allowed: {allowed})"
+        )
     missing = sorted(required - set(data))
     if missing:
         raise InputError(f"missing key {missing[0]!r} for family {family_name}")
@@ -170,9 +176,12 @@ def _prior(family: RewardFamily, data: Mapping[str, Any]) -> Prior:
         probs: Any = None
         if "prior" in data:
             body = data["prior"]
-            if not isinstance(body, Mapping) or set(body) != {"categorical"} or not isinstance(
-                body["categorical"], Mapping
-            ) or set(body["categorical"]) - {"probs"}:
+            if (
+                not isinstance(body, Mapping)
+                or set(body) != {"categorical"}
+                or not isinstance(body["categorical"], Mapping)
+                or set(body["categorical"]) - {"probs"}
+            ):
                 raise InputError("prior: a discrete family takes only {categorical: {probs: ...}}")
             probs = body["categorical"].get("probs")
             if isinstance(probs, Mapping):
