@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -160,9 +160,32 @@ def export_cmd(
     typer.echo(f"exported {store} to {path}")
 
 
+def _click_errors() -> Any:
+    """The click exceptions module that Typer uses (vendored by recent Typer)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # older Typer on upstream click
+        from click import exceptions
+    return exceptions
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: usage errors (a mistyped option value, a missing
+    argument) are one line and exit code 2, like every other input error."""
+    errors = _click_errors()
+    try:
+        code = app(standalone_mode=False)
+    except errors.NoArgsIsHelpError:
+        raise SystemExit(2) from None  # the help text was printed
+    except errors.UsageError as err:
+        command = err.ctx.command_path if err.ctx is not None else "hipi-offline"
+        message = " ".join(err.format_message().split())
+        typer.secho(f"error: {command}: {message}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None
+    except typer.Abort:
+        typer.secho("aborted", fg=typer.colors.RED, err=True)
+        raise SystemExit(1) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,29 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_path(path.parent)
 
 
+def _token() -> str:
+    """A unique suffix that names the writing process (see :func:`_abandoned`)."""
+    return f"{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def _abandoned(name: str) -> bool:
+    """True for a leftover of a writer process that no longer runs (a killed
+    run); a concurrent writer's files in progress are left alone."""
+    match = re.search(r"(\d+)-[0-9a-f]{32}", name)
+    if match is None:
+        return True
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def ensure_zarr_labels_group(store_path: Path) -> Path:
     """Create ``labels/`` and ``labels/.sets/`` as Zarr groups if missing."""
     labels = store_path / "labels"
@@ -217,9 +240,10 @@ def _write_hdf5(store_path: Path, name: str, arrays: dict, attrs: dict) -> None:
     directory = hdf5_sidecar(store_path)
     directory.mkdir(exist_ok=True)
     for stale in directory.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+        if _abandoned(stale.name):
+            stale.unlink(missing_ok=True)
     final = directory / f"{name}.h5"
-    tmp = directory / f".{name}.{uuid.uuid4().hex}.tmp"
+    tmp = directory / f".{name}.{_token()}.tmp"
     try:
         with h5py.File(tmp, "w") as f:
             for key, value in arrays.items():
@@ -240,9 +264,13 @@ def _write_zarr(store_path: Path, name: str, arrays: dict, attrs: dict) -> None:
     versions = labels_dir / ".sets"
     live = {os.readlink(p) for p in labels_dir.iterdir() if p.is_symlink()}
     for stale in versions.iterdir():
-        if stale.name != "zarr.json" and f".sets/{stale.name}" not in live:
+        if (
+            stale.name != "zarr.json"
+            and f".sets/{stale.name}" not in live
+            and _abandoned(stale.name)
+        ):
             shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
-    token = f"{name}.{uuid.uuid4().hex}"
+    token = f"{name}.{_token()}"
     target = versions / token
     group = zarr.open_group(str(target), mode="w")
     for key, value in arrays.items():
@@ -253,7 +281,7 @@ def _write_zarr(store_path: Path, name: str, arrays: dict, attrs: dict) -> None:
     _fsync_path(target)
     link = labels_dir / name
     old = os.readlink(link) if link.is_symlink() else None
-    tmp_link = versions / f".link-{uuid.uuid4().hex}"
+    tmp_link = versions / f".link-{_token()}"
     os.symlink(f".sets/{token}", tmp_link)
     os.replace(tmp_link, link)
     _fsync_path(labels_dir)
