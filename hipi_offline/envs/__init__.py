@@ -26,4 +26,6 @@ __all__ = [
     "transition_rewards",
 ]
 
+import hipi_offline.envs.cheetah  # noqa: E402,F401  (registers "cheetah")
 import hipi_offline.envs.desk  # noqa: E402,F401  (registers "desk")
+import hipi_offline.envs.quadruped  # noqa: E402,F401  (registers "quadruped")

@@ -1,0 +1,167 @@
+"""Quadruped on dm_control's suite physics, with linear-reward features.
+
+* Physics: ``dm_control.suite.quadruped`` (``make_model`` without walls, ball,
+  terrain and rangefinders, floor half-size 100 m), 4 physics steps of 5 ms per
+  control step (0.02 s, the suite's control timestep).
+* Episodes: 1000 steps (20 s, the suite's time limit).
+* Reset: upright at the origin with a uniformly random heading (seeded), at the
+  lowest height without contacts, as the suite's ``fetch`` task (``walk`` and
+  ``run`` start in a random 3-D orientation instead).
+* Observation float32 [88], in this order:
+
+  ====  =====================================================================
+  44    ``egocentric_state``: 16 hinge angles, 16 hinge velocities, 12 actuator
+        activations (the suite's)
+  3     torso velocity in the torso frame (velocimeter)
+  1     torso upright (z-axis of the torso on the world z-axis)
+  6     IMU: gyro then accelerometer (torso frame)
+  24    arcsinh of the toe force (4 x 3) then torque (4 x 3) sensors
+  9     torso orientation, the row-major torso-to-world rotation matrix (the
+        heading, which world-frame tasks need and the suite's observation lacks)
+  1     torso height
+  ====  =====================================================================
+
+* Step fields, measured after the action (the ``quadruped-linear`` features first):
+
+  ``infos/velocity_x``  float32 []    torso velocity along world x (m/s)
+  ``infos/velocity_y``  float32 []    torso velocity along world y (m/s)
+  ``infos/height``      float32 []    torso height (m)
+  ``infos/upright``     float32 []    torso z-axis projected on world z (1 upright, -1 upside down)
+  ``infos/ctrl_cost``   float32 []    minus the mean squared action, -||a||^2 / 12: a positive
+                                      weight rewards cheap (small) actions
+  ``physics/qpos``      float64 [23]  full position (free joint: x, y, z, quaternion; then hinges)
+  ``physics/qvel``      float64 [22]  full velocity (free joint linear velocity in the world frame)
+  ``physics/act``       float64 [12]  actuator activations (filtered controls), for exact replay
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hipi_offline.envs.base import EnvInfo, StepResult, register
+from hipi_offline.envs.cheetah import headless_gl, state_layout
+
+DEFAULT_STEPS = 1000
+"""20 s at 0.02 s per step: the suite's time limit."""
+FLOOR_SIZE = 100.0
+"""Floor half-size in metres: room for 20 s at 5 m/s in any direction."""
+
+
+def torso_velocity_world(qvel: np.ndarray) -> np.ndarray:
+    """[..., 3] linear velocity of the torso in the world frame (the free joint's)."""
+    return qvel[..., 0:3]
+
+
+def torso_height(qpos: np.ndarray) -> np.ndarray:
+    """[...] height of the torso's origin."""
+    return qpos[..., 2]
+
+
+def torso_upright(qpos: np.ndarray) -> np.ndarray:
+    """[...] the torso z-axis on the world z-axis, from the free joint's quaternion
+    (equals the suite's ``physics.torso_upright()``, the xmat zz entry)."""
+    w, x, y, z = np.moveaxis(qpos[..., 3:7], -1, 0)
+    return 1.0 - 2.0 * (x * x + y * y) / (w * w + x * x + y * y + z * z)
+
+
+def negative_effort(actions: np.ndarray) -> np.ndarray:
+    """[...] minus the mean squared action."""
+    return -np.mean(np.square(actions), axis=-1)
+
+
+@register("quadruped")
+class QuadrupedEnv:
+    """The suite's quadruped; see the module docstring for observations and fields."""
+
+    substeps = 4
+    """Physics steps per control step."""
+
+    def __init__(self) -> None:
+        headless_gl()
+        from dm_control.suite import common, quadruped
+
+        xml = quadruped.make_model(floor_size=FLOOR_SIZE)
+        self.physics = quadruped.Physics.from_xml_string(xml, common.ASSETS)
+        model = self.physics.model
+        self._qpos, self._qvel, self._act = state_layout(model.ptr)
+        low, high = model.actuator_ctrlrange.T.astype(np.float32)
+        self.info = EnvInfo(
+            name="quadruped",
+            task_spec="quadruped-linear",
+            observation_dim=88,
+            action_dim=model.nu,
+            action_low=low,
+            action_high=high,
+            control_dt=float(model.opt.timestep) * self.substeps,
+            default_steps=DEFAULT_STEPS,
+        )
+
+    def reset(self, seed: int) -> np.ndarray:
+        from dm_control.suite import quadruped
+
+        rng = np.random.default_rng(seed)
+        azimuth = rng.uniform(0.0, 2.0 * np.pi)
+        orientation = np.array([np.cos(azimuth / 2), 0.0, 0.0, np.sin(azimuth / 2)])
+        quadruped._find_non_contacting_height(self.physics, orientation)
+        self.physics.data.time = 0.0
+        return self.observation()
+
+    def step(self, action: np.ndarray) -> StepResult:
+        applied = np.clip(
+            np.asarray(action, np.float64), self.info.action_low, self.info.action_high
+        )
+        self.physics.set_control(applied)
+        self.physics.step(self.substeps)
+        data = self.physics.data
+        return StepResult(self.observation(), self._fields(data.qpos, data.qvel, data.act, applied))
+
+    def _fields(
+        self, qpos: np.ndarray, qvel: np.ndarray, act: np.ndarray, actions: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        velocity = torso_velocity_world(qvel)
+        return {
+            "infos/velocity_x": velocity[..., 0].astype(np.float32),
+            "infos/velocity_y": velocity[..., 1].astype(np.float32),
+            "infos/height": torso_height(qpos).astype(np.float32),
+            "infos/upright": torso_upright(qpos).astype(np.float32),
+            "infos/ctrl_cost": negative_effort(actions).astype(np.float32),
+            "physics/qpos": qpos.copy(),
+            "physics/qvel": qvel.copy(),
+            "physics/act": act.copy(),
+        }
+
+    def observation(self) -> np.ndarray:
+        """The 88 documented entries; float32."""
+        physics = self.physics
+        torso_xmat = physics.named.data.xmat["torso"]
+        height = torso_height(physics.data.qpos)
+        return np.concatenate(
+            [
+                physics.egocentric_state(),
+                physics.torso_velocity(),
+                np.atleast_1d(physics.torso_upright()),
+                physics.imu(),
+                physics.force_torque(),
+                torso_xmat,
+                np.atleast_1d(height),
+            ]
+        ).astype(np.float32)
+
+    def rollout_fields(
+        self, states: np.ndarray, sensordata: np.ndarray, actions: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The step fields of many simulated transitions at once, for planners.
+
+        ``states`` [..., nstate] (``mjSTATE_FULLPHYSICS``) are measured after the
+        actions [..., nu]; the values equal what :meth:`step` reports.
+        """
+        del sensordata  # every field is a function of the state and the action
+        return self._fields(
+            states[..., self._qpos], states[..., self._qvel], states[..., self._act], actions
+        )
+
+    def render(self, width: int = 320, height: int = 240) -> np.ndarray:
+        return np.asarray(self.physics.render(height, width, camera_id=0), np.uint8)
+
+    def close(self) -> None:
+        self.physics.free()

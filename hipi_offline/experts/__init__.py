@@ -1,0 +1,12 @@
+"""Task-conditioned experts that need no training; importing registers them."""
+
+from hipi_offline.experts import mppi  # noqa: F401  (registers "cheetah" and "quadruped")
+from hipi_offline.experts.base import Expert, make_expert, register_expert
+
+try:  # the desk environment's scripted expert, when present
+    from hipi_offline.experts import desk_play  # noqa: F401
+except ModuleNotFoundError as err:
+    if err.name != "hipi_offline.experts.desk_play":
+        raise
+
+__all__ = ["Expert", "make_expert", "register_expert"]
