@@ -87,12 +87,17 @@ class SortedTargetAccumulator:
 
     def add(self, fields: Fields, episode: Tensor, weight: Tensor | None) -> None:
         f = self.family.value(fields)[:, 0]  # [C]
-        w = torch.ones_like(f) if weight is None else weight
         bucket = torch.searchsorted(self.sorted, f)  # number of candidates < f
         flat = episode * self.buckets + bucket
-        self.weight.index_add_(0, flat, w)
-        self.moment.index_add_(0, flat, w * f)
-        self.base.index_add_(0, episode, w * self.family.task_free(fields))
+        free = self.family.task_free(fields)
+        if weight is None:  # unit weights: x * 1.0 == x exactly, so skip the products
+            self.weight.index_add_(0, flat, torch.ones_like(f))
+            self.moment.index_add_(0, flat, f)
+            self.base.index_add_(0, episode, free)
+            return
+        self.weight.index_add_(0, flat, weight)
+        self.moment.index_add_(0, flat, weight * f)
+        self.base.index_add_(0, episode, weight * free)
 
     def result(self, tasks: Tensor) -> Tensor:
         weight = self.weight.view(-1, self.buckets).cumsum(dim=1)  # [N, K+1]
@@ -122,13 +127,32 @@ def _to_device(name: str, array: np.ndarray, device: torch.device) -> Tensor:
     return tensor.to(device=device, dtype=torch.float64, non_blocking=True)
 
 
-def _check_finite(name: str, value: Tensor, rows: Tensor, episode: Tensor) -> None:
+def _check_finite(
+    name: str, value: Tensor, rows: Tensor | None, start: int, episode: Tensor
+) -> None:
+    """InputError at the first row holding NaN or inf; ``rows`` None means the rows
+    are ``start, start + 1, ...``."""
+    if bool(torch.isfinite(value.sum())):
+        return  # a finite sum means every value is finite (NaN and inf propagate)
+    # slow path: find the first bad row (or none: a sum of finite values overflowed)
     finite = torch.isfinite(value.reshape(len(value), -1)).all(dim=1)
     if not bool(finite.all()):
         bad = int(torch.argmin(finite.to(torch.uint8)))
-        raise InputError(
-            f"{name}: NaN or inf at step row {int(rows[bad])} (episode {int(episode[bad])})"
-        )
+        row = int(rows[bad]) if rows is not None else start + bad
+        raise InputError(f"{name}: NaN or inf at step row {row} (episode {int(episode[bad])})")
+
+
+def _episode_ids(
+    ends: np.ndarray, starts: np.ndarray, a: int, b: int, device: torch.device
+) -> Tensor:
+    """Episode index of every row in ``[a, b)`` (rows < ends[-1]), int64 [b - a]:
+    the same as ``searchsorted(ends, arange(a, b), right=True)``, built by repeating
+    the few episode indices that overlap the chunk (no per-row binary search)."""
+    first = int(np.searchsorted(ends, a, side="right"))
+    last = int(np.searchsorted(ends, b - 1, side="right"))
+    counts = np.minimum(ends[first : last + 1], b) - np.maximum(starts[first : last + 1], a)
+    ids = torch.arange(first, last + 1, dtype=torch.int64, device=device)
+    return torch.repeat_interleave(ids, torch.from_numpy(counts).to(device), output_size=b - a)
 
 
 def accumulate_returns(
@@ -141,26 +165,29 @@ def accumulate_returns(
     progress: Callable[[int], None] | None = None,
 ) -> ReturnAccumulator:
     """One streaming pass over the steps the family reads, into ``accumulator``."""
-    ends = torch.from_numpy(store.ends).to(device)
-    starts = torch.from_numpy(store.starts).to(device)
+    ends_np, starts_np = store.ends, store.starts
+    ends = torch.from_numpy(ends_np).to(device)
+    starts = torch.from_numpy(starts_np).to(device)
     fields = spec.family.fields
     for chunk in store.iter_chunks(fields, chunk_steps):
-        rows = torch.arange(chunk.start, chunk.stop, device=device)
-        episode = torch.searchsorted(ends, rows, right=True)  # [C]
+        episode = _episode_ids(ends_np, starts_np, chunk.start, chunk.stop, device)  # [C]
         values = {name: _to_device(name, chunk.fields[name], device) for name in fields}
+        rows = None  # row numbers, built only where needed (else row = chunk.start + i)
+        if spec.at == "final" or spec.gamma != 1.0:
+            rows = torch.arange(chunk.start, chunk.stop, device=device)
         if spec.at == "final":
             keep = rows == ends[episode] - 1
             rows, episode = rows[keep], episode[keep]
             values = {name: value[keep] for name, value in values.items()}
         for name, value in values.items():
-            _check_finite(name, value, rows, episode)
+            _check_finite(name, value, rows, chunk.start, episode)
         weight = None
-        if spec.gamma != 1.0:
+        if rows is not None and spec.gamma != 1.0:
             weight = torch.pow(
                 torch.tensor(spec.gamma, dtype=torch.float64, device=device),
                 (rows - starts[episode]).to(torch.float64),
             )
-        if len(rows):
+        if len(episode):
             accumulator.add(values, episode, weight)
         if progress is not None:
             progress(chunk.stop - chunk.start)

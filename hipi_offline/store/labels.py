@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from hipi_offline.errors import InputError
+from hipi_offline.store.atomic import abandoned, atomic_write_bytes, fsync_path, writer_token
 from hipi_offline.store.backends import backend_kind
 
 LABEL_ARRAYS = ("candidates", "log_z", "topk_index", "topk_logprob", "entropy", "coverage")
@@ -98,58 +98,13 @@ def hdf5_sidecar(store_path: Path) -> Path:
     return Path(str(store_path) + ".labels")
 
 
-def _fsync_path(path: Path) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    _fsync_path(tmp)
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
-
-
-def _token() -> str:
-    """A unique suffix that names the writing process (see :func:`_abandoned`)."""
-    return f"{os.getpid()}-{uuid.uuid4().hex}"
-
-
-def _abandoned(name: str) -> bool:
-    """True for a leftover of a writer process that no longer runs (a killed
-    run); a concurrent writer's files in progress are left alone."""
-    match = re.search(r"(\d+)-[0-9a-f]{32}", name)
-    if match is None:
-        return True
-    pid = int(match.group(1))
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def ensure_zarr_labels_group(store_path: Path) -> Path:
     """Create ``labels/`` and ``labels/.sets/`` as Zarr groups if missing."""
     labels = store_path / "labels"
     for group in (labels, labels / ".sets"):
         group.mkdir(exist_ok=True)
         if not (group / "zarr.json").exists():
-            _atomic_write_bytes(group / "zarr.json", _GROUP_JSON)
+            atomic_write_bytes(group / "zarr.json", _GROUP_JSON)
     return labels
 
 
@@ -240,19 +195,19 @@ def _write_hdf5(store_path: Path, name: str, arrays: dict, attrs: dict) -> None:
     directory = hdf5_sidecar(store_path)
     directory.mkdir(exist_ok=True)
     for stale in directory.glob(".*.tmp"):
-        if _abandoned(stale.name):
+        if abandoned(stale.name):
             stale.unlink(missing_ok=True)
     final = directory / f"{name}.h5"
-    tmp = directory / f".{name}.{_token()}.tmp"
+    tmp = directory / f".{name}.{writer_token()}.tmp"
     try:
         with h5py.File(tmp, "w") as f:
             for key, value in arrays.items():
                 f.create_dataset(key, data=value)
             for key, value in attrs.items():
                 f.attrs[key] = value if value is not None else "null"
-        _fsync_path(tmp)
+        fsync_path(tmp)
         os.replace(tmp, final)
-        _fsync_path(directory)
+        fsync_path(directory)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -267,23 +222,23 @@ def _write_zarr(store_path: Path, name: str, arrays: dict, attrs: dict) -> None:
         if (
             stale.name != "zarr.json"
             and f".sets/{stale.name}" not in live
-            and _abandoned(stale.name)
+            and abandoned(stale.name)
         ):
             shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
-    token = f"{name}.{_token()}"
+    token = f"{name}.{writer_token()}"
     target = versions / token
     group = zarr.open_group(str(target), mode="w")
     for key, value in arrays.items():
         group.create_array(key, data=value, chunks=value.shape or None)
     group.attrs.update(attrs)
     for path in sorted(target.rglob("*"), reverse=True):
-        _fsync_path(path)
-    _fsync_path(target)
+        fsync_path(path)
+    fsync_path(target)
     link = labels_dir / name
     old = os.readlink(link) if link.is_symlink() else None
-    tmp_link = versions / f".link-{_token()}"
+    tmp_link = versions / f".link-{writer_token()}"
     os.symlink(f".sets/{token}", tmp_link)
     os.replace(tmp_link, link)
-    _fsync_path(labels_dir)
+    fsync_path(labels_dir)
     if old is not None and old != f".sets/{token}":
         shutil.rmtree(labels_dir / old, ignore_errors=True)

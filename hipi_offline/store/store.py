@@ -15,10 +15,8 @@ overwritten by the next append, so ``ends`` is written last and is the commit.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import shutil
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hipi_offline.errors import InputError
+from hipi_offline.store.atomic import remove_abandoned_siblings, remove_path, replace_path, sibling
 from hipi_offline.store.backends import (
     COMPRESSIONS,
     ArrayInfo,
@@ -99,7 +98,8 @@ class TrajectoryStore:
             raise InputError(f"compression: {compression!r} is not one of {COMPRESSIONS}")
         if path.exists() and not overwrite:
             raise InputError(f"{path}: already exists; pass overwrite to replace it")
-        staging = _sibling(path, "creating")
+        remove_abandoned_siblings(path)
+        staging = sibling(path, "creating")
         backend = open_backend(staging, "w")
         attrs = {
             FORMAT_ATTR: FORMAT_VERSION,
@@ -142,12 +142,12 @@ class TrajectoryStore:
         if staging is None:
             return
         if commit:
-            _replace_path(staging, self.path)
+            replace_path(staging, self.path)
             stale_labels = Path(str(self.path) + ".labels")  # an HDF5 store's replaced labels
             if self.kind == "hdf5" and stale_labels.is_dir():
                 shutil.rmtree(stale_labels)
         else:
-            _remove_path(staging)
+            remove_path(staging)
 
     def __repr__(self) -> str:
         return (
@@ -337,18 +337,19 @@ class TrajectoryStore:
     ) -> None:
         """HDF5 is not crash-safe in place: append to a copy, then replace the file."""
         self._backend.close()
-        work = _sibling(self.path, "append")
+        remove_abandoned_siblings(self.path)
+        work = sibling(self.path, "append")
         try:
             shutil.copy2(self.path, work)
             self._backend = open_backend(work, "a")
             self._append(steps, lengths, episodes)
             self._backend.close()
-            _replace_path(work, self.path)
+            replace_path(work, self.path)
         except BaseException:
             self._ends = None
             raise
         finally:
-            _remove_path(work)
+            remove_path(work)
             self._backend = open_backend(self.path, "a")
 
     def _append(
@@ -445,48 +446,6 @@ class TrajectoryStore:
                 f"{self.num_episodes}; relabel with --overwrite"
             )
         return labels
-
-
-def _sibling(path: Path, purpose: str) -> Path:
-    """A hidden temporary path beside ``path`` with the same suffix."""
-    return path.with_name(f".{path.name}.{purpose}-{uuid.uuid4().hex[:12]}{path.suffix}")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _remove_path(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _replace_path(source: Path, target: Path) -> None:
-    """Move a finished file or folder onto ``target`` (atomic for files; for folders
-    the old one is renamed away first)."""
-    if source.is_file():
-        with open(source, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(source, target)
-    else:
-        trash = _sibling(target, "old") if target.exists() else None
-        if trash is not None:
-            os.rename(target, trash)
-        os.rename(source, target)
-        if trash is not None:
-            _remove_path(trash)
-    _fsync_dir(target.parent)
 
 
 def open_store(path: str | Path, mode: Literal["r", "a"] = "r") -> TrajectoryStore:
