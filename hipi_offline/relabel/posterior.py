@@ -34,7 +34,8 @@ class Posterior:
     coverage: np.ndarray  # float64 [K]
 
     def __repr__(self) -> str:
-        return f"Posterior(N={len(self.entropy)}, K={len(self.log_z)}, k={self.topk_index.shape[1]})"
+        n, k = self.topk_index.shape
+        return f"Posterior(N={n}, K={len(self.log_z)}, k={k})"
 
 
 def log_partition(returns: Tensor, temperature: float) -> Tensor:
@@ -58,37 +59,42 @@ def inverse_rl_posterior(
     bounds = [(j, min(j + tile, k)) for j in range(0, k, tile)]
     log_z = torch.empty(k, dtype=torch.float64, device=device)
     row_norm = torch.full((n,), -math.inf, dtype=torch.float64, device=device)
+    single = len(bounds) == 1
 
     def scores(j0: int, j1: int, returns: Tensor) -> Tensor:
         s = returns / temperature
         if partition:
-            s = s - log_z[j0:j1]
+            s -= log_z[j0:j1]
         if log_prior is not None:
-            s = s + log_prior[j0:j1]
+            s += log_prior[j0:j1]
         return s  # [N, j1 - j0]
 
-    cache = block(*bounds[0]) if len(bounds) == 1 else None
+    kept: Tensor | None = None  # the scores of a single tile, reused by the second sweep
     for j0, j1 in bounds:
-        returns = cache if cache is not None else block(j0, j1)
+        returns = block(j0, j1)
         log_z[j0:j1] = log_partition(returns, temperature)
-        row_norm = torch.logaddexp(row_norm, torch.logsumexp(scores(j0, j1, returns), dim=1))
+        s = scores(j0, j1, returns)
+        row_norm = torch.logaddexp(row_norm, torch.logsumexp(s, dim=1))
+        kept = s if single else None
 
     top_k = min(top_k, k)
     best_val = torch.empty(n, 0, dtype=torch.float64, device=device)
     best_idx = torch.empty(n, 0, dtype=torch.int64, device=device)
-    entropy = torch.zeros(n, dtype=torch.float64, device=device)
+    expected_score = torch.zeros(n, dtype=torch.float64, device=device)  # sum_j q_ij s_ij
     coverage = torch.empty(k, dtype=torch.float64, device=device)
     for j0, j1 in bounds:
-        returns = cache if cache is not None else block(j0, j1)
-        log_q = scores(j0, j1, returns) - row_norm[:, None]
-        q = torch.exp(log_q)
-        entropy -= torch.where(q > 0, q * log_q, torch.zeros_like(q)).sum(dim=1)
+        s = kept if kept is not None else scores(j0, j1, block(j0, j1))
+        q = torch.exp(s - row_norm[:, None])  # [N, tile]
+        expected_score += (q * s).sum(dim=1)
         coverage[j0:j1] = q.sum(dim=0) / n
-        vals, idx = torch.topk(log_q, min(top_k, j1 - j0), dim=1)
+        vals, idx = torch.topk(s, min(top_k, j1 - j0), dim=1)  # log q is s minus a row constant
         merged_val = torch.cat([best_val, vals], dim=1)
         merged_idx = torch.cat([best_idx, idx + j0], dim=1)
         best_val, order = torch.topk(merged_val, min(top_k, merged_val.shape[1]), dim=1)
         best_idx = torch.gather(merged_idx, 1, order)
+    # H_i = -sum_j q log q = L_i - sum_j q_ij s_ij, since log q_ij = s_ij - L_i
+    entropy = row_norm - expected_score
+    best_val = best_val - row_norm[:, None]
     return Posterior(
         log_z=log_z.cpu().numpy(),
         topk_index=best_idx.cpu().numpy(),
