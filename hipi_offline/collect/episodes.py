@@ -80,27 +80,62 @@ def commanded_unit(env_name: str, steps: int, seed: int, unit: int) -> list[Epis
 
 
 def play_unit(env_name: str, steps: int, seed: int, unit: int, windows: int) -> list[Episode]:
-    """A play stream of ``windows * steps`` steps cut into consecutive windows; each
-    window's task is the sub-task being played at its last step."""
-    from hipi_offline.experts.desk_play import play_stream
+    """``windows`` windows of ``steps`` steps cut from one play stream, each ending at
+    the completion of a sub-task and labeled with that sub-task.
+
+    A completion is a stream step that achieves the sub-task being played (its
+    success predicate switches from false to true). Windows are chosen greedily from
+    the stream's start: window w ends at the first completion row ``e_w`` with
+    ``e_w >= e_{w-1} + steps`` (``e_0 >= steps - 1``) and holds rows
+    ``e_w - steps + 1 .. e_w``. So windows never overlap and appear in stream order;
+    the rows between a window and the next (the wait for a completion) are skipped,
+    and a window may also hold earlier completions (sub-tasks shorter than
+    ``steps``). The task of a window is the sub-task played at its last step, which
+    that step completes. The stream is recorded in pieces until ``windows`` windows
+    are found; the choice depends only on the stream's rows, never on the pieces, so
+    a unit is deterministic for (environment, seed, unit).
+
+    Episode fields: ``task`` (sub-task index), ``stream`` (the unit), ``window``
+    (0, 1, ... in stream order) and ``stream_offset`` (stream row of the first step).
+    """
+    from hipi_offline.experts.desk_play import PlayStream
 
     worker = _worker(env_name)
     stream_seed = int(unit_seeds(seed, unit).generate_state(1)[0])
-    obs, actions, fields, subtask = play_stream(
-        worker.env, worker.expert, windows * steps, stream_seed
-    )
+    stream = PlayStream(worker.env, worker.expert, stream_seed)
+    limit = 20 * windows * steps + 5000  # a script that stops completing sub-tasks
+    pieces, ends, next_end = [], [], steps - 1
+    while len(ends) < windows:
+        if stream.steps >= limit:
+            raise RuntimeError(
+                f"{env_name} play stream {unit}: {len(ends)} of {windows} windows "
+                f"after {stream.steps} steps (sub-tasks are not being completed)"
+            )
+        offset = stream.steps
+        piece = stream.record(2 * steps)
+        pieces.append(piece)
+        for row in offset + np.flatnonzero(piece.completed):
+            if row >= next_end and len(ends) < windows:
+                ends.append(int(row))
+                next_end = int(row) + steps
+    used = ends[-1] + 1
+    obs = np.concatenate([p.observations for p in pieces])[:used]
+    actions = np.concatenate([p.actions for p in pieces])[:used]
+    fields = {k: np.concatenate([p.fields[k] for p in pieces])[:used] for k in pieces[0].fields}
+    subtask = np.concatenate([p.subtask for p in pieces])[:used]
     episodes = []
-    for w in range(windows):
-        rows = slice(w * steps, (w + 1) * steps)
+    for w, end in enumerate(ends):
+        rows = slice(end - steps + 1, end + 1)
         episodes.append(
             Episode(
                 np.asarray(obs[rows], np.float32),
                 np.asarray(actions[rows], np.float32),
                 {k: np.asarray(v[rows]) for k, v in fields.items()},
                 {
-                    "task": np.asarray(subtask[rows][-1], np.int64),
+                    "task": np.asarray(subtask[end], np.int64),
                     "stream": np.asarray(unit, np.int64),
                     "window": np.asarray(w, np.int64),
+                    "stream_offset": np.asarray(end - steps + 1, np.int64),
                 },
             )
         )

@@ -2,9 +2,16 @@
 
 A spherical end effector on three position-controlled slide joints works a drawer,
 a sliding door, a button that toggles a lamp, and a free block (scene:
-``assets/desk.xml``). Tasks and their success predicates live in the task spec
-``desk-discrete`` (``datasets/desk-discrete.yaml``); this module only reports the
-state fields those predicates read.
+``assets/desk.xml``).
+
+Nine discrete tasks (:data:`TASK_NAMES`), each with a success predicate on the
+state: the table :data:`SUCCESS`, the one place the predicates are written. A task
+is *achieved* on the step where its predicate switches from false (before the
+action) to true (after it); ``infos/achieved`` reports those events, and the task
+spec ``desk-discrete`` (``datasets/desk-discrete.yaml``) rewards exactly them, so an
+episode's return for a task counts how often it was achieved (success: return >= 1).
+Rewarding events rather than states matters for play data: a state persists long
+after the sub-task that made it (an opened drawer stays open), an event does not.
 
 Action, float32 [3] in [-1, 1]: end-effector displacement; the position targets of
 the slide actuators are the current position plus ``MAX_DELTA * action`` (metres).
@@ -21,13 +28,15 @@ Observation, float32 [17]:
 
 Step fields (measured after the action): ``infos/drawer``, ``infos/door``,
 ``infos/button``, ``infos/light``, ``infos/block_x``, ``infos/block_y``,
-``infos/block_z`` (scalars), ``infos/ee`` [3], ``physics/qpos`` [13],
-``physics/qvel`` [12].
+``infos/block_z`` (scalars), ``infos/ee`` [3], ``infos/achieved`` [9] (1.0 where
+the task in that column of :data:`TASK_NAMES` was achieved by this step, else 0.0),
+``physics/qpos`` [13], ``physics/qvel`` [12].
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +64,49 @@ DRAWER_X = 0.41
 DOOR_X0 = -0.4
 """World x of the door handle when the door is at 0."""
 
+TASK_NAMES = (
+    "open_drawer",
+    "close_drawer",
+    "door_left",
+    "door_right",
+    "light_on",
+    "light_off",
+    "block_left",
+    "block_right",
+    "block_forward",
+)
+"""The nine tasks, in the column order of ``infos/achieved`` and of the task spec."""
+SUCCESS: dict[str, tuple[str, float | None, float | None]] = {
+    "open_drawer": ("infos/drawer", 0.12, None),
+    "close_drawer": ("infos/drawer", None, 0.03),
+    "door_left": ("infos/door", None, 0.04),
+    "door_right": ("infos/door", 0.18, None),
+    "light_on": ("infos/light", 0.5, None),
+    "light_off": ("infos/light", None, 0.5),
+    "block_left": ("infos/block_x", None, -0.12),
+    "block_right": ("infos/block_x", 0.12, None),
+    "block_forward": ("infos/block_y", 0.1, None),
+}
+"""Success predicates, task -> (scalar state field, above, below): the task's goal
+holds when ``above < field < below`` (None: no bound). Metres; light is 0 or 1."""
+
+
+def success(fields: Mapping[str, Any]) -> np.ndarray:
+    """bool [..., 9]: which tasks' success predicates hold on state fields (each [...],
+    named as in ``DeskEnv.fields``), columns in :data:`TASK_NAMES` order."""
+    columns = []
+    for name in TASK_NAMES:
+        field, above, below = SUCCESS[name]
+        value = np.asarray(fields[field], dtype=np.float64)
+        hit = np.ones(value.shape, dtype=bool)
+        if above is not None:
+            hit &= value > above
+        if below is not None:
+            hit &= value < below
+        columns.append(hit)
+    return np.stack(columns, axis=-1)
+
+
 OBSERVATION_DIM = 17
 FIELD_NAMES = (
     "infos/drawer",
@@ -65,6 +117,7 @@ FIELD_NAMES = (
     "infos/block_y",
     "infos/block_z",
     "infos/ee",
+    "infos/achieved",
     "physics/qpos",
     "physics/qvel",
 )
@@ -99,6 +152,7 @@ class DeskEnv:
         self._lamp = self.model.geom("lamp").id
         self._light = False
         self._armed = True
+        self._achieved = np.zeros(len(TASK_NAMES), np.float32)
         self._renderer: Any = None
 
     # --- named state accessors -------------------------------------------------------------
@@ -151,6 +205,10 @@ class DeskEnv:
         """World y of the drawer's front face (0 when closed)."""
         return -self.drawer
 
+    def success(self) -> np.ndarray:
+        """bool [9]: which tasks' success predicates hold now (:data:`SUCCESS`)."""
+        return success(self._state_fields())
+
     # --- interface -------------------------------------------------------------------------
 
     def reset(self, seed: int) -> np.ndarray:
@@ -171,6 +229,7 @@ class DeskEnv:
         self.data.ctrl[:] = ee
         self._set_light(bool(rng.integers(2)))
         self._armed = True
+        self._achieved = np.zeros(len(TASK_NAMES), np.float32)
         mujoco.mj_forward(self.model, self.data)
         return self.observation()
 
@@ -178,9 +237,11 @@ class DeskEnv:
         action = np.clip(np.asarray(action, dtype=np.float64).reshape(3), -1.0, 1.0)
         target = np.clip(self.ee_pos + MAX_DELTA * action, EE_LOW, EE_HIGH)
         self.data.ctrl[:] = target
+        before = self.success()
         for _ in range(SUBSTEPS):
             self._mujoco.mj_step(self.model, self.data)
             self._update_light()
+        self._achieved = (self.success() & ~before).astype(np.float32)
         return StepResult(self.observation(), self.fields())
 
     def observation(self) -> np.ndarray:
@@ -196,17 +257,11 @@ class DeskEnv:
         ).astype(np.float32)
 
     def fields(self) -> dict[str, np.ndarray]:
-        """The step fields of the current state (what ``step`` reports)."""
-        block = self.block_pos
+        """The step fields of the last step (what ``step`` reported; after ``reset``,
+        the fields of the initial state with nothing achieved)."""
         return {
-            "infos/drawer": np.float32(self.drawer),
-            "infos/door": np.float32(self.door),
-            "infos/button": np.float32(self.button),
-            "infos/light": np.float32(self._light),
-            "infos/block_x": np.float32(block[0]),
-            "infos/block_y": np.float32(block[1]),
-            "infos/block_z": np.float32(block[2]),
-            "infos/ee": self.ee_pos.astype(np.float32),
+            **self._state_fields(),
+            "infos/achieved": self._achieved.copy(),
             "physics/qpos": self.data.qpos.astype(np.float32),
             "physics/qvel": self.data.qvel.astype(np.float32),
         }
@@ -228,6 +283,20 @@ class DeskEnv:
         self._close_renderer()
 
     # --- internals -------------------------------------------------------------------------
+
+    def _state_fields(self) -> dict[str, np.ndarray]:
+        """The named state fields (what the success predicates read)."""
+        block = self.block_pos
+        return {
+            "infos/drawer": np.float32(self.drawer),
+            "infos/door": np.float32(self.door),
+            "infos/button": np.float32(self.button),
+            "infos/light": np.float32(self._light),
+            "infos/block_x": np.float32(block[0]),
+            "infos/block_y": np.float32(block[1]),
+            "infos/block_z": np.float32(block[2]),
+            "infos/ee": self.ee_pos.astype(np.float32),
+        }
 
     def _close_renderer(self) -> None:
         if self._renderer is not None:

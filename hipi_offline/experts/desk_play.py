@@ -1,12 +1,16 @@
 """Scripted play on the desk: long, unsegmented, multi-task data like human play.
 
 :class:`DeskPlay` keeps choosing a random *feasible* sub-task (one whose success
-predicate in the ``desk-discrete`` spec is currently false) and carries it out with
-noisy waypoints: rise to a safe height, move above the contact point, descend, push
-or pull until the skill's goal is reached, retreat upwards. Commanded one task
-(``reset(env, task=one_hot, seed)``) it does that task once and then holds still.
-``current_task`` is the index (in the spec's task order) of the sub-task being done.
-:func:`play_stream` records a stream for the collector to cut into windows.
+predicate, :data:`hipi_offline.envs.desk.SUCCESS`, is currently false) and carries it
+out with noisy waypoints: rise to a safe height, move above the contact point,
+descend, push or pull until the skill's goal is reached (a little past the success
+predicate), retreat upwards. Commanded one task (``reset(env, task=one_hot, seed)``)
+it does that task once and then holds still. ``current_task`` is the index (in the
+spec's task order) of the sub-task being done.
+
+:class:`PlayStream` records a play stream piece by piece, marking the steps that
+*complete* a sub-task (achieve the sub-task being played); the collector cuts the
+stream into windows that end at those steps. :func:`play_stream` records one piece.
 """
 
 from __future__ import annotations
@@ -15,23 +19,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hipi_offline.envs.base import env_task_spec, transition_rewards
-from hipi_offline.envs.desk import BUTTON_XY, DOOR_RANGE, DOOR_X0, DRAWER_RANGE, DRAWER_X, DeskEnv
+from hipi_offline.envs.base import env_task_spec
+from hipi_offline.envs.desk import (
+    BUTTON_XY,
+    DOOR_RANGE,
+    DOOR_X0,
+    DRAWER_RANGE,
+    DRAWER_X,
+    TASK_NAMES,
+    DeskEnv,
+)
 from hipi_offline.experts.base import register_expert
 from hipi_offline.tasks.spec import TaskSpec
 
-TASKS = (
-    "open_drawer",
-    "close_drawer",
-    "door_left",
-    "door_right",
-    "light_on",
-    "light_off",
-    "block_left",
-    "block_right",
-    "block_forward",
-)
-"""Sub-tasks in the order of the ``desk-discrete`` spec (checked at reset)."""
+TASKS = TASK_NAMES
+"""Sub-tasks in the order of the environment's tasks and of the ``desk-discrete``
+spec (checked at reset)."""
 
 SAFE_Z = 0.17
 """Transit height: above every piece of furniture."""
@@ -131,13 +134,8 @@ class DeskPlay:
         return "idle" if self._skill is None else self._skill.phase
 
     def satisfied(self, env: DeskEnv) -> np.ndarray:
-        """bool [9]: which tasks' predicates hold now (by the spec's own reward)."""
-        if self._spec is None:
-            self._spec = env_task_spec(env)
-        fields = {k: np.asarray(v)[None] for k, v in env.fields().items()}
-        obs = env.observation()[None]
-        rewards = transition_rewards(self._spec, obs, np.zeros((1, 3)), fields, np.eye(len(TASKS)))
-        return rewards[0] > 0
+        """bool [9]: which tasks' success predicates hold now (the environment's table)."""
+        return env.success()
 
     def feasible(self, env: DeskEnv) -> np.ndarray:
         """Indices of the tasks that are not already achieved."""
@@ -283,6 +281,8 @@ class DeskPlay:
         return bool(across < 0.035 and -0.1 < along < -0.02 and ee[2] < 0.05)
 
     def _achieved(self, env: DeskEnv, skill: _Skill) -> bool:
+        """The skill's own goal: a little past its task's success predicate (so the
+        predicate is reached on the way; this only decides when to stop pushing)."""
         name = skill.name
         if name == "open_drawer":
             return env.drawer > 0.14
@@ -306,23 +306,65 @@ def make_desk_play(noise: float = 0.1) -> DeskPlay:
     return DeskPlay(noise=noise)
 
 
+@dataclass(frozen=True, repr=False)
+class PlayPiece:
+    """Consecutive steps of a play stream."""
+
+    observations: np.ndarray
+    """[T, 17] float32, before each action."""
+    actions: np.ndarray
+    """[T, 3] float32, clipped to [-1, 1]."""
+    fields: dict[str, np.ndarray]
+    """Step fields {name: [T, ...]} (after each action)."""
+    subtask: np.ndarray
+    """[T] int64: the sub-task being played at each step."""
+    completed: np.ndarray
+    """[T] bool: the step achieves the sub-task being played (``infos/achieved`` in
+    that sub-task's column)."""
+
+    def __repr__(self) -> str:
+        return f"PlayPiece(steps={len(self.actions)}, completions={int(self.completed.sum())})"
+
+
+class PlayStream:
+    """One endless play stream from ``env.reset(seed)``, recorded piece by piece:
+    ``record(a)`` then ``record(b)`` gives the same steps as ``record(a + b)``."""
+
+    def __init__(self, env: DeskEnv, expert: DeskPlay, seed: int) -> None:
+        self.env, self.expert = env, expert
+        self.steps = 0
+        """Steps recorded so far (the stream row of the next step)."""
+        self._obs = env.reset(seed)
+        expert.reset(env, None, seed)
+
+    def record(self, steps: int) -> PlayPiece:
+        """The next ``steps`` steps of the stream."""
+        env, expert = self.env, self.expert
+        observations = np.empty((steps, env.info.observation_dim), np.float32)
+        actions = np.empty((steps, env.info.action_dim), np.float32)
+        subtask = np.empty(steps, np.int64)
+        # each field's rows, starting from an empty one (so that 0 steps stack too)
+        fields = {k: [np.asarray(v)[None][:0]] for k, v in env.fields().items()}
+        obs = self._obs
+        for t in range(steps):
+            action = np.clip(expert.act(env, obs), env.info.action_low, env.info.action_high)
+            result = env.step(action)
+            observations[t], actions[t], subtask[t] = obs, action, expert.current_task
+            for name, value in result.fields.items():
+                fields[name].append(np.asarray(value)[None])
+            obs = result.observation
+        self._obs = obs
+        self.steps += steps
+        stacked = {k: np.concatenate(v) for k, v in fields.items()}
+        completed = stacked["infos/achieved"][np.arange(steps), subtask] > 0.5
+        return PlayPiece(observations, actions, stacked, subtask, completed)
+
+
 def play_stream(
     env: DeskEnv, expert: DeskPlay, steps: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """``steps`` steps of play from ``env.reset(seed)``: observations [T, 17] (before each
     action), actions [T, 3] (clipped), step fields {name: [T, ...]} and the sub-task
     index [T] being done at each step."""
-    obs = env.reset(seed)
-    expert.reset(env, None, seed)
-    observations = np.empty((steps, env.info.observation_dim), np.float32)
-    actions = np.empty((steps, env.info.action_dim), np.float32)
-    subtask = np.empty(steps, np.int64)
-    fields: dict[str, list[np.ndarray]] = {}
-    for t in range(steps):
-        action = np.clip(expert.act(env, obs), env.info.action_low, env.info.action_high)
-        result = env.step(action)
-        observations[t], actions[t], subtask[t] = obs, action, expert.current_task
-        for name, value in result.fields.items():
-            fields.setdefault(name, []).append(np.asarray(value))
-        obs = result.observation
-    return observations, actions, {k: np.stack(v) for k, v in fields.items()}, subtask
+    piece = PlayStream(env, expert, seed).record(steps)
+    return piece.observations, piece.actions, piece.fields, piece.subtask
