@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,7 +105,7 @@ def write_spec(folder: Path, name: str, body: dict[str, Any]) -> str:
 
 
 def run_labels(store: Path, tasks: str, name: str, **options: Any) -> LabelSet:
-    options.setdefault("device", "cpu")
+    options.setdefault("device", os.environ.get("HIPI_TEST_DEVICE", "cpu"))  # cuda on a GPU box
     relabel(store, RelabelConfig(tasks=tasks, name=name, **options))
     with open_store(store) as opened:
         return opened.read_labels(name)

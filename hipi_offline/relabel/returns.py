@@ -164,7 +164,26 @@ def accumulate_returns(
     chunk_steps: int,
     progress: Callable[[int], None] | None = None,
 ) -> ReturnAccumulator:
-    """One streaming pass over the steps the family reads, into ``accumulator``."""
+    """One streaming pass over the steps the family reads, into ``accumulator``.
+
+    On CUDA, ``index_add_`` is made deterministic for the pass (the default uses
+    atomics, whose order of float additions changes the last bits run to run)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(previous or device.type == "cuda", warn_only=True)
+    try:
+        return _accumulate(store, spec, accumulator, device, chunk_steps, progress)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _accumulate(
+    store: TrajectoryStore,
+    spec: TaskSpec,
+    accumulator: ReturnAccumulator,
+    device: torch.device,
+    chunk_steps: int,
+    progress: Callable[[int], None] | None,
+) -> ReturnAccumulator:
     ends_np, starts_np = store.ends, store.starts
     ends = torch.from_numpy(ends_np).to(device)
     starts = torch.from_numpy(starts_np).to(device)
