@@ -143,7 +143,7 @@ class DeskEnv:
             action_low=-np.ones(3, np.float32),
             action_high=np.ones(3, np.float32),
             control_dt=self.model.opt.timestep * SUBSTEPS,
-            default_steps=100,
+            default_steps=50,  # windows of ~one sub-task keep play data identifiable
         )
         self._qpos = {n: self.model.joint(n).qposadr[0] for n in ("drawer", "door", "button")}
         self._qvel_ee = self.model.joint("ee_x").dofadr[0]
