@@ -181,7 +181,7 @@ def test_commanded_task_succeeds(env, task: int) -> None:
                 break
         expert.reset(env, one_hot, seed)
         achieved = []
-        for _ in range(100)  # the commanded-success budget of benchmarks/desk_quality.py:
+        for _ in range(100):  # the commanded-success budget of benchmarks/desk_quality.py
             achieved.append(env.step(expert.act(env, None)).fields["infos/achieved"])
             if expert.phase == "done":
                 break
