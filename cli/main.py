@@ -127,6 +127,78 @@ def inspect(
         typer.echo(line)
 
 
+@app.command("train-bc")
+def train_bc(
+    store: Annotated[Path, typer.Argument(help="Trajectory store (.h5/.hdf5 or .zarr).")],
+    out: Annotated[Path, typer.Option(help="Run directory (config, metrics, checkpoints).")],
+    labels: Annotated[
+        str | None, typer.Option(help="Label set: hipi, no-partition, random, original, ...")
+    ] = None,
+    task_agnostic: Annotated[
+        bool, typer.Option(help="No task input (the baseline); needs no labels.")
+    ] = False,
+    steps: Annotated[int, typer.Option(help="Gradient steps.")] = 100_000,
+    batch_size: Annotated[int, typer.Option(help="Steps per minibatch.")] = 256,
+    hidden: Annotated[str, typer.Option(help="MLP layer sizes, e.g. 256,256,256.")] = "256,256,256",
+    activation: Annotated[str, typer.Option(help="relu, gelu, silu or tanh.")] = "relu",
+    head: Annotated[str, typer.Option(help="gaussian (tanh-squashed) or deterministic.")] = (
+        "gaussian"
+    ),
+    task_embedding: Annotated[
+        int, typer.Option(help="Discrete tasks: learned embedding size (0: one-hot as is).")
+    ] = 0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 3e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
+    schedule: Annotated[str, typer.Option(help="cosine, linear or constant.")] = "cosine",
+    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 1000,
+    grad_clip: Annotated[float, typer.Option(help="Gradient-norm clip (0: off).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of weights, batches and task draws.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[int, typer.Option(help="CPU threads (0: torch default).")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 10_000,
+    keep_checkpoints: Annotated[int, typer.Option(help="Keep the last N (0: all).")] = 0,
+    log_every: Annotated[int, typer.Option(help="Steps per metrics row.")] = 100,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a task-conditioned behavior-cloning policy on a label set (paper Alg. 3)."""
+    from hipi_offline.bc import BCConfig, parse_hidden
+    from hipi_offline.bc import train_bc as run_train_bc
+
+    def action() -> object:
+        config = BCConfig(
+            out=out,
+            labels=labels,
+            task_agnostic=task_agnostic,
+            steps=steps,
+            batch_size=batch_size,
+            hidden=parse_hidden(hidden),
+            activation=activation,
+            head=head,
+            task_embedding=task_embedding,
+            lr=lr,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            warmup_steps=warmup_steps,
+            grad_clip=grad_clip,
+            seed=seed,
+            device=device,
+            threads=threads,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep_checkpoints,
+            log_every=log_every,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+        )
+        return run_train_bc(store, config)
+
+    summary = _run(action)
+    for line in summary.lines():  # type: ignore[attr-defined]
+        typer.echo(line)
+
+
 @app.command("import")
 def import_cmd(
     fmt: Annotated[str, typer.Argument(help="Source format: minari, d4rl or robomimic.")],

@@ -1,0 +1,446 @@
+"""Policy networks pi(a | s, psi), checkpoint files, and the rollout wrapper.
+
+The network holds its normalization statistics as buffers, so a checkpoint
+(``safetensors``) is self-contained: weights, statistics, the candidate tasks
+and, in its metadata, the run description (config.json's content). Evaluation
+code uses only :func:`load_policy` and :meth:`Policy.act`::
+
+    policy = load_policy("runs/hipi")            # latest checkpoint of a run
+    action = policy.act(obs, task)               # mean action, env units
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hipi_offline.bc.data import Normalization
+from hipi_offline.errors import InputError
+
+CHECKPOINT_FORMAT = "hipi_offline.bc/1"
+CHECKPOINT_DIR = "checkpoints"
+_CHECKPOINT = re.compile(r"^step_(\d+)\.safetensors$")
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+ACTION_EPS = 1e-5
+"""Normalized data actions are clipped to +-(1 - ACTION_EPS) before atanh (the
+bounds are the data's min and max, so some actions lie exactly on them)."""
+HALF_RANGE_FLOOR = 1e-6
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class BCNetwork(nn.Module):
+    """MLP on [normalized observation, task encoding] with a tanh-Gaussian or a
+    deterministic head. Inputs and outputs are in raw (environment) units."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        task_dim: int,
+        hidden: tuple[int, ...] = (256, 256, 256),
+        activation: str = "relu",
+        head: str = "gaussian",
+        task_embedding: int = 0,
+    ) -> None:
+        super().__init__()
+        if head not in ("gaussian", "deterministic"):
+            raise InputError(f"--head: expected gaussian or deterministic, got {head!r}")
+        self.obs_dim, self.act_dim, self.task_dim = obs_dim, act_dim, task_dim
+        self.head = head
+        self.spec = {
+            "obs_dim": obs_dim,
+            "act_dim": act_dim,
+            "task_dim": task_dim,
+            "hidden": [int(h) for h in hidden],
+            "activation": activation,
+            "head": head,
+            "task_embedding": task_embedding,
+        }
+        """The constructor arguments (saved as the run description's ``network``)."""
+        for name, dim, fill in (
+            ("obs_mean", obs_dim, 0.0),
+            ("obs_std", obs_dim, 1.0),
+            ("act_mean", act_dim, 0.0),
+            ("act_std", act_dim, 1.0),
+            ("act_low", act_dim, -1.0),
+            ("act_high", act_dim, 1.0),
+            ("task_mean", task_dim, 0.0),
+            ("task_std", task_dim, 1.0),
+        ):
+            self.register_buffer(name, torch.full((dim,), fill, dtype=torch.float32))
+        self.embed = (
+            nn.Linear(task_dim, task_embedding, bias=False) if task_embedding and task_dim else None
+        )
+        width = obs_dim + (task_embedding if self.embed is not None else task_dim)
+        layers: list[nn.Module] = []
+        for size in hidden:
+            layers += [nn.Linear(width, size), _ACTIVATIONS[activation]()]
+            width = size
+        self.trunk = nn.Sequential(*layers)
+        self.out = nn.Linear(width, act_dim * (2 if head == "gaussian" else 1))
+
+    # ------------------------------------------------------------ normalization
+    def set_normalization(self, norm: Normalization) -> None:
+        for name in Normalization.__dataclass_fields__:
+            value = torch.as_tensor(np.asarray(getattr(norm, name)), dtype=torch.float32)
+            getattr(self, name).copy_(value)
+
+    def _center_half(self) -> tuple[Tensor, Tensor]:
+        center = 0.5 * (self.act_high + self.act_low)
+        half = (0.5 * (self.act_high - self.act_low)).clamp(min=HALF_RANGE_FLOOR)
+        return center, half
+
+    # ------------------------------------------------------------ forward
+    def forward(self, obs: Tensor, task: Tensor | None = None) -> Tensor:
+        """The raw head output [B, act_dim * (2 or 1)]."""
+        x = (obs - self.obs_mean) / self.obs_std
+        if self.task_dim:
+            if task is None:
+                raise ValueError("this policy is task-conditioned: pass a task")
+            t = (task - self.task_mean) / self.task_std
+            if self.embed is not None:
+                t = self.embed(t)
+            x = torch.cat([x, t], dim=1)
+        return self.out(self.trunk(x))
+
+    def gaussian(self, obs: Tensor, task: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(mean, log_std) of the pre-tanh Gaussian, each [B, act_dim]."""
+        mu, raw = self(obs, task).chunk(2, dim=1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw) + 1.0)
+        return mu, log_std
+
+    def loss(self, obs: Tensor, action: Tensor, task: Tensor | None) -> Tensor:
+        """Mean negative log-likelihood of the data actions (gaussian, in normalized
+        action units y in (-1, 1), tanh correction included) or mean squared error
+        of the standardized action (deterministic)."""
+        if self.head == "deterministic":
+            target = (action - self.act_mean) / self.act_std
+            return (self(obs, task) - target).pow(2).mean()
+        return -self._log_prob_normalized(obs, task, action).mean()
+
+    def _log_prob_normalized(self, obs: Tensor, task: Tensor | None, action: Tensor) -> Tensor:
+        center, half = self._center_half()
+        y = ((action - center) / half).clamp(-1.0 + ACTION_EPS, 1.0 - ACTION_EPS)
+        u = torch.atanh(y)
+        mu, log_std = self.gaussian(obs, task)
+        z = (u - mu) * torch.exp(-log_std)
+        log_u = -0.5 * z.pow(2) - log_std - _LOG_SQRT_2PI
+        return (log_u - torch.log1p(-y.pow(2))).sum(dim=1)
+
+    def log_prob(self, obs: Tensor, task: Tensor | None, action: Tensor) -> Tensor:
+        """log pi(a | s, psi) [B] of actions in environment units (gaussian head)."""
+        if self.head != "gaussian":
+            raise ValueError("log_prob needs the gaussian head")
+        _, half = self._center_half()
+        return self._log_prob_normalized(obs, task, action) - torch.log(half).sum()
+
+    def mean_action(self, obs: Tensor, task: Tensor | None) -> Tensor:
+        """The deterministic action [B, act_dim] in environment units."""
+        center, half = self._center_half()
+        if self.head == "deterministic":
+            action = self(obs, task) * self.act_std + self.act_mean
+            return torch.maximum(torch.minimum(action, self.act_high), self.act_low)
+        mu, _ = self.gaussian(obs, task)
+        return center + half * torch.tanh(mu)
+
+    def sample_action(
+        self, obs: Tensor, task: Tensor | None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """A stochastic action [B, act_dim] (the mean action for the deterministic head)."""
+        if self.head == "deterministic":
+            return self.mean_action(obs, task)
+        center, half = self._center_half()
+        mu, log_std = self.gaussian(obs, task)
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return center + half * torch.tanh(mu + torch.exp(log_std) * noise)
+
+
+def build_network(run: Mapping[str, Any]) -> BCNetwork:
+    """The (untrained) network a run description's ``network`` entry asks for."""
+    spec = dict(run["network"])
+    spec["hidden"] = tuple(int(h) for h in spec["hidden"])
+    return BCNetwork(**spec)
+
+
+# ---------------------------------------------------------------- checkpoint files
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:07d}.safetensors"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of a run's committed checkpoints, oldest first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _CHECKPOINT.match(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file under a temporary name, fsync it, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_bytes(data)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync(path.parent)
+
+
+def write_checkpoint(
+    path: Path, tensors: Mapping[str, Tensor], step: int, run: Mapping[str, Any]
+) -> Path:
+    """Write a checkpoint atomically (a kill leaves the old file set, never a torn file)."""
+    from safetensors.torch import save
+
+    payload = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    metadata = {"format": CHECKPOINT_FORMAT, "step": str(int(step)), "run": json.dumps(run)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, save(payload, metadata=metadata))
+    return path
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], int, dict[str, Any]]:
+    """(tensors, step, run description) of a checkpoint file, or an InputError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        data = Path(path).read_bytes()
+        tensors = load(data)
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        metadata = header.get("__metadata__") or {}
+        if metadata.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {metadata.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        return tensors, int(metadata["step"]), json.loads(metadata["run"])
+    except (OSError, ValueError, KeyError, SafetensorError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise InputError(f"{path}: not a readable train-bc checkpoint ({reason})") from None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the latest checkpoint of a run directory."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = list_checkpoints(path) or list_checkpoints(path.parent)
+        if path.name == CHECKPOINT_DIR and not found:
+            found = list_checkpoints(path.parent)
+        if found:
+            return found[-1][1]
+        raise InputError(f"{path}: no checkpoints (checkpoints/step_*.safetensors) found")
+    raise InputError(f"{path}: no such run directory or checkpoint file")
+
+
+# ---------------------------------------------------------------- rollout wrapper
+class Policy:
+    """A trained policy for rollouts: raw observations and tasks in, actions out.
+
+    Normalization, device placement, batching and the discrete task encoding are
+    handled here (like robomimic's ``RolloutPolicy``)."""
+
+    def __init__(
+        self,
+        network: BCNetwork,
+        run: Mapping[str, Any],
+        candidates: np.ndarray | None = None,
+        step: int = 0,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.run = dict(run)
+        self.candidates = candidates
+        self.step = step
+        labels = self.run.get("labels") or {}
+        self.task_names: list[str] = list(labels.get("task_names") or [])
+        self.discrete = labels.get("family") == "discrete"
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    # ------------------------------------------------------------ description
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        return tuple(self.run["dims"]["obs_shape"])
+
+    @property
+    def act_dim(self) -> int:
+        return self.network.act_dim
+
+    @property
+    def task_dim(self) -> int:
+        return self.network.task_dim
+
+    @property
+    def task_agnostic(self) -> bool:
+        return self.network.task_dim == 0
+
+    @property
+    def env(self) -> str:
+        return str(self.run.get("store", {}).get("env", ""))
+
+    @property
+    def action_low(self) -> np.ndarray:
+        return self.network.act_low.cpu().numpy().copy()
+
+    @property
+    def action_high(self) -> np.ndarray:
+        return self.network.act_high.cpu().numpy().copy()
+
+    def __repr__(self) -> str:
+        labels = self.run.get("labels") or {}
+        what = "task-agnostic" if self.task_agnostic else f"labels={labels.get('name')!r}"
+        return (
+            f"Policy({self.network.head}, {what}, obs={self.obs_shape}, act={self.act_dim}, "
+            f"step={self.step}, device={self.device})"
+        )
+
+    def reset(self) -> None:
+        """Start of an episode (the policy is memoryless; kept for rollout APIs)."""
+
+    # ------------------------------------------------------------ acting
+    def _observations(self, obs: Any) -> tuple[np.ndarray, bool]:
+        obs = np.asarray(obs, dtype=np.float32)
+        shape = self.obs_shape
+        if obs.shape == shape:
+            return obs.reshape(1, -1), True
+        if obs.shape[1:] == shape:
+            return obs.reshape(len(obs), -1), False
+        if obs.ndim == 2 and obs.shape[1] == math.prod(shape):
+            return obs, False
+        raise ValueError(f"obs: expected shape {shape} or [B, *{shape}], got {obs.shape}")
+
+    def _tasks(self, task: Any) -> tuple[np.ndarray, bool]:
+        dim = self.task_dim
+        if isinstance(task, str) or (
+            isinstance(task, (list, tuple)) and task and all(isinstance(t, str) for t in task)
+        ):
+            names = [task] if isinstance(task, str) else list(task)
+            unknown = [n for n in names if n not in self.task_names]
+            if not self.discrete or unknown:
+                known = ", ".join(self.task_names) or "none"
+                raise ValueError(
+                    f"task: unknown task name {(unknown or names)[0]!r} (have {known})"
+                )
+            index = [self.task_names.index(n) for n in names]
+            task = index[0] if isinstance(task, str) else np.asarray(index)
+        arr = np.asarray(task)
+        if self.discrete and arr.dtype.kind in "iu":
+            if arr.ndim > 1 or arr.size == 0 or arr.min() < 0 or arr.max() >= dim:
+                raise ValueError(f"task: indices must lie in [0, {dim}), got {arr!r}")
+            return np.eye(dim, dtype=np.float32)[arr.reshape(-1)], arr.ndim == 0
+        arr = arr.astype(np.float32)
+        if arr.shape == (dim,) or (dim == 1 and arr.ndim == 0):
+            return arr.reshape(1, dim), True
+        if arr.ndim == 2 and arr.shape[1] == dim:
+            return arr, False
+        if dim == 1 and arr.ndim == 1:
+            return arr.reshape(-1, 1), False
+        raise ValueError(f"task: expected shape ({dim},) or [B, {dim}], got {arr.shape}")
+
+    @torch.inference_mode()
+    def act(self, obs: Any, task: Any = None, *, sample: bool = False) -> np.ndarray:
+        """Actions for one observation ([act_dim]) or a batch ([B, act_dim]).
+
+        ``task``: a task vector ([D] or [B, D]); for discrete families also a task
+        index, an index array, or a task name. A single task is used for every
+        observation of a batch. Ignored by task-agnostic policies. The action is
+        the deterministic mean (tanh of the Gaussian mean) unless ``sample``."""
+        obs_np, single = self._observations(obs)
+        task_t = None
+        if not self.task_agnostic:
+            if task is None:
+                raise ValueError("task: this policy is task-conditioned; pass a task")
+            task_np, single_task = self._tasks(task)
+            b = max(len(obs_np), len(task_np))
+            if len(obs_np) not in (1, b) or len(task_np) not in (1, b):
+                raise ValueError(f"obs and task: batch sizes {len(obs_np)} and {len(task_np)}")
+            if len(obs_np) != b:
+                obs_np = np.repeat(obs_np, b, axis=0)
+            if len(task_np) != b:
+                task_np = np.repeat(task_np, b, axis=0)
+            single = single and single_task
+            task_t = torch.from_numpy(np.ascontiguousarray(task_np)).to(self.device)
+        obs_t = torch.from_numpy(np.ascontiguousarray(obs_np)).to(self.device)
+        if sample:
+            action = self.network.sample_action(obs_t, task_t, self.generator)
+        else:
+            action = self.network.mean_action(obs_t, task_t)
+        out = action.cpu().numpy()
+        return out[0] if single else out
+
+    __call__ = act
+
+    # ------------------------------------------------------------ saving
+    def save(self, path: str | Path) -> Path:
+        """Write this policy alone (no optimizer state) as a checkpoint file."""
+        tensors = {f"policy.{k}": v for k, v in self.network.state_dict().items()}
+        if self.candidates is not None:
+            tensors["tasks.candidates"] = torch.from_numpy(self.candidates)
+        run = {**self.run, "network": self.network.spec}
+        return write_checkpoint(Path(path), tensors, self.step, run)
+
+
+def policy_from_tensors(
+    tensors: Mapping[str, Tensor],
+    step: int,
+    run: Mapping[str, Any],
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> Policy:
+    network = build_network(run)
+    state = {k[len("policy.") :]: v for k, v in tensors.items() if k.startswith("policy.")}
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        reason = " ".join(str(err).split())[:200]
+        raise InputError(f"checkpoint does not match its run description ({reason})") from None
+    cand = tensors.get("tasks.candidates")
+    candidates = None if cand is None else cand.numpy()
+    return Policy(network, run, candidates=candidates, step=step, device=device, seed=seed)
+
+
+def load_policy(path: str | Path, device: str = "auto", seed: int = 0) -> Policy:
+    """Load a policy from a run directory (its latest checkpoint) or a checkpoint file.
+
+    ``device``: auto (CUDA when available), cpu or cuda; ``seed`` seeds the
+    generator used by ``act(..., sample=True)``."""
+    from hipi_offline.relabel.run import resolve_device
+
+    checkpoint = resolve_checkpoint(path)
+    tensors, step, run = read_checkpoint(checkpoint)
+    try:
+        return policy_from_tensors(tensors, step, run, resolve_device(device), seed)
+    except KeyError as err:
+        raise InputError(f"{checkpoint}: run description lacks {err}") from None
