@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from torch import Tensor, nn
 
 from hipi_offline.bc.data import Normalization
 from hipi_offline.errors import InputError
+from hipi_offline.store.atomic import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "hipi_offline.bc/1"
 CHECKPOINT_DIR = "checkpoints"
@@ -189,31 +188,6 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
         if match and path.is_file():
             found.append((int(match.group(1)), path))
     return sorted(found)
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file under a temporary name, fsync it, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync(path.parent)
 
 
 def write_checkpoint(

@@ -71,9 +71,12 @@ def fsync_path(path: Path) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace a small file's content atomically."""
     tmp = path.with_name(f".{path.name}.{writer_token()}.tmp")
-    tmp.write_bytes(data)
-    fsync_path(tmp)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     fsync_path(path.parent)
 
 

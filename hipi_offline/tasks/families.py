@@ -205,9 +205,7 @@ class DiscreteFamily:
         for task, p in zip(self.task_names, self.predicates, strict=True):
             cols = field_columns(store_fields, p.field, f"tasks.{task}")
             if p.column is None and cols != 1:
-                raise InputError(
-                    f"tasks.{task}: field {p.field} has {cols} columns; give `column`"
-                )
+                raise InputError(f"tasks.{task}: field {p.field} has {cols} columns; give `column`")
             if p.column is not None and not 0 <= p.column < cols:
                 raise InputError(f"tasks.{task}.column: {p.column} out of range ({cols} columns)")
         return len(self.task_names)
@@ -284,7 +282,9 @@ FAMILY_KEYS: dict[str, tuple[set[str], set[str]]] = {
 
 def _field_name(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.startswith(("steps/",)):
-        raise InputError(f"{where}: expected a step field path like steps/infos/speed, got {value!r}")
+        raise InputError(
+            f"{where}: expected a step field path like steps/infos/speed, got {value!r}"
+        )
     return value
 
 
@@ -317,7 +317,8 @@ def _predicate(name: str, body: Any) -> Predicate:
         raise InputError(f"{where}: expected a mapping with field and above/below")
     unknown = sorted(set(body) - {"field", "column", "above", "below", "reward"})
     if unknown:
-        raise InputError(f"{where}: unknown key {unknown[0]!r} (allowed: field, column, above, below, reward)")
+        allowed = "field, column, above, below, reward"
+        raise InputError(f"{where}: unknown key {unknown[0]!r} (allowed: {allowed})")
     if "field" not in body:
         raise InputError(f"{where}: missing key 'field'")
     if "above" not in body and "below" not in body:
@@ -358,7 +359,8 @@ def parse_family(family: str, body: Mapping[str, Any]) -> RewardFamily:
         if margin is not None and margin != "sampled":
             margin = _number(margin, "margin", positive=True)
         return GoalFamily(
-            field=_field_name(body["field"], "field"), dims=_dims(body.get("dims"), "dims"),
+            field=_field_name(body["field"], "field"),
+            dims=_dims(body.get("dims"), "dims"),
             margin=margin,
         )
     if family == "discrete":
