@@ -183,7 +183,7 @@ class TrajectoryStore:
                 f"{self.path}: episodes/ends must be a 1-D integer array, "
                 f"got shape {info.shape} dtype {info.dtype}"
             )
-        ends = self._backend.read("episodes/ends").astype(np.int64)
+        ends = self._read_ends()
         if len(ends):
             if ends[0] <= 0 or np.any(np.diff(ends) <= 0):
                 bad = int(np.argmax(np.diff(np.concatenate([[0], ends])) <= 0))
@@ -214,8 +214,17 @@ class TrajectoryStore:
     def ends(self) -> np.ndarray:
         """int64 [N] cumulative exclusive end offsets of the episodes."""
         if self._ends is None:
-            self._ends = self._backend.read("episodes/ends").astype(np.int64)
+            self._ends = self._read_ends()
         return self._ends
+
+    def _read_ends(self) -> np.ndarray:
+        """``episodes/ends`` as committed. A Zarr append killed between growing the
+        array and writing its chunk leaves a tail of fill-value zeros: not committed."""
+        ends = self._backend.read("episodes/ends").astype(np.int64)
+        if self.kind == "zarr" and len(ends) and ends[-1] == 0:
+            nonzero = np.flatnonzero(ends)
+            ends = ends[: nonzero[-1] + 1] if len(nonzero) else ends[:0]
+        return ends
 
     @property
     def starts(self) -> np.ndarray:
