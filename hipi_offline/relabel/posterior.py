@@ -109,8 +109,10 @@ def uniform_posterior(n: int, k: int, top_k: int, seed: int) -> Posterior:
     stored top-k is a random subset (its sampled labels are then uniform)."""
     top_k = min(top_k, k)
     rng = np.random.default_rng(seed)
-    index = np.argsort(rng.random((n, k)), axis=1)[:, :top_k] if top_k < k else np.tile(
-        np.arange(k), (n, 1)
+    index = (
+        np.argsort(rng.random((n, k)), axis=1)[:, :top_k]
+        if top_k < k
+        else np.tile(np.arange(k), (n, 1))
     )
     return Posterior(
         log_z=np.full(k, np.nan),

@@ -22,7 +22,12 @@ from hipi_offline.relabel.posterior import (
     uniform_posterior,
 )
 from hipi_offline.relabel.returns import returns_tiles
-from hipi_offline.store.labels import LabelSet, check_can_write, write_label_set
+from hipi_offline.store.labels import (
+    LabelSet,
+    PosteriorSpread,
+    check_can_write,
+    write_label_set,
+)
 from hipi_offline.store.store import DEFAULT_CHUNK_ROWS, TrajectoryStore, open_store
 from hipi_offline.tasks.spec import TaskSpec, load_task_spec
 
@@ -237,8 +242,7 @@ def relabel(store_path: str | Path, config: RelabelConfig) -> RelabelSummary:
     )
     write_label_set(store_path, labels, overwrite=config.overwrite)
     seconds = time.perf_counter() - started
-    entropy = posterior.entropy
-    cov = posterior.coverage[posterior.coverage > 0]
+    spread = PosteriorSpread.of(posterior.entropy, posterior.coverage)
     return RelabelSummary(
         name=name,
         method=config.method,
@@ -249,8 +253,8 @@ def relabel(store_path: str | Path, config: RelabelConfig) -> RelabelSummary:
         top_k=top_k,
         seconds=seconds,
         steps_per_second=steps / max(seconds, 1e-9),
-        mean_entropy=float(entropy.mean()),
-        effective_tasks=float(np.exp(entropy).mean()),
-        coverage_effective_tasks=float(np.exp(-(cov * np.log(cov)).sum())),
+        mean_entropy=spread.mean_entropy,
+        effective_tasks=spread.effective_tasks,
+        coverage_effective_tasks=spread.coverage_effective_tasks,
         device=str(device),
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hipi_offline.store.labels import LabelSet
+from hipi_offline.store.labels import LabelSet, PosteriorSpread
 from hipi_offline.store.store import open_store
 
 
@@ -82,8 +82,7 @@ def summarize_labels(labels: LabelSet, shown: int = 3) -> LabelSummary:
     names = json.loads(labels.attrs.get("task_names", "[]") or "[]")
     coverage = labels.coverage
     order = np.argsort(-coverage, kind="stable")
-    positive = coverage[coverage > 0]
-    entropy = labels.entropy.astype(np.float64)
+    spread = PosteriorSpread.of(labels.entropy, coverage)
     return LabelSummary(
         name=labels.name,
         method=str(labels.attrs.get("method", "?")),
@@ -91,9 +90,9 @@ def summarize_labels(labels: LabelSet, shown: int = 3) -> LabelSummary:
         candidates=labels.num_candidates,
         k=labels.k,
         temperature=float(labels.attrs.get("temperature", float("nan"))),
-        mean_entropy=float(entropy.mean()),
-        effective_tasks=float(np.exp(entropy).mean()),
-        coverage_effective_tasks=float(np.exp(-(positive * np.log(positive)).sum())),
+        mean_entropy=spread.mean_entropy,
+        effective_tasks=spread.effective_tasks,
+        coverage_effective_tasks=spread.coverage_effective_tasks,
         best_covered=[(_task_text(labels, j, names), float(coverage[j])) for j in order[:shown]],
         worst_covered=[
             (_task_text(labels, j, names), float(coverage[j])) for j in order[::-1][:shown]

@@ -84,6 +84,28 @@ class LabelSet:
         return self.candidates[self.topk_index[episodes, choice]]
 
 
+@dataclass(frozen=True)
+class PosteriorSpread:
+    """How spread the posteriors of a label set are."""
+
+    mean_entropy: float
+    """Mean posterior entropy (nats) per episode."""
+    effective_tasks: float
+    """Mean of exp(entropy): how many tasks each episode is labeled with, in effect."""
+    coverage_effective_tasks: float
+    """exp(entropy of the coverage): how many tasks the data as a whole teaches."""
+
+    @classmethod
+    def of(cls, entropy: np.ndarray, coverage: np.ndarray) -> PosteriorSpread:
+        entropy = np.asarray(entropy, np.float64)
+        positive = coverage[coverage > 0]
+        return cls(
+            mean_entropy=float(entropy.mean()),
+            effective_tasks=float(np.exp(entropy).mean()),
+            coverage_effective_tasks=float(np.exp(-(positive * np.log(positive)).sum())),
+        )
+
+
 def check_label_name(name: str) -> str:
     if not _NAME.match(name):
         raise InputError(
