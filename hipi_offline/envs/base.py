@@ -11,6 +11,7 @@ of the environment's task spec evaluated on those same fields
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +21,13 @@ import torch
 
 from hipi_offline.errors import InputError
 from hipi_offline.tasks.spec import TaskSpec, load_task_spec
+
+
+def headless_gl() -> None:
+    """Render with EGL when there is no display (must run before dm_control or
+    mujoco's renderer first loads its GL backend)."""
+    if "DISPLAY" not in os.environ:
+        os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 @dataclass(frozen=True)
@@ -124,8 +132,9 @@ def transition_rewards(
         **{f"steps/{name}": np.asarray(value) for name, value in fields.items()},
     }
     tensors = {
-        name: torch.from_numpy(np.ascontiguousarray(value).reshape(rows, *np.shape(value)[1:]))
-        .to(torch.float64)
+        name: torch.from_numpy(np.ascontiguousarray(value).reshape(rows, *np.shape(value)[1:])).to(
+            torch.float64
+        )
         for name, value in named.items()
         if name in spec.family.fields
     }

@@ -19,23 +19,16 @@ these fields, never here.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
-from hipi_offline.envs.base import EnvInfo, StepResult, register
+from hipi_offline.envs.base import EnvInfo, StepResult, headless_gl, register
 
 SETTLE_STEPS = 200
 """Physics steps run after the random joint init, as the suite does."""
 DEFAULT_STEPS = 1000
 """10 s at 0.01 s per step: the suite's time limit."""
-
-
-def headless_gl() -> None:
-    """Render with EGL when there is no display (must run before dm_control is imported)."""
-    if "DISPLAY" not in os.environ:
-        os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 headless_gl()  # at import too: dm_control picks its GL backend when it is first imported

@@ -35,14 +35,13 @@ the task in that column of :data:`TASK_NAMES` was achieved by this step, else 0.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hipi_offline.envs.base import EnvInfo, StepResult, register
+from hipi_offline.envs.base import EnvInfo, StepResult, headless_gl, register
 
 ASSET = Path(__file__).parent / "assets" / "desk.xml"
 MAX_DELTA = 0.03
@@ -128,8 +127,7 @@ class DeskEnv:
     """The desk environment (see the module docstring for spaces and fields)."""
 
     def __init__(self) -> None:
-        if "DISPLAY" not in os.environ:
-            os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; before mujoco
+        headless_gl()
         import mujoco
 
         self._mujoco = mujoco

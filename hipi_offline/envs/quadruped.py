@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hipi_offline.envs.base import EnvInfo, StepResult, register
-from hipi_offline.envs.cheetah import headless_gl, state_layout
+from hipi_offline.envs.base import EnvInfo, StepResult, headless_gl, register
+from hipi_offline.envs.cheetah import state_layout
 
 DEFAULT_STEPS = 1000
 """20 s at 0.02 s per step: the suite's time limit."""
