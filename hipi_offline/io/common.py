@@ -4,9 +4,6 @@ batched appends of whole episodes to a new store."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +14,7 @@ from tqdm.auto import tqdm
 
 from hipi_offline.errors import InputError
 from hipi_offline.store import TrajectoryStore, create_store
+from hipi_offline.store.atomic import remove_abandoned_siblings, remove_path, replace_path, sibling
 from hipi_offline.store.backends import backend_kind
 
 DEFAULT_BATCH_STEPS = 200_000
@@ -28,17 +26,6 @@ MAX_ATTR_JSON = 16_000
 
 
 # ---------------------------------------------------------------- destinations
-def _sidecar(path: Path) -> Path:
-    return Path(str(path) + ".labels")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink(missing_ok=True)
-
-
 def check_destination(dest: Path, overwrite: bool, *, store: bool = True) -> None:
     """Refuse an existing DEST without ``overwrite`` (and, for stores, a bad suffix)."""
     if store:
@@ -50,39 +37,18 @@ def check_destination(dest: Path, overwrite: bool, *, store: bool = True) -> Non
 
 
 @contextmanager
-def staged_destination(dest: Path, overwrite: bool, *, store: bool = True) -> Iterator[Path]:
-    """Yield a temporary sibling of ``dest`` (same suffix) to write into; on success
-    rename it into place (replacing ``dest`` and its ``.labels`` sidecar when
-    ``overwrite``), on failure delete it so no half-written DEST is left."""
-    check_destination(dest, overwrite, store=store)
+def staged_folder(dest: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling of the folder ``dest`` to write into; on success it
+    replaces ``dest``, on failure it is deleted, so no half-written DEST is left."""
+    check_destination(dest, overwrite, store=False)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.stem}.tmp-{uuid.uuid4().hex[:12]}{dest.suffix}")
+    remove_abandoned_siblings(dest)
+    tmp = sibling(dest, "creating")
     try:
         yield tmp
-        _commit(tmp, dest, overwrite)
+        replace_path(tmp, dest)
     finally:
-        _remove(tmp)
-        _remove(_sidecar(tmp))
-
-
-def _commit(tmp: Path, dest: Path, overwrite: bool) -> None:
-    """Rename ``tmp`` to ``dest``; an existing ``dest`` (and its sidecar) is moved
-    aside first and put back if the rename fails, deleted once it succeeded."""
-    check_destination(dest, overwrite, store=False)
-    old = dest.with_name(f".{dest.stem}.old-{uuid.uuid4().hex[:12]}{dest.suffix}")
-    moved = [(p, q) for p, q in ((dest, old), (_sidecar(dest), _sidecar(old))) if p.exists()]
-    for p, q in moved:
-        os.replace(p, q)
-    try:
-        os.replace(tmp, dest)
-    except OSError:
-        for p, q in moved:
-            os.replace(q, p)
-        raise
-    if _sidecar(tmp).exists():
-        os.replace(_sidecar(tmp), _sidecar(dest))
-    for _, q in moved:
-        _remove(q)
+        remove_path(tmp)
 
 
 # ---------------------------------------------------------------- source HDF5
@@ -292,12 +258,11 @@ class EpisodeWriter:
 def new_store(
     dest: Path, overwrite: bool, env: str, metadata: Mapping[str, Any]
 ) -> Iterator[TrajectoryStore]:
-    """Create a store at a staged sibling of ``dest``; renamed into place when the
-    block succeeds (deleted when it fails)."""
-    with (
-        staged_destination(dest, overwrite) as tmp,
-        create_store(tmp, env=env, metadata=dict(metadata)) as store,
-    ):
+    """Create a store at ``dest``: the store stages itself beside ``dest`` and is
+    moved into place when the block succeeds (discarded when it fails)."""
+    check_destination(dest, overwrite)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with create_store(dest, env=env, metadata=dict(metadata), overwrite=overwrite) as store:
         yield store
         if store.num_episodes == 0:
             raise InputError(f"{metadata.get('source', dest)}: no episodes were imported")

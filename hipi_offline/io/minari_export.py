@@ -44,7 +44,7 @@ from hipi_offline.io.common import (
     episode_batches,
     jsonable,
     rows_per_batch,
-    staged_destination,
+    staged_folder,
 )
 from hipi_offline.store import LabelSet, TrajectoryStore, open_store
 from hipi_offline.store.backends import ArrayInfo
@@ -73,7 +73,7 @@ def export_minari(
     with open_store(store_path) as store:
         plan = ExportPlan.of(store)
         labels = [store.read_labels(name) for name in store.label_names()]
-        with staged_destination(dest, overwrite, store=False) as tmp:
+        with staged_folder(dest, overwrite) as tmp:
             data_dir = tmp / "data"
             data_dir.mkdir(parents=True)
             _write_main_file(store, plan, labels, data_dir / MAIN_FILE, batch_steps)

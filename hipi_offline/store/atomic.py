@@ -90,7 +90,8 @@ def remove_path(path: Path) -> None:
 
 def replace_path(source: Path, target: Path) -> None:
     """Move a finished file or folder onto ``target``: one atomic rename for files;
-    for folders the old one is renamed away first, then deleted."""
+    for folders the old one is renamed away first (and put back if the second
+    rename fails), then deleted."""
     if source.is_file():
         fsync_path(source)
         os.replace(source, target)
@@ -98,7 +99,12 @@ def replace_path(source: Path, target: Path) -> None:
         trash = sibling(target, "old") if target.exists() else None
         if trash is not None:
             os.rename(target, trash)
-        os.rename(source, target)
+        try:
+            os.rename(source, target)
+        except OSError:
+            if trash is not None:
+                os.rename(trash, target)
+            raise
         if trash is not None:
             remove_path(trash)
     fsync_path(target.parent)
