@@ -34,6 +34,13 @@ from hipi_offline.store.backends import (
     backend_kind,
     open_backend,
 )
+from hipi_offline.store.labels import (
+    LabelSet,
+    ensure_zarr_labels_group,
+    hdf5_sidecar,
+    list_label_sets,
+    read_label_set,
+)
 
 FORMAT_VERSION = 1
 FORMAT_ATTR = "hipi_offline_format"
@@ -112,8 +119,6 @@ class TrajectoryStore:
         backend.set_attrs(attrs)
         backend.create("episodes/ends", np.zeros(0, np.int64), 4096, "none")
         if backend.kind == "zarr":
-            from hipi_offline.store.labels import ensure_zarr_labels_group
-
             ensure_zarr_labels_group(staging)
         return cls(backend, path=path, staging=True)
 
@@ -143,7 +148,7 @@ class TrajectoryStore:
             return
         if commit:
             replace_path(staging, self.path)
-            stale_labels = Path(str(self.path) + ".labels")  # an HDF5 store's replaced labels
+            stale_labels = hdf5_sidecar(self.path)  # an HDF5 store's replaced labels
             if self.kind == "hdf5" and stale_labels.is_dir():
                 shutil.rmtree(stale_labels)
         else:
@@ -440,14 +445,10 @@ class TrajectoryStore:
     # ---------------------------------------------------------------- labels
     def label_names(self) -> list[str]:
         """Names of the label sets stored with this store."""
-        from hipi_offline.store.labels import list_label_sets
-
         return list_label_sets(self.path)
 
-    def read_labels(self, name: str) -> Any:
+    def read_labels(self, name: str) -> LabelSet:
         """One label set as a :class:`~hipi_offline.store.labels.LabelSet`."""
-        from hipi_offline.store.labels import read_label_set
-
         labels = read_label_set(self.path, name)
         if labels.num_episodes != self.num_episodes:
             raise InputError(
