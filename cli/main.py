@@ -199,6 +199,53 @@ def train_bc(
         typer.echo(line)
 
 
+@app.command()
+def evaluate(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories or checkpoints (one per method).")
+    ],
+    env: Annotated[str | None, typer.Option(help="Environment [the run's store's].")] = None,
+    episodes: Annotated[
+        int | None, typer.Option(help="Episodes per run [20, or one per listed task].")
+    ] = None,
+    tasks: Annotated[str, typer.Option(help="prior, or a YAML/JSON/.npy file of tasks.")] = (
+        "prior"
+    ),
+    steps: Annotated[int | None, typer.Option(help="Steps per episode [env default].")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of tasks, initial states and noise.")] = 0,
+    sample: Annotated[bool, typer.Option(help="Sample actions (default: the mean).")] = False,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    video: Annotated[
+        Path | None, typer.Option(help="Render episode 0 of each run: .gif, .mp4 or .png strip.")
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    save_rollouts: Annotated[
+        Path | None, typer.Option(help="Folder: write each run's rollouts as a store.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Roll trained policies out on the same episodes and compare their task returns."""
+    from hipi_offline.evaluate import EvalConfig
+    from hipi_offline.evaluate import evaluate as run_evaluate
+
+    config = EvalConfig(
+        env=env,
+        episodes=episodes,
+        tasks=tasks,
+        steps=steps,
+        seed=seed,
+        sample=sample,
+        workers=workers,
+        video=video,
+        json_path=json_path,
+        save_rollouts=save_rollouts,
+        progress=progress,
+    )
+    evaluation = _run(lambda: run_evaluate(runs, config))
+    for line in evaluation.lines():
+        typer.echo(line)
+
+
 @app.command("import")
 def import_cmd(
     fmt: Annotated[str, typer.Argument(help="Source format: minari, d4rl or robomimic.")],

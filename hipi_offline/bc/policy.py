@@ -154,14 +154,22 @@ class BCNetwork(nn.Module):
         return center + half * torch.tanh(mu)
 
     def sample_action(
-        self, obs: Tensor, task: Tensor | None, generator: torch.Generator | None = None
+        self,
+        obs: Tensor,
+        task: Tensor | None,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
-        """A stochastic action [B, act_dim] (the mean action for the deterministic head)."""
+        """A stochastic action [B, act_dim] (the mean action for the deterministic head).
+
+        ``noise``: the standard-normal draw [B, act_dim] to use instead of drawing
+        from ``generator`` (lets a caller give each episode its own random stream)."""
         if self.head == "deterministic":
             return self.mean_action(obs, task)
         center, half = self._center_half()
         mu, log_std = self.gaussian(obs, task)
-        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if noise is None:
+            noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return center + half * torch.tanh(mu + torch.exp(log_std) * noise)
 
 
@@ -344,13 +352,17 @@ class Policy:
         raise ValueError(f"task: expected shape ({dim},) or [B, {dim}], got {arr.shape}")
 
     @torch.inference_mode()
-    def act(self, obs: Any, task: Any = None, *, sample: bool = False) -> np.ndarray:
+    def act(
+        self, obs: Any, task: Any = None, *, sample: bool = False, noise: Any = None
+    ) -> np.ndarray:
         """Actions for one observation ([act_dim]) or a batch ([B, act_dim]).
 
         ``task``: a task vector ([D] or [B, D]); for discrete families also a task
         index, an index array, or a task name. A single task is used for every
         observation of a batch. Ignored by task-agnostic policies. The action is
-        the deterministic mean (tanh of the Gaussian mean) unless ``sample``."""
+        the deterministic mean (tanh of the Gaussian mean) unless ``sample``; with
+        ``sample``, ``noise`` ([act_dim] or [B, act_dim] standard-normal draws)
+        replaces the policy's own generator."""
         obs_np, single = self._observations(obs)
         task_t = None
         if not self.task_agnostic:
@@ -368,7 +380,13 @@ class Policy:
             task_t = torch.from_numpy(np.ascontiguousarray(task_np)).to(self.device)
         obs_t = torch.from_numpy(np.ascontiguousarray(obs_np)).to(self.device)
         if sample:
-            action = self.network.sample_action(obs_t, task_t, self.generator)
+            noise_t = None
+            if noise is not None:
+                noise_np = np.asarray(noise, dtype=np.float32).reshape(-1, self.act_dim)
+                if len(noise_np) != len(obs_t):
+                    raise ValueError(f"noise: expected {len(obs_t)} rows, got {len(noise_np)}")
+                noise_t = torch.from_numpy(np.ascontiguousarray(noise_np)).to(self.device)
+            action = self.network.sample_action(obs_t, task_t, self.generator, noise_t)
         else:
             action = self.network.mean_action(obs_t, task_t)
         out = action.cpu().numpy()

@@ -1,0 +1,215 @@
+"""Policy rollouts in lockstep: one batched policy call per control step for a group
+of environments, each scored by the task family's reward (the function relabeling
+sums), so evaluation returns equal offline returns of the same rollout.
+
+Episodes are grouped into fixed groups of ``group_size`` by index, whatever the
+number of worker processes, and the policy runs on one CPU thread: the numbers
+of a given (run, episode) never depend on ``workers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hipi_offline.bc.policy import Policy, load_policy
+from hipi_offline.envs.base import TaskEnv, env_task_spec, make_env, transition_rewards
+from hipi_offline.errors import InputError
+from hipi_offline.evaluate.tasks import MAX_RESET_ATTEMPTS, EpisodePlan, task_is_feasible
+from hipi_offline.tasks.families import DiscreteFamily
+from hipi_offline.tasks.spec import TaskSpec
+
+
+@dataclass(frozen=True)
+class RolloutJob:
+    """One group of episodes of one run (picklable, for worker processes)."""
+
+    run: str
+    env: str
+    steps: int
+    plans: tuple[EpisodePlan, ...]
+    sample: bool = False
+    render: tuple[int, ...] = ()
+    """Episode indices whose frames are recorded."""
+    render_every: int = 1
+    render_size: tuple[int, int] = (240, 320)
+    keep_arrays: bool = False
+    """Return the step arrays too (for saving rollouts as a store)."""
+
+
+@dataclass
+class EpisodeOutcome:
+    """The result of one evaluation episode."""
+
+    index: int
+    task: np.ndarray
+    env_seed: int
+    episode_return: float
+    success: bool | None
+    """Discrete families: the task was achieved (return >= 1); else None."""
+    frames: np.ndarray | None = None
+    """uint8 [F, H, W, 3] when the episode was rendered."""
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    """``observations``, ``actions`` and each step field, when kept."""
+
+
+def episode_return(
+    spec: TaskSpec,
+    observations: np.ndarray,
+    actions: np.ndarray,
+    fields: Mapping[str, np.ndarray],
+    task: np.ndarray,
+) -> float:
+    """The float64 return of one episode for one task, as the relabeling engine
+    computes it (the spec's discount and ``at: final`` included)."""
+    rewards = transition_rewards(spec, observations, actions, fields, task.reshape(1, -1))[:, 0]
+    if spec.at == "final":
+        rewards = rewards[-1:]
+    elif spec.gamma != 1.0:
+        rewards = rewards * np.power(spec.gamma, np.arange(len(rewards), dtype=np.float64))
+    return float(rewards.sum())
+
+
+_POLICIES: dict[tuple[str, float], Policy] = {}
+_ENVS: dict[str, list[TaskEnv]] = {}
+
+
+def _policy(run: str) -> Policy:
+    """The policy of a run, cached per process (reloaded when its checkpoint changes)."""
+    path = Path(run)
+    key = (str(path.resolve()), path.stat().st_mtime)
+    if key not in _POLICIES:
+        _POLICIES[key] = load_policy(path, device="cpu")
+    return _POLICIES[key]
+
+
+def cached_envs(name: str, count: int) -> list[TaskEnv]:
+    """``count`` environments of ``name``, cached per process (building one takes
+    about 0.1 s; :func:`close_envs` releases them)."""
+    pool = _ENVS.setdefault(name, [])
+    while len(pool) < count:
+        pool.append(make_env(name))
+    return pool[:count]
+
+
+def close_envs() -> None:
+    """Close this process's cached environments."""
+    for pool in _ENVS.values():
+        for env in pool:
+            env.close()
+    _ENVS.clear()
+
+
+def _reset(env: TaskEnv, spec: TaskSpec, plan: EpisodePlan) -> tuple[np.ndarray, int]:
+    """Reset to the first initial state in which the plan's task can be achieved."""
+    for attempt in range(MAX_RESET_ATTEMPTS):
+        seed = plan.env_seed(attempt)
+        obs = env.reset(seed)
+        if task_is_feasible(spec, env, plan.task):
+            return obs, seed
+    raise InputError(
+        f"--tasks: task {plan.task.tolist()} already holds in {MAX_RESET_ATTEMPTS} initial "
+        "states; it cannot be achieved"
+    )
+
+
+def run_job(job: RolloutJob) -> list[EpisodeOutcome]:
+    """Roll out one group of episodes in lockstep and score them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_job(job)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_job(job: RolloutJob) -> list[EpisodeOutcome]:
+    policy = _policy(job.run)
+    envs = cached_envs(job.env, len(job.plans))
+    spec = env_task_spec(envs[0])
+    starts = [_reset(env, spec, plan) for env, plan in zip(envs, job.plans, strict=True)]
+    obs = np.stack([o for o, _ in starts]).astype(np.float32)
+    tasks = np.stack([p.task for p in job.plans]).astype(np.float32)
+    noise = [p.noise_rng() for p in job.plans]
+    rendered = [p.index in job.render for p in job.plans]
+    frames: list[list[np.ndarray]] = [[] for _ in job.plans]
+    height, width = job.render_size
+    columns: dict[str, list[np.ndarray]] = {"observations": [], "actions": []}
+    for t in range(job.steps):
+        for b, env in enumerate(envs):
+            if rendered[b] and t % job.render_every == 0:
+                frames[b].append(env.render(width=width, height=height))
+        draws = (
+            np.stack([rng.standard_normal(policy.act_dim) for rng in noise]) if job.sample else None
+        )
+        actions = policy.act(
+            obs, None if policy.task_agnostic else tasks, sample=job.sample, noise=draws
+        )
+        actions = np.asarray(actions, np.float32).reshape(len(envs), -1)
+        results = []
+        for b, env in enumerate(envs):
+            info = env.info
+            actions[b] = np.clip(actions[b], info.action_low, info.action_high)
+            results.append(env.step(actions[b]))
+        columns["observations"].append(obs)
+        columns["actions"].append(actions)
+        for name in results[0].fields:
+            columns.setdefault(name, []).append(
+                np.stack([np.asarray(r.fields[name]) for r in results])
+            )
+        obs = np.stack([r.observation for r in results]).astype(np.float32)
+    for b, env in enumerate(envs):
+        if rendered[b]:
+            frames[b].append(env.render(width=width, height=height))
+    stacked = {name: np.stack(rows, axis=1) for name, rows in columns.items()}  # [B, T, ...]
+    discrete = isinstance(spec.family, DiscreteFamily)
+    outcomes = []
+    for b, plan in enumerate(job.plans):
+        fields = {k: v[b] for k, v in stacked.items() if k not in ("observations", "actions")}
+        value = episode_return(
+            spec, stacked["observations"][b], stacked["actions"][b], fields, plan.task
+        )
+        outcomes.append(
+            EpisodeOutcome(
+                index=plan.index,
+                task=plan.task,
+                env_seed=starts[b][1],
+                episode_return=value,
+                success=(value >= 1.0) if discrete else None,
+                frames=np.stack(frames[b]) if rendered[b] else None,
+                arrays={k: v[b] for k, v in stacked.items()} if job.keep_arrays else {},
+            )
+        )
+    return outcomes
+
+
+def check_compatible(policy: Policy, env: TaskEnv, spec: TaskSpec, run: str) -> None:
+    """Fail early, naming the mismatch, when a policy cannot act in an environment."""
+    info = env.info
+    if int(np.prod(policy.obs_shape)) != info.observation_dim:
+        raise InputError(
+            f"{run}: policy observations have shape {policy.obs_shape}, "
+            f"{info.name} gives {info.observation_dim}"
+        )
+    if policy.act_dim != info.action_dim:
+        raise InputError(
+            f"{run}: policy acts in {policy.act_dim} dims, {info.name} needs {info.action_dim}"
+        )
+    if not policy.task_agnostic and policy.task_dim != spec.prior.dim:
+        raise InputError(
+            f"{run}: policy takes tasks of dimension {policy.task_dim}, but {info.name}'s task "
+            f"spec {spec.origin} has dimension {spec.prior.dim}"
+        )
+
+
+def describe_policy(policy: Policy) -> str:
+    """The method a policy was trained with: its label set's name, or task-agnostic."""
+    if policy.task_agnostic:
+        return "task-agnostic"
+    labels: dict[str, Any] = policy.run.get("labels") or {}
+    return str(labels.get("name") or "task-conditioned")

@@ -1,0 +1,217 @@
+"""Evaluate trained runs in their environment (``hipi-offline evaluate``).
+
+Every run meets the same episodes: tasks from the environment's prior (or a file),
+initial states and action noise fixed by (seed, episode). Each episode is scored
+with its task's reward, the function relabeling sums. Results: mean return with
+standard error and a 95% t-interval per run, the paired difference to the first
+run, success rates for discrete task families, optional JSON, video and the
+rollouts themselves as a store (which relabels like any other).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from hipi_offline.bc.policy import load_policy
+from hipi_offline.envs.base import env_task_spec
+from hipi_offline.errors import InputError
+from hipi_offline.evaluate.report import RunResult, report_json, report_lines
+from hipi_offline.evaluate.rollout import (
+    EpisodeOutcome,
+    RolloutJob,
+    cached_envs,
+    check_compatible,
+    describe_policy,
+    run_job,
+)
+from hipi_offline.evaluate.tasks import plan_episodes
+from hipi_offline.evaluate.video import check_video_path, video_paths, write_video
+from hipi_offline.store.atomic import atomic_write_bytes
+
+VIDEO_FPS = 25.0
+"""Target frame rate of videos; frames are taken every round(1 / (fps * dt)) steps."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Options of one evaluation call."""
+
+    env: str | None = None
+    """Environment; default: the one the first run's store was collected in."""
+    episodes: int | None = None
+    """Episodes per run (default 20 from the prior, or one per listed task)."""
+    tasks: str = "prior"
+    """``prior`` or a YAML/JSON/.npy file of tasks."""
+    steps: int | None = None
+    """Control steps per episode (default: the environment's)."""
+    seed: int = 0
+    """Seed of the tasks, initial states and sampled-action noise."""
+    sample: bool = False
+    """Sample actions from the policy instead of taking its mean action."""
+    workers: int = 1
+    """Worker processes (each rolls out groups of ``group_size`` episodes)."""
+    group_size: int = 16
+    """Episodes stepped in lockstep with one batched policy call."""
+    video: str | Path | None = None
+    """Render episode 0 of each run to this .gif / .mp4 / .png (frame strip)."""
+    render_episodes: tuple[int, ...] = ()
+    """Further episode indices whose frames are kept (``RunResult.outcomes[i].frames``)."""
+    render_size: tuple[int, int] = (240, 320)
+    json_path: str | Path | None = None
+    """Write the results as JSON here."""
+    save_rollouts: str | Path | None = None
+    """Folder: write each run's rollouts as a store ``<i>-<method>.h5`` (rewards not
+    stored; the commanded task in ``episodes/task``)."""
+    progress: bool = True
+
+
+@dataclass
+class Evaluation:
+    """The outcome of :func:`evaluate`."""
+
+    results: list[RunResult]
+    header: dict[str, Any]
+    seconds: float
+    videos: list[Path]
+
+    def lines(self) -> list[str]:
+        steps = self.header["episodes"] * self.header["steps"] * len(self.results)
+        out = report_lines(self.results, self.header)
+        out.append(f"{steps:,} env steps in {self.seconds:.1f} s ({steps / self.seconds:,.0f}/s)")
+        out += [f"video: {p}" for p in self.videos]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return report_json(self.results, self.header)
+
+
+def evaluate(runs: Sequence[str | Path], config: EvalConfig) -> Evaluation:
+    """Roll out each run's policy on the same episodes and score them."""
+    started = time.perf_counter()
+    runs = [str(r) for r in runs]
+    if not runs:
+        raise InputError("RUN: give at least one run directory or checkpoint")
+    _check(config)
+    policies = [load_policy(r, device="cpu") for r in runs]
+    env_name = config.env or policies[0].env
+    if not env_name:
+        raise InputError(f"--env: {runs[0]} does not record its environment; pass --env")
+    env = cached_envs(env_name, 1)[0]
+    spec = env_task_spec(env)
+    for run, policy in zip(runs, policies, strict=True):
+        check_compatible(policy, env, spec, run)
+    info = env.info
+    steps = config.steps if config.steps is not None else info.default_steps
+    if steps < 1:
+        raise InputError(f"--steps: must be positive, got {steps}")
+    plans = plan_episodes(spec, config.tasks, config.episodes, config.seed)
+    video = Path(config.video) if config.video else None
+    if video is not None:
+        check_video_path(video)
+    methods = [describe_policy(p) for p in policies]
+    render = set(config.render_episodes) | ({0} if video else set())
+    every = max(1, round(1.0 / (VIDEO_FPS * info.control_dt)))
+    jobs = [
+        RolloutJob(
+            run=run,
+            env=env_name,
+            steps=steps,
+            plans=tuple(plans[g : g + config.group_size]),
+            sample=config.sample,
+            render=tuple(sorted(i for i in render if g <= i < g + config.group_size)),
+            render_every=every,
+            render_size=tuple(config.render_size),
+            keep_arrays=config.save_rollouts is not None,
+        )
+        for run in runs
+        for g in range(0, len(plans), config.group_size)
+    ]
+    outcomes: dict[str, list[EpisodeOutcome]] = {r: [] for r in runs}
+    with tqdm(
+        total=len(plans) * len(runs),
+        desc=f"evaluate {env_name}",
+        unit="ep",
+        disable=not config.progress,
+    ) as bar:
+        for job, done in zip(jobs, _run_jobs(jobs, config.workers), strict=True):
+            outcomes[job.run] += done
+            bar.update(len(done))
+    results = [
+        RunResult(run, method, policy.step, outcomes[run], spec)
+        for run, method, policy in zip(runs, methods, policies, strict=True)
+    ]
+    header = {
+        "env": env_name,
+        "task_spec": spec.origin,
+        "tasks": str(config.tasks),
+        "episodes": len(plans),
+        "steps": steps,
+        "seed": config.seed,
+        "sample": config.sample,
+    }
+    videos = []
+    if video is not None:
+        fps = 1.0 / (info.control_dt * every)
+        for result, path in zip(results, video_paths(video, methods), strict=True):
+            frames = result.outcomes[0].frames
+            assert frames is not None
+            videos.append(write_video(frames, path, fps))
+    if config.save_rollouts is not None:
+        save_rollouts(Path(config.save_rollouts), results, env_name, header)
+    evaluation = Evaluation(results, header, time.perf_counter() - started, videos)
+    if config.json_path is not None:
+        text = json.dumps(evaluation.to_json(), indent=1)
+        atomic_write_bytes(Path(config.json_path), text.encode())
+    return evaluation
+
+
+def _check(config: EvalConfig) -> None:
+    if config.workers < 1:
+        raise InputError(f"--workers: must be positive, got {config.workers}")
+    if config.group_size < 1:
+        raise InputError(f"group_size: must be positive, got {config.group_size}")
+    for name, value in (("--json", config.json_path), ("--save-rollouts", config.save_rollouts)):
+        if value is not None and not Path(value).parent.exists():
+            raise InputError(f"{name}: folder {Path(value).parent} does not exist")
+
+
+def _run_jobs(jobs: list[RolloutJob], workers: int) -> Iterator[list[EpisodeOutcome]]:
+    """Outcomes of each job, in job order, in this process or in worker processes."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(run_job, jobs)  # environments stay cached for the next call
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(workers, len(jobs))) as pool:
+        yield from pool.imap(run_job, jobs)
+
+
+def save_rollouts(
+    folder: Path, results: list[RunResult], env: str, header: dict[str, Any]
+) -> list[Path]:
+    """Write each run's rollouts as a store in ``folder`` (replacing older ones)."""
+    from hipi_offline.store.store import create_store
+
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, result in enumerate(results):
+        path = folder / f"{i}-{result.method}.h5"
+        arrays = [o.arrays for o in result.outcomes]
+        steps = {name: np.concatenate([a[name] for a in arrays]) for name in arrays[0]}
+        metadata = {"evaluated_run": result.run, "evaluation": json.dumps(header)}
+        with create_store(path, env=env, metadata=metadata, overwrite=True) as store:
+            store.append_episodes(
+                steps=steps,
+                lengths=[len(a["actions"]) for a in arrays],
+                episodes={"task": np.stack([o.task for o in result.outcomes])},
+            )
+        paths.append(path)
+    return paths
