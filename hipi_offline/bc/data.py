@@ -244,6 +244,15 @@ def encode_candidates(labels: LabelSet) -> tuple[np.ndarray, np.ndarray, np.ndar
     return cand, mean, np.where(std < STD_FLOOR, 1.0, std)
 
 
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` (on the CPU) on ``device``. CUDA copies go through pinned memory with
+    ``non_blocking``: a copy from pageable memory would wait for the GPU to finish all
+    queued work first, once per training step."""
+    if device.type != "cuda" or tensor.device.type == "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class TaskSampler:
     """Draws psi ~ q(psi | tau) for many episodes at once (inverse CDF on top-k)."""
 
@@ -261,6 +270,7 @@ class TaskSampler:
             self.device
         )
         self.topk_index = torch.from_numpy(np.asarray(labels.topk_index, np.int64)).to(self.device)
+        self._flat_index = self.topk_index.reshape(-1)
         self.cdf = torch.from_numpy(cdf).to(self.device)
         self.k = int(probs.shape[1])
 
@@ -268,14 +278,15 @@ class TaskSampler:
         """Candidate indices [B] for episodes [B] given uniforms u [B] in [0, 1)."""
         rows = self.cdf.index_select(0, episodes)
         slot = torch.searchsorted(rows, u.to(rows.dtype).unsqueeze(1), right=True)
-        slot = slot.clamp_(max=self.k - 1)
-        return self.topk_index[episodes, slot.squeeze(1)]
+        slot = slot.squeeze(1).clamp_(max=self.k - 1)
+        # one flat gather instead of 2-d advanced indexing: topk_index[episodes, slot]
+        return self._flat_index.index_select(0, slot.add_(episodes * self.k))
 
     def sample(self, episodes: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(candidate indices [B], tasks [B, D]) for episodes [B]; uniforms come from
         ``generator`` (a CPU generator; they are moved to the sampler's device)."""
         u = torch.rand(len(episodes), generator=generator, dtype=torch.float64)
-        chosen = self.choose(episodes.to(self.device), u.to(self.device))
+        chosen = self.choose(episodes.to(self.device), to_device(u, self.device))
         return chosen, self.candidates.index_select(0, chosen)
 
 
@@ -298,22 +309,27 @@ class BatchSampler:
         where = self.device if on_device else torch.device("cpu")
         self.observations = data.observations.to(where)
         self.actions = data.actions.to(where)
-        self.step_episode = data.step_episode.to(tasks.device if tasks is not None else where)
+        # int64 once here, so no per-step conversion before the posterior gathers
+        self.step_episode = data.step_episode.to(
+            tasks.device if tasks is not None else where, torch.int64
+        )
         self.num_steps = data.num_steps
         self.pin = (not on_device) and self.device.type == "cuda"
 
     def sample(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """(observations [B, obs_dim], actions [B, act_dim], tasks [B, D] or None)."""
         idx = torch.randint(self.num_steps, (self.batch_size,), generator=self.generator)
+        where = self.observations.device
+        idx_where = to_device(idx, where)
         task = None
         if self.tasks is not None:
-            episodes = self.step_episode.index_select(0, idx.to(self.step_episode.device))
-            _, task = self.tasks.sample(episodes.long(), self.generator)
+            on = self.step_episode.device
+            idx_ep = idx_where if on == where else to_device(idx, on)
+            episodes = self.step_episode.index_select(0, idx_ep)
+            _, task = self.tasks.sample(episodes, self.generator)
             task = task.to(self.device, non_blocking=True)
-        where = self.observations.device
-        idx = idx.to(where, non_blocking=True)
-        obs = self.observations.index_select(0, idx)
-        act = self.actions.index_select(0, idx)
+        obs = self.observations.index_select(0, idx_where)
+        act = self.actions.index_select(0, idx_where)
         if self.pin:
             obs, act = obs.pin_memory(), act.pin_memory()
         obs = obs.to(self.device, non_blocking=True)
