@@ -60,7 +60,9 @@ class EvalConfig:
     workers: int = 1
     """Worker processes (each rolls out groups of ``group_size`` episodes)."""
     group_size: int = 16
-    """Episodes stepped in lockstep with one batched policy call."""
+    """Episodes stepped in lockstep with one batched policy call. Groups are fixed by
+    episode index, so results never depend on ``workers``; the group size itself
+    can change the last bits of the policy's batched matrix products."""
     video: str | Path | None = None
     """Render episode 0 of each run to this .gif / .mp4 / .png (frame strip)."""
     render_episodes: tuple[int, ...] = ()
