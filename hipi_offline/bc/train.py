@@ -93,6 +93,9 @@ class TrainSummary:
     device: str
     tensorboard: bool
     """False when tensorboard is not installed (metrics.csv only)."""
+    cpu_seconds: float = 0.0
+    """CPU time of the calling thread in the training loop: with one torch thread on
+    the CPU, the work done, unlike ``seconds`` hardly affected by other processes."""
 
     def lines(self) -> list[str]:
         what = (
@@ -565,6 +568,7 @@ def _train(
     window_steps, final_loss = 0, None
     last_checkpoint = resume_from
     started = window_start = time.perf_counter()
+    cpu_started = time.thread_time()
     for step in range(start, config.steps):
         lr = lr_at(step, config)
         for group in optimizer.param_groups:
@@ -599,6 +603,7 @@ def _train(
             tensors = _checkpoint_tensors(network, optimizer, generator, candidates)
             last_checkpoint = _save(run_dir, done, tensors, run, config.keep_checkpoints)
     seconds = time.perf_counter() - started
+    cpu_seconds = time.thread_time() - cpu_started
     trained = config.steps - start
     return TrainSummary(
         run_dir=str(run_dir),
@@ -616,4 +621,5 @@ def _train(
         checkpoint=str(last_checkpoint),
         device=str(device),
         tensorboard=writer is not None,
+        cpu_seconds=cpu_seconds,
     )
