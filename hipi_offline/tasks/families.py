@@ -218,6 +218,76 @@ class DiscreteFamily:
         return self.indicators(fields) @ tasks.T
 
 
+@dataclass(frozen=True)
+class BiasedFamily:
+    """Another family's reward plus a constant ``value`` on every rewarded step, for
+    the tasks inside the closed box ``low <= psi <= high`` (the spec key ``bias``;
+    the paper's Fig. 7b corruption). It keeps the wrapped family's name, fields and
+    columns, so stores, label sets and policies treat it as that family."""
+
+    inner: RewardFamily
+    value: float
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.inner.name
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.inner.fields
+
+    def columns(self, store_fields: Mapping[str, ArrayInfo]) -> int:
+        return self.inner.columns(store_fields)
+
+    def in_box(self, tasks: Tensor) -> Tensor:
+        """Boolean [K]: which tasks get the bias."""
+        low = torch.tensor(self.low, dtype=tasks.dtype, device=tasks.device)
+        high = torch.tensor(self.high, dtype=tasks.dtype, device=tasks.device)
+        return ((tasks >= low) & (tasks <= high)).all(dim=1)
+
+    def reward(self, fields: Mapping[str, Tensor], tasks: Tensor) -> Tensor:
+        base = self.inner.reward(fields, tasks)
+        return base + self.value * self.in_box(tasks).to(base.dtype)[None, :]
+
+
+def unwrap(family: RewardFamily) -> RewardFamily:
+    """The family under any ``bias`` wrapper."""
+    while isinstance(family, BiasedFamily):
+        family = family.inner
+    return family
+
+
+def parse_bias(value: Any, dim: int) -> tuple[float, tuple[float, ...], tuple[float, ...]]:
+    """``{value: b, low: [..], high: [..]}`` -> (b, low, high); low/high default to
+    the whole task space and take ``dim`` numbers each (a bare number for dim 1)."""
+    if not isinstance(value, Mapping):
+        raise InputError(f"bias: expected a mapping {{value, low, high}}, got {value!r}")
+    unknown = sorted(set(value) - {"value", "low", "high"})
+    if unknown:
+        raise InputError(f"bias: unknown key {unknown[0]!r} (allowed: high, low, value)")
+    if "value" not in value:
+        raise InputError("bias: missing key 'value'")
+    b = _number(value["value"], "bias.value")
+    bounds = []
+    for key, default in (("low", float("-inf")), ("high", float("inf"))):
+        raw = value.get(key)
+        if raw is None:
+            bounds.append((default,) * dim)
+            continue
+        items = raw if isinstance(raw, list) else [raw]
+        if len(items) != dim:
+            raise InputError(f"bias.{key}: expected {dim} numbers (task dimension), got {raw!r}")
+        bounds.append(tuple(_number(x, f"bias.{key}") for x in items))
+    low, high = bounds
+    bad = [j for j in range(dim) if low[j] > high[j]]
+    if bad:
+        j = bad[0]
+        raise InputError(f"bias.low: entry {j} ({low[j]}) exceeds bias.high ({high[j]})")
+    return b, low, high
+
+
 RewardFn = Callable[[Mapping[str, Tensor], Tensor | None, Tensor], Tensor]
 
 

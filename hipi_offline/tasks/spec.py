@@ -16,13 +16,26 @@ from hipi_offline.errors import InputError
 from hipi_offline.store.backends import ArrayInfo
 from hipi_offline.tasks.families import (
     FAMILY_KEYS,
+    BiasedFamily,
     DiscreteFamily,
     RewardFamily,
+    parse_bias,
     parse_family,
+    unwrap,
 )
 from hipi_offline.tasks.priors import CategoricalPrior, Prior, parse_prior
 
-COMMON_KEYS = {"family", "prior", "candidates", "temperature", "gamma", "at", "name", "description"}
+COMMON_KEYS = {
+    "family",
+    "prior",
+    "candidates",
+    "temperature",
+    "gamma",
+    "at",
+    "bias",
+    "name",
+    "description",
+}
 
 
 @dataclass(frozen=True, repr=False)
@@ -56,7 +69,8 @@ class TaskSpec:
 
     @property
     def task_names(self) -> tuple[str, ...] | None:
-        return self.family.task_names if isinstance(self.family, DiscreteFamily) else None
+        family = unwrap(self.family)
+        return family.task_names if isinstance(family, DiscreteFamily) else None
 
     def task_dim(self, store_fields: Mapping[str, ArrayInfo]) -> int:
         """Check the family's fields against a store; return the task dimension."""
@@ -161,6 +175,9 @@ def _build(data: Mapping[str, Any], text: str, origin: str) -> TaskSpec:
     at = data.get("at", "all")
     if at not in ("all", "final"):
         raise InputError(f"at: expected 'all' or 'final', got {at!r}")
+    if "bias" in data:
+        value, low, high = parse_bias(data["bias"], prior.dim)
+        family = BiasedFamily(family, value, low, high)
     return TaskSpec(family, prior, candidates, temperature, gamma, at, text, origin)
 
 

@@ -1,0 +1,240 @@
+"""The paper's Fig. 7a: behavior cloning on relabeled data against its baselines.
+
+For each environment: collect expert data once, relabel it with every method
+(hipi, no-partition, random, original = the commanded tasks, the oracle), train
+one behavior-cloning run per (method, seed) plus task-agnostic BC, evaluate every
+run on the same episodes with tasks from the prior, and average over seeds.
+
+Layout under ``root`` (read by the notebooks and plots; keep it)::
+
+    config.json                       {"fig7a": settings, "fig7b": settings}
+    <env>/data.h5                     collected store (label sets beside it)
+    <env>/runs/<method>-seed<s>/      train-bc run directories
+    <env>/eval/<method>-seed<s>.json  evaluate's JSON for that run
+    results.json                      {"fig7a": {env: {method: {mean, stderr, per_seed, metric}}}}
+
+Every stage skips what is already on disk, so rerunning continues a killed run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hipi_offline.errors import InputError
+from hipi_offline.experiments.common import (
+    ALL_METHODS,
+    ENV_SPECS,
+    TASK_AGNOSTIC,
+    Control,
+    TrainSettings,
+    aggregate,
+    check_seeds,
+    claim_root,
+    collect_stage,
+    evaluate_stage,
+    positive_int,
+    relabel_stage,
+    train_stage,
+    update_results,
+)
+
+
+@dataclass(frozen=True)
+class EnvSetup:
+    """Data and evaluation sizes of one environment."""
+
+    env: str
+    """cheetah, quadruped or desk."""
+    episodes: int
+    """Collected episodes (desk: play windows)."""
+    steps: int | None = None
+    """Steps per collected episode (None: the environment's default)."""
+    eval_episodes: int = 20
+    """Evaluation episodes per run (tasks from the prior, the same for every run)."""
+    eval_steps: int | None = None
+    """Steps per evaluation episode (None: the environment's default)."""
+    temperature: float | None = None
+    """Override the task spec's temperature for relabeling."""
+    candidates: int | None = None
+    """Override the task spec's candidate count for relabeling."""
+
+    @property
+    def tasks(self) -> str:
+        return ENV_SPECS[self.env]
+
+    def check(self) -> None:
+        if self.env not in ENV_SPECS:
+            raise InputError(
+                f"envs: unknown environment {self.env!r} (use {', '.join(ENV_SPECS)})"
+            )
+        where = f"envs.{self.env}"
+        positive_int(self.episodes, f"{where}.episodes")
+        positive_int(self.eval_episodes, f"{where}.eval_episodes")
+        for name in ("steps", "eval_steps", "candidates"):
+            if getattr(self, name) is not None:
+                positive_int(getattr(self, name), f"{where}.{name}")
+        t = self.temperature
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
+            raise InputError(f"{where}.temperature: expected a positive number, got {t!r}")
+
+
+@dataclass(frozen=True)
+class Fig7aConfig:
+    """Settings of the Fig. 7a experiment; presets :meth:`tiny`, :meth:`reduced`, :meth:`full`."""
+
+    envs: tuple[EnvSetup, ...]
+    methods: tuple[str, ...] = ALL_METHODS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    collect_seed: int = 0
+    eval_seed: int = 1000
+    """Seed of the evaluation episodes (tasks, initial states), shared by all runs."""
+    control: Control = field(default_factory=Control)
+
+    @classmethod
+    def tiny(cls) -> Fig7aConfig:
+        """Cheetah and desk on a handful of episodes, one seed: well under a minute
+        (tests and notebooks; far too small to show the ordering)."""
+        return cls(
+            envs=(
+                EnvSetup("cheetah", episodes=2, steps=20, eval_episodes=2, eval_steps=20),
+                EnvSetup("desk", episodes=20, steps=50, eval_episodes=4, eval_steps=50),
+            ),
+            seeds=(0,),
+            train=TrainSettings(steps=30, batch_size=32, hidden=(32, 32)),
+            control=Control(workers=1, threads=1, progress=False),
+        )
+
+    @classmethod
+    def reduced(cls) -> Fig7aConfig:
+        """All three environments on small data, three seeds: under 30 minutes on a
+        loaded 2-core machine."""
+        return cls(
+            envs=(
+                EnvSetup("cheetah", episodes=32, steps=100, eval_episodes=16, eval_steps=100),
+                EnvSetup("quadruped", episodes=12, steps=40, eval_episodes=16, eval_steps=40),
+                EnvSetup("desk", episodes=200, steps=50, eval_episodes=45, eval_steps=60),
+            ),
+            seeds=(0, 1, 2),
+            train=TrainSettings(steps=1500, batch_size=128, hidden=(128, 128)),
+        )
+
+    @classmethod
+    def full(cls) -> Fig7aConfig:
+        """Benchmark size (the datasets of datasets/README.md, five seeds): hours."""
+        return cls(
+            envs=(
+                EnvSetup("cheetah", episodes=500, steps=200, eval_episodes=50, eval_steps=200),
+                EnvSetup("quadruped", episodes=300, steps=100, eval_episodes=50, eval_steps=100),
+                EnvSetup("desk", episodes=900, steps=50, eval_episodes=90, eval_steps=60),
+            ),
+            seeds=(0, 1, 2, 3, 4),
+            train=TrainSettings(steps=20_000, batch_size=256, hidden=(256, 256, 256)),
+        )
+
+    @classmethod
+    def preset(cls, name: str) -> Fig7aConfig:
+        """``tiny``, ``reduced`` or ``full``."""
+        if name not in PRESETS:
+            raise InputError(f"--preset: expected one of {', '.join(PRESETS)}, got {name!r}")
+        return getattr(cls, name)()
+
+    def with_control(self, **changes: Any) -> Fig7aConfig:
+        """The same experiment run differently (workers, threads, progress)."""
+        return replace(self, control=replace(self.control, **changes))
+
+    def check(self) -> None:
+        """InputError naming the first bad field."""
+        if not self.envs:
+            raise InputError("envs: give at least one environment")
+        names = [e.env for e in self.envs]
+        if len(set(names)) != len(names):
+            raise InputError(f"envs: each environment at most once, got {names}")
+        for setup in self.envs:
+            setup.check()
+        if not self.methods:
+            raise InputError("methods: give at least one method")
+        for m in self.methods:
+            if m not in ALL_METHODS:
+                raise InputError(f"methods: unknown method {m!r} (use {', '.join(ALL_METHODS)})")
+        if len(set(self.methods)) != len(self.methods):
+            raise InputError(f"methods: each method at most once, got {list(self.methods)}")
+        check_seeds(self.seeds)
+        self.train.check()
+        positive_int(self.control.workers, "workers")
+        positive_int(self.control.threads, "threads", allow_zero=True)
+        for name in ("collect_seed", "eval_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(f"{name}: expected a non-negative integer, got {value!r}")
+
+    def settings(self) -> dict[str, Any]:
+        """What the experiment computes (``config.json``; run control left out)."""
+        data = asdict(self)
+        data.pop("control")
+        return _jsonable(data)
+
+
+PRESETS: tuple[str, ...] = ("tiny", "reduced", "full")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def run_name(method: str, seed: int) -> str:
+    """``<method>-seed<s>``: the run directory and evaluation file name."""
+    return f"{method}-seed{seed}"
+
+
+def run_env(root: Path, setup: EnvSetup, config: Fig7aConfig) -> dict[str, Any]:
+    """All stages of one environment; returns {method: aggregate}."""
+    env_dir = root / setup.env
+    store = env_dir / "data.h5"
+    control = config.control
+    collect_stage(store, setup.env, setup.episodes, setup.steps, config.collect_seed, control)
+    for method in config.methods:
+        if method != TASK_AGNOSTIC:
+            relabel_stage(
+                store,
+                setup.tasks,
+                method,
+                method,
+                temperature=setup.temperature,
+                candidates=setup.candidates,
+            )
+    runs: dict[Path, Path] = {}
+    for method in config.methods:
+        for seed in config.seeds:
+            run = env_dir / "runs" / run_name(method, seed)
+            out = env_dir / "eval" / f"{run_name(method, seed)}.json"
+            if not out.exists():
+                labels = None if method == TASK_AGNOSTIC else method
+                train_stage(store, run, labels, seed, config.train, control)
+            runs[run] = out
+    evaluate_stage(
+        setup.env, runs, setup.eval_episodes, setup.eval_steps, config.eval_seed, control
+    )
+    return {
+        method: aggregate(
+            [env_dir / "eval" / f"{run_name(method, s)}.json" for s in config.seeds]
+        )
+        for method in config.methods
+    }
+
+
+def run_fig7a(root: str | Path, config: Fig7aConfig) -> dict[str, Any]:
+    """Run (or continue) Fig. 7a under ``root``; returns the whole ``results.json``."""
+    config.check()
+    root = Path(root)
+    claim_root(root, "fig7a", config.settings())
+    table: dict[str, Any] = {}
+    for setup in config.envs:
+        table[setup.env] = run_env(root, setup, config)
+    return update_results(root, "fig7a", table)
