@@ -241,14 +241,18 @@ def run_fig7b(root: str | Path, config: Fig7bConfig) -> dict[str, Any]:
                     train_stage(store, run, name, seed, config.train, control)
                 runs[run] = out
     evaluate_stage(ENV, runs, config.eval_episodes, config.eval_steps, config.eval_seed, control)
-    table: dict[str, Any] = {"bias": [float(b) for b in config.biases], "box": {
-        "low": list(config.low), "high": list(config.high)}}
+    table: dict[str, Any] = {
+        "bias": [float(b) for b in config.biases],
+        "box": {"low": list(config.low), "high": list(config.high)},
+    }
     with open_store(store) as s:
         for method in config.methods:
             stats = [
                 aggregate(
-                    [folder / "eval" / f"{method}-{bias_name(b)}-seed{s_}.json"
-                     for s_ in config.seeds]
+                    [
+                        folder / "eval" / f"{method}-{bias_name(b)}-seed{s_}.json"
+                        for s_ in config.seeds
+                    ]
                 )
                 for b in config.biases
             ]

@@ -71,8 +71,10 @@ class TrainSettings:
             isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden
         ):
             raise InputError(f"train.hidden: expected positive layer sizes, got {self.hidden!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (
-            0 < self.lr < math.inf
+        if (
+            isinstance(self.lr, bool)
+            or not isinstance(self.lr, (int, float))
+            or not (0 < self.lr < math.inf)
         ):
             raise InputError(f"train.lr: expected a positive number, got {self.lr!r}")
         if self.head not in ("gaussian", "deterministic"):
@@ -100,8 +102,11 @@ def collect_stage(
             if s.num_episodes >= episodes:
                 return
     store.parent.mkdir(parents=True, exist_ok=True)
-    collect(env, store, CollectConfig(episodes=episodes, steps=steps, seed=seed,
-                                      workers=control.workers))
+    collect(
+        env,
+        store,
+        CollectConfig(episodes=episodes, steps=steps, seed=seed, workers=control.workers),
+    )
 
 
 def relabel_stage(

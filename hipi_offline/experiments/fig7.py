@@ -66,9 +66,7 @@ class EnvSetup:
 
     def check(self) -> None:
         if self.env not in ENV_SPECS:
-            raise InputError(
-                f"envs: unknown environment {self.env!r} (use {', '.join(ENV_SPECS)})"
-            )
+            raise InputError(f"envs: unknown environment {self.env!r} (use {', '.join(ENV_SPECS)})")
         where = f"envs.{self.env}"
         positive_int(self.episodes, f"{where}.episodes")
         positive_int(self.eval_episodes, f"{where}.eval_episodes")
@@ -222,9 +220,7 @@ def run_env(root: Path, setup: EnvSetup, config: Fig7aConfig) -> dict[str, Any]:
         setup.env, runs, setup.eval_episodes, setup.eval_steps, config.eval_seed, control
     )
     return {
-        method: aggregate(
-            [env_dir / "eval" / f"{run_name(method, s)}.json" for s in config.seeds]
-        )
+        method: aggregate([env_dir / "eval" / f"{run_name(method, s)}.json" for s in config.seeds])
         for method in config.methods
     }
 
