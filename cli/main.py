@@ -57,13 +57,22 @@ def collect(
     seed: Annotated[int, typer.Option(help="Seed of tasks, initial states and noise.")] = 0,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     windows: Annotated[int, typer.Option(help="desk: windows per play stream.")] = 10,
+    stream_out: Annotated[
+        Path | None,
+        typer.Option(help="desk: also store each whole play stream here (one episode each)."),
+    ] = None,
 ) -> None:
     """Collect expert episodes (commanded tasks in episodes/task; no rewards stored)."""
     from hipi_offline.collect import CollectConfig
     from hipi_offline.collect import collect as run_collect
 
     config = CollectConfig(
-        episodes=episodes, steps=steps, seed=seed, workers=workers, windows=windows
+        episodes=episodes,
+        steps=steps,
+        seed=seed,
+        workers=workers,
+        windows=windows,
+        stream_out=stream_out,
     )
     summary = _run(lambda: run_collect(env, out, config))
     for line in summary.lines():

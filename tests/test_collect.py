@@ -108,6 +108,13 @@ collect("cheetah", sys.argv[1], CollectConfig(episodes=40, steps={steps}, seed=3
 """
 
 
+def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 120.0) -> None:
+    """Until the writer has created its store (or ended, or ``limit`` seconds)."""
+    deadline = time.monotonic() + limit
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("suffix", [".h5", ".zarr"])
 def test_killed_run_leaves_a_valid_store_of_finished_episodes(
     tmp_path: Path, straight: dict[str, np.ndarray], suffix: str
@@ -124,7 +131,8 @@ def test_killed_run_leaves_a_valid_store_of_finished_episodes(
             stderr=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        time.sleep(4.0 + rng.uniform(0.0, 3.0))  # imports take a few seconds
+        _wait_for(path, proc)  # imports take seconds, more on a loaded machine
+        time.sleep(rng.uniform(0.0, 4.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if not path.exists():

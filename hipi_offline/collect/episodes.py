@@ -98,6 +98,19 @@ def play_unit(env_name: str, steps: int, seed: int, unit: int, windows: int) -> 
     Episode fields: ``task`` (sub-task index), ``stream`` (the unit), ``window``
     (0, 1, ... in stream order) and ``stream_offset`` (stream row of the first step).
     """
+    stream, ends = play_recording(env_name, steps, seed, unit, windows)
+    return play_windows(stream, ends, steps)
+
+
+def play_recording(
+    env_name: str, steps: int, seed: int, unit: int, windows: int
+) -> tuple[Episode, list[int]]:
+    """The play stream of a unit from its first row to its last window's end, as one
+    episode, and the stream rows where its windows end (see :func:`play_unit`).
+
+    The stream's step fields are the environment's plus ``infos/subtask`` (int64, the
+    sub-task played at each step); its episode field ``stream`` is the unit.
+    """
     from hipi_offline.experts.desk_play import PlayStream
 
     worker = _worker(env_name)
@@ -119,18 +132,33 @@ def play_unit(env_name: str, steps: int, seed: int, unit: int, windows: int) -> 
                 ends.append(int(row))
                 next_end = int(row) + steps
     used = ends[-1] + 1
-    obs = np.concatenate([p.observations for p in pieces])[:used]
-    actions = np.concatenate([p.actions for p in pieces])[:used]
     fields = {k: np.concatenate([p.fields[k] for p in pieces])[:used] for k in pieces[0].fields}
-    subtask = np.concatenate([p.subtask for p in pieces])[:used]
+    fields[SUBTASK_FIELD] = np.concatenate([p.subtask for p in pieces])[:used]
+    recording = Episode(
+        np.concatenate([p.observations for p in pieces])[:used].astype(np.float32),
+        np.concatenate([p.actions for p in pieces])[:used].astype(np.float32),
+        fields,
+        {"stream": np.asarray(unit, np.int64)},
+    )
+    return recording, ends
+
+
+SUBTASK_FIELD = "infos/subtask"
+"""Step field of a play stream: the sub-task index played at each step."""
+
+
+def play_windows(stream: Episode, ends: list[int], steps: int) -> list[Episode]:
+    """The windows of ``steps`` rows of a play stream ending at rows ``ends``."""
+    unit = stream.episode_fields["stream"]
+    subtask = stream.fields[SUBTASK_FIELD]
     episodes = []
     for w, end in enumerate(ends):
         rows = slice(end - steps + 1, end + 1)
         episodes.append(
             Episode(
-                np.asarray(obs[rows], np.float32),
-                np.asarray(actions[rows], np.float32),
-                {k: np.asarray(v[rows]) for k, v in fields.items()},
+                stream.observations[rows],
+                stream.actions[rows],
+                {k: v[rows] for k, v in stream.fields.items() if k != SUBTASK_FIELD},
                 {
                     "task": np.asarray(subtask[end], np.int64),
                     "stream": np.asarray(unit, np.int64),
@@ -142,16 +170,26 @@ def play_unit(env_name: str, steps: int, seed: int, unit: int, windows: int) -> 
     return episodes
 
 
+@dataclass(frozen=True, repr=False)
+class UnitResult:
+    """What one work unit returns: its episodes and, when asked, its play stream."""
+
+    episodes: list[Episode]
+    stream: Episode | None = None
+
+
 PLAY_ENVS = {"desk"}
 
 
-def run_unit(args: tuple[str, int, int, int, int]) -> list[Episode]:
-    """Picklable entry point for worker processes: (env, steps, seed, unit, windows)."""
-    env_name, steps, seed, unit, windows = args
+def run_unit(args: tuple[str, int, int, int, int, bool]) -> UnitResult:
+    """Picklable entry point for worker processes:
+    (env, steps, seed, unit, windows, keep the play stream)."""
+    env_name, steps, seed, unit, windows, keep_stream = args
     _single_thread()
     if env_name in PLAY_ENVS:
-        return play_unit(env_name, steps, seed, unit, windows)
-    return commanded_unit(env_name, steps, seed, unit)
+        stream, ends = play_recording(env_name, steps, seed, unit, windows)
+        return UnitResult(play_windows(stream, ends, steps), stream if keep_stream else None)
+    return UnitResult(commanded_unit(env_name, steps, seed, unit))
 
 
 def _single_thread() -> None:

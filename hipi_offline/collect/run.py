@@ -10,12 +10,20 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from hipi_offline.collect.episodes import PLAY_ENVS, Episode, batch_arrays, close_workers, run_unit
+from hipi_offline.collect.episodes import (
+    PLAY_ENVS,
+    Episode,
+    UnitResult,
+    batch_arrays,
+    close_workers,
+    run_unit,
+)
 from hipi_offline.envs.base import make_env
 from hipi_offline.errors import InputError
 from hipi_offline.store.store import TrajectoryStore, create_store, open_store
@@ -39,6 +47,10 @@ class CollectConfig:
     """Commit finished episodes at least this often."""
     compression: str = "none"
     """Compression of a new store: none, fast or small."""
+    stream_out: str | Path | None = None
+    """Play environments (desk): also store each whole play stream, from its start to
+    its last window's end, as one episode of this second store, with the step field
+    ``infos/subtask`` (the sub-task played at each step). Resumed with the main store."""
 
 
 @dataclass(frozen=True)
@@ -49,25 +61,43 @@ class CollectSummary:
     total: int
     steps: int
     seconds: float
+    stream_path: str | None = None
+    """The store of whole play streams, if one was written."""
+    streams: int = 0
+    """Play streams it holds."""
 
     def lines(self) -> list[str]:
         rate = self.collected * self.steps / max(self.seconds, 1e-9)
-        return [
+        lines = [
             f"collected {self.collected} {self.env} episodes of {self.steps} steps in "
             f"{self.seconds:.1f} s ({rate:,.0f} env steps/s); {self.path} now holds {self.total}"
         ]
+        if self.stream_path is not None:
+            lines.append(f"{self.stream_path} holds {self.streams} whole play streams")
+        return lines
 
 
-def _prepare(env_name: str, out: Path, config: CollectConfig, steps: int) -> TrajectoryStore:
-    expected = {"env": env_name, "collect_seed": config.seed, "collect_steps": steps}
-    if config.windows < 1:
-        raise InputError(f"--windows: must be positive, got {config.windows}")
+def _prepare(
+    env_name: str, out: Path, config: CollectConfig, steps: int, stream: bool = False
+) -> TrajectoryStore:
+    """Create or reopen a store, checking that it was collected with these options
+    (``stream``: the store of whole play streams)."""
+    expected: dict[str, object] = {
+        "env": env_name,
+        "collect_seed": config.seed,
+        "collect_steps": steps,
+    }
     if env_name in PLAY_ENVS:
         expected["collect_windows"] = config.windows
+    if stream:
+        expected["collect_stream"] = True
     if not out.exists():
         create_store(out, env=env_name, metadata=expected, compression=config.compression).close()
     store = open_store(out, "a")
     attrs = store.attrs
+    if not stream and attrs.get("collect_stream"):
+        store.close()
+        raise InputError(f"{out}: holds whole play streams; give it as --stream-out")
     for key, value in expected.items():
         if attrs.get(key) != value:
             store.close()
@@ -80,8 +110,11 @@ def _prepare(env_name: str, out: Path, config: CollectConfig, steps: int) -> Tra
 
 def _units(
     env_name: str, steps: int, config: CollectConfig, first: int, last: int
-) -> Iterator[list[Episode]]:
-    jobs = [(env_name, steps, config.seed, u, config.windows) for u in range(first, last)]
+) -> Iterator[UnitResult]:
+    keep_stream = config.stream_out is not None
+    jobs = [
+        (env_name, steps, config.seed, u, config.windows, keep_stream) for u in range(first, last)
+    ]
     if config.workers <= 1:
         try:
             yield from map(run_unit, jobs)
@@ -93,13 +126,45 @@ def _units(
         yield from pool.imap(run_unit, jobs)
 
 
-def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSummary:
-    """Collect expert episodes of an environment into a store (see module docstring)."""
-    out = Path(out)
+def _check_options(env_name: str, out: Path, config: CollectConfig) -> None:
+    """Options that need no environment: one-line errors."""
     if config.episodes < 1:
         raise InputError(f"--episodes: must be positive, got {config.episodes}")
     if config.workers < 1:
         raise InputError(f"--workers: must be positive, got {config.workers}")
+    if config.windows < 1:
+        raise InputError(f"--windows: must be positive, got {config.windows}")
+    if config.stream_out is not None:
+        if env_name not in PLAY_ENVS:
+            raise InputError(
+                f"--stream-out: only play environments ({', '.join(sorted(PLAY_ENVS))}) "
+                f"record streams, not {env_name!r}"
+            )
+        if Path(config.stream_out).resolve() == out.resolve():
+            raise InputError("--stream-out: must be another store than --out")
+
+
+class _Sink:
+    """Pending episodes of one store, appended in batches."""
+
+    def __init__(self, store: TrajectoryStore, first_unit: int) -> None:
+        self.store, self.first_unit = store, first_unit
+        self.pending: list[Episode] = []
+
+    def add(self, unit: int, episodes: list[Episode]) -> None:
+        if unit >= self.first_unit:  # units below are stored already
+            self.pending += episodes
+
+    def commit(self) -> None:
+        if self.pending:
+            self.store.append_episodes(**batch_arrays(self.pending))
+            self.pending = []
+
+
+def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSummary:
+    """Collect expert episodes of an environment into a store (see module docstring)."""
+    out = Path(out)
+    _check_options(env_name, out, config)
     env = make_env(env_name)
     steps = config.steps if config.steps is not None else env.info.default_steps
     env.close()
@@ -107,25 +172,47 @@ def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSum
         raise InputError(f"--steps: must be positive, got {steps}")
     per_unit = config.windows if env_name in PLAY_ENVS else 1
     started = time.perf_counter()
-    with _prepare(env_name, out, config, steps) as store:
+    targets = [(out, False)]
+    if config.stream_out is not None:
+        targets.append((Path(config.stream_out), True))
+    for path, stream in targets:  # check existing stores before creating any
+        if path.exists():
+            _prepare(env_name, path, config, steps, stream).close()
+    with ExitStack() as stores:
+        store = stores.enter_context(_prepare(env_name, out, config, steps))
         have = store.num_episodes
         if have % per_unit:
             raise InputError(f"{out}: holds {have} episodes, not whole play streams of {per_unit}")
-        first, last = have // per_unit, -(-config.episodes // per_unit)
-        pending: list[Episode] = []
+        sinks = [_Sink(store, have // per_unit)]
+        if config.stream_out is not None:
+            streams = stores.enter_context(
+                _prepare(env_name, Path(config.stream_out), config, steps, stream=True)
+            )
+            sinks.append(_Sink(streams, streams.num_episodes))
+        first = min(sink.first_unit for sink in sinks)
+        last = max(first, -(-config.episodes // per_unit))
         last_commit = time.perf_counter()
         with tqdm(
-            total=max(0, last - first) * per_unit, desc=f"collect {env_name}", unit="ep"
+            total=max(0, last - sinks[0].first_unit) * per_unit,
+            desc=f"collect {env_name}",
+            unit="ep",
         ) as bar:
-            for episodes in _units(env_name, steps, config, first, max(first, last)):
-                pending += episodes
-                bar.update(len(episodes))
+            for unit, result in enumerate(_units(env_name, steps, config, first, last), first):
+                sinks[0].add(unit, result.episodes)
+                if result.stream is not None and len(sinks) > 1:
+                    sinks[1].add(unit, [result.stream])
+                if unit >= sinks[0].first_unit:
+                    bar.update(len(result.episodes))
                 if time.perf_counter() - last_commit >= config.commit_seconds:
-                    store.append_episodes(**batch_arrays(pending))
-                    pending, last_commit = [], time.perf_counter()
-            if pending:
-                store.append_episodes(**batch_arrays(pending))
+                    for sink in sinks:  # windows first: a kill between leaves streams behind
+                        sink.commit()
+                    last_commit = time.perf_counter()
+            for sink in sinks:
+                sink.commit()
         total = store.num_episodes
+        streams = sinks[-1].store.num_episodes if len(sinks) > 1 else 0
+    stream_path = None if config.stream_out is None else str(config.stream_out)
+    seconds = time.perf_counter() - started
     return CollectSummary(
-        env_name, str(out), total - have, total, steps, time.perf_counter() - started
+        env_name, str(out), total - have, total, steps, seconds, stream_path, streams
     )
