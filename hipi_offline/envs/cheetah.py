@@ -51,6 +51,8 @@ class CheetahEnv:
 
     substeps = 1
     """Physics steps per control step."""
+    rollout_sensors = True
+    """The planner reads the speed sensor from rollouts."""
 
     def __init__(self) -> None:
         headless_gl()

@@ -75,6 +75,8 @@ class QuadrupedEnv:
 
     substeps = 4
     """Physics steps per control step."""
+    rollout_sensors = False
+    """Rollout fields are functions of the state: the planner can skip sensors."""
 
     def __init__(self) -> None:
         headless_gl()

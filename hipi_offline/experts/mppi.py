@@ -53,6 +53,10 @@ class MppiConfig:
     """Cost per step of (1 - tilt_field); keeps fast gaits from flipping the body."""
     threads: int = 0
     """Rollout threads (0: simulate on the calling thread)."""
+    timestep_factor: int = 1
+    """The planner's model integrates with this many times the environment's physics
+    timestep (``substeps / timestep_factor`` physics steps per control step; it must
+    divide ``substeps``). 1 plans on the true simulator; 2 halves the cost."""
 
 
 class PlannableEnv(Protocol):
@@ -63,6 +67,9 @@ class PlannableEnv(Protocol):
     """dm_control Physics; ``physics.model.ptr`` and ``physics.data.ptr`` are MuJoCo's."""
     substeps: int
     """Physics steps per control step."""
+    rollout_sensors: bool
+    """Whether :meth:`rollout_fields` reads ``sensordata`` (else the planner's model
+    skips computing sensors)."""
 
     def rollout_fields(
         self, states: np.ndarray, sensordata: np.ndarray, actions: np.ndarray
@@ -92,6 +99,7 @@ class MppiExpert:
         self._spread = interpolation(steps, config.knots, config.horizon)  # [H, K]
         knot_steps = np.linspace(0, config.horizon - 1, config.knots)
         self._shift = interpolation(knot_steps + 1, config.knots, config.horizon)  # [K, K]
+        self._source: Any = None
         self._model: Any = None
         self._pool: Any = None
         self._spec: TaskSpec | None = None
@@ -117,16 +125,33 @@ class MppiExpert:
         group = np.arange(self.config.samples) * len(levels) // self.config.samples
         self._scale = levels[group][:, None, None] * (high - low) / 2  # [S, 1, nu]
         self.plan = np.clip(np.zeros((self.config.knots, len(low))), low, high)
-        model = env.physics.model.ptr
-        if model is not self._model:
-            import mujoco
-            from mujoco import rollout
+        if env.physics.model.ptr is not self._source:
+            self._prepare_model(env)
 
-            self._model = model
-            self._datas = [mujoco.MjData(model) for _ in range(max(1, self.config.threads))]
-            self._pool = rollout.Rollout(nthread=self.config.threads)
-            self._state_kind = mujoco.mjtState.mjSTATE_FULLPHYSICS
-            self._state = np.empty(mujoco.mj_stateSize(model, self._state_kind))
+    def _prepare_model(self, env: PlannableEnv) -> None:
+        """The planner's copy of the model, its rollout pool and output buffers."""
+        import mujoco
+        from mujoco import rollout
+
+        cfg, source = self.config, env.physics.model.ptr
+        if cfg.timestep_factor < 1 or env.substeps % cfg.timestep_factor:
+            raise InputError(
+                f"mppi: timestep_factor {cfg.timestep_factor} must divide the "
+                f"{env.substeps} physics steps of a {env.info.name} control step"
+            )
+        model = planner_model(source, cfg.timestep_factor, getattr(env, "rollout_sensors", True))
+        self._source, self._model = source, model
+        self._models = [model] * cfg.samples  # skip_checks: one model per rollout
+        self._substeps = env.substeps // cfg.timestep_factor
+        self._datas = [mujoco.MjData(model) for _ in range(max(1, cfg.threads))]
+        self._pool = rollout.Rollout(nthread=cfg.threads)
+        self._state_kind = mujoco.mjtState.mjSTATE_FULLPHYSICS
+        self._state = np.empty((1, mujoco.mj_stateSize(model, self._state_kind)))
+        nstep = cfg.horizon * self._substeps + 1  # one more step: the final sensors
+        self._nstep = nstep
+        self._states = np.empty((cfg.samples, nstep, self._state.shape[1]))
+        self._sensors = np.empty((cfg.samples, nstep, model.nsensordata))
+        self._warmstart = np.empty((1, model.nv))
 
     def act(self, env: TaskEnv, observation: np.ndarray) -> np.ndarray:
         del observation  # the planner reads the exact simulator state
@@ -135,21 +160,26 @@ class MppiExpert:
         import mujoco
 
         cfg, data = self.config, env.physics.data.ptr
-        mujoco.mj_getState(self._model, data, self._state, self._state_kind)
+        mujoco.mj_getState(self._source, data, self._state[0], self._state_kind)
+        self._warmstart[0] = data.qacc_warmstart
         nominal = np.clip(self._shift @ self.plan, self._low, self._high)  # [K, nu]
         noise = self.rng.standard_normal((cfg.samples, *nominal.shape)) * self._scale
         noise[0] = 0.0
         knots = np.clip(nominal + noise, self._low, self._high)  # [S, K, nu]
         controls = np.einsum("hk,skn->shn", self._spread, knots)  # [S, H, nu]
-        k = env.substeps
+        k = self._substeps
         ctrl = np.repeat(controls, k, axis=1)
-        ctrl = np.concatenate([ctrl, ctrl[:, -1:]], axis=1)  # one more step: final sensors
+        ctrl = np.ascontiguousarray(np.concatenate([ctrl, ctrl[:, -1:]], axis=1))
         states, sensors = self._pool.rollout(
-            self._model,
+            self._models,
             self._datas,
-            self._state[None],
+            np.repeat(self._state, cfg.samples, axis=0),
             ctrl,
-            initial_warmstart=data.qacc_warmstart[None].copy(),
+            skip_checks=True,
+            nstep=self._nstep,
+            initial_warmstart=np.repeat(self._warmstart, cfg.samples, axis=0),
+            state=self._states,
+            sensordata=self._sensors,
         )
         after = np.arange(1, cfg.horizon + 1) * k  # rows measured after each control step
         costs = self.costs(env, states[:, after - 1], sensors[:, after], controls)
@@ -177,6 +207,20 @@ class MppiExpert:
             tilt = 1.0 - np.asarray(fields[self.config.tilt_field], np.float64)
             costs += self.config.tilt_weight * tilt.reshape(samples, horizon).sum(axis=1)
         return costs
+
+
+def planner_model(source: Any, timestep_factor: int, sensors: bool) -> Any:
+    """A copy of an ``MjModel`` for planning: ``timestep_factor`` times the timestep,
+    sensors off when the planner does not read them."""
+    import copy
+
+    import mujoco
+
+    model = copy.copy(source)
+    model.opt.timestep = source.opt.timestep * timestep_factor
+    if not sensors:
+        model.opt.disableflags |= int(mujoco.mjtDisableBit.mjDSBL_SENSOR)
+    return model
 
 
 def _plannable(env: TaskEnv) -> PlannableEnv:
