@@ -118,11 +118,17 @@ def fig7b_lines(results: Mapping[str, Any]) -> Figure:
     return fig
 
 
-def _commanded_index(task: np.ndarray, candidates: np.ndarray, discrete: bool) -> int:
-    """The candidate a stored commanded task is (discrete) or is closest to."""
+def _commanded_index(task: np.ndarray, candidates: np.ndarray, discrete: bool) -> int | None:
+    """The candidate a stored commanded task is (discrete) or is closest to; None when
+    the stored task is not a task of this label set (another dimension)."""
     task = np.asarray(task)
     if discrete:
-        return int(task) if task.ndim == 0 else int(np.argmax(task))
+        if task.size == 1 and np.issubdtype(task.dtype, np.integer):
+            index = int(task.reshape(-1)[0])
+            return index if 0 <= index < len(candidates) else None
+        return int(np.argmax(task)) if task.size == len(candidates) else None
+    if task.size != candidates.shape[1]:
+        return None
     row = task.reshape(1, -1).astype(np.float64)
     return int(np.argmin(((candidates - row) ** 2).sum(axis=1)))
 
@@ -167,14 +173,17 @@ def posterior_heatmap(
         probs[row, labels.topk_index[e]] = np.exp(labels.topk_logprob[e].astype(np.float64))
     names = json.loads(labels.attrs.get("task_names", "[]") or "[]")
     discrete = str(labels.attrs.get("family", "")) == "discrete" or bool(names)
-    marks = (
-        [_commanded_index(commanded[e], candidates, discrete) for e in episodes]
-        if commanded is not None
-        else None
-    )
+    marks = [
+        None if commanded is None else _commanded_index(commanded[e], candidates, discrete)
+        for e in episodes
+    ]
     title = f"{Path(*Path(store_path).parts[-2:])}: labels/{label_name}"
     if not discrete and candidates.shape[1] == 1:
-        return _posterior_density(candidates[:, 0], probs, episodes, commanded, bandwidth, title)
+        marked = [
+            None if j is None or commanded is None else float(np.ravel(commanded[e])[0])
+            for j, e in zip(marks, episodes, strict=True)
+        ]
+        return _posterior_density(candidates[:, 0], probs, episodes, marked, bandwidth, title)
     if discrete:
         order = np.arange(labels.num_candidates)
         ticks = [str(n) for n in names] or [str(j) for j in order]
@@ -192,7 +201,7 @@ def _posterior_density(
     psi: np.ndarray,
     probs: np.ndarray,
     episodes: list[int],
-    commanded: np.ndarray | None,
+    commanded: list[float | None],
     bandwidth: float | None,
     title: str,
 ) -> Figure:
@@ -209,8 +218,8 @@ def _posterior_density(
     for row, e in enumerate(episodes):
         color = cmap(row % 10)
         ax.plot(grid, kernel @ probs[row], color=color, label=f"episode {e}")
-        if commanded is not None:
-            ax.axvline(float(np.ravel(commanded[e])[0]), color=color, linestyle="--")
+        if commanded[row] is not None:
+            ax.axvline(commanded[row], color=color, linestyle="--")
     ax.set_xlabel("task ψ (dashed: commanded)")
     ax.set_ylabel("posterior density q(ψ | τ)")
     ax.set_title(title)
@@ -222,7 +231,7 @@ def _posterior_grid(
     probs: np.ndarray,
     order: np.ndarray,
     episodes: list[int],
-    marks: list[int] | None,
+    marks: list[int | None],
     ticks: list[str] | None,
     xlabel: str,
     title: str,
@@ -239,9 +248,9 @@ def _posterior_grid(
         ax.set_xticks(np.arange(len(ticks)), ticks, rotation=35, ha="right")
     ax.set_xlabel(xlabel)
     ax.set_title(title)
-    if marks is not None:
-        position = np.argsort(order)  # candidate index -> column
-        for row, j in enumerate(marks):
+    position = np.argsort(order)  # candidate index -> column
+    for row, j in enumerate(marks):
+        if j is not None:
             col = int(position[j])
             ax.add_patch(
                 Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2)

@@ -230,3 +230,19 @@ def test_frames_figure_shows_each_strip_under_its_title() -> None:
         assert np.array_equal(np.asarray(image.get_array()), strip)
     with pytest.raises(ValueError, match="2 frame strips but 1 titles"):
         plots.frames_figure(strips, ["one"])
+
+
+def test_posterior_marks_nothing_it_cannot_place(tmp_path: Path) -> None:
+    """A stored task of another dimension (here 1-D, candidates 2-D) is not marked."""
+    candidates = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    probs = np.array([[0.5, 0.25, 0.25]])
+    path = _store(tmp_path / "m.h5", np.array([[0.3]], "f4"), _labels(candidates, probs, {}))
+    ax = plots.posterior_heatmap(path, "hipi", [0]).axes[0]
+    assert not [p for p in ax.patches if isinstance(p, Rectangle) and not p.get_fill()]
+    with create_store(tmp_path / "u.h5") as store:  # no episodes/task at all
+        store.append_episodes({"observations": np.zeros((2, 1)), "actions": np.zeros((2, 1))}, [2])
+    write_label_set(
+        tmp_path / "u.h5", _labels(np.array([[0.0], [1.0]]), np.array([[0.4, 0.6]]), {})
+    )
+    (ax,) = plots.posterior_heatmap(tmp_path / "u.h5", "hipi", [0]).axes
+    assert [line.get_linestyle() for line in ax.lines] == ["-"]
