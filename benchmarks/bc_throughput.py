@@ -20,7 +20,7 @@ size, number of steps and thread count:
   ``fit`` loop with its set-up excluded. Optional: skipped with a note when d3rlpy is
   not importable.
 
-Run ``python benchmarks/bc_throughput.py`` (about 3 minutes on 2 cores); see
+Run ``python benchmarks/bc_throughput.py`` (5-10 minutes on 2 cores); see
 benchmarks/README.md.
 """
 
