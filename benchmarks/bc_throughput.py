@@ -57,6 +57,7 @@ from hipi_offline.bc.data import (  # noqa: E402
     encode_candidates,
     load_working_set,
 )
+from hipi_offline.errors import InputError  # noqa: E402
 from hipi_offline.relabel import RelabelConfig, relabel  # noqa: E402
 from hipi_offline.relabel.run import resolve_device  # noqa: E402
 from hipi_offline.store import open_store  # noqa: E402
@@ -420,7 +421,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     args.device = device.type
     if args.threads:
         torch.set_num_threads(args.threads)
