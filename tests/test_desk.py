@@ -85,6 +85,26 @@ def test_render(env) -> None:
     assert image.std() > 0
 
 
+def test_render_after_a_closed_dm_control_env() -> None:
+    """Closing cheetah (a dm_control context) must not break the desk's rendering."""
+    cheetah = make_env("cheetah")
+    cheetah.reset(0)
+    try:
+        cheetah.render(32, 24)
+    except Exception as err:  # no OpenGL backend on this machine
+        pytest.skip(f"no headless GL backend: {type(err).__name__}: {err}")
+    finally:
+        cheetah.close()
+    desk = make_env("desk")
+    try:
+        desk.reset(1)
+        small, big = desk.render(32, 24), desk.render(400, 300)  # a bigger frame too
+    finally:
+        desk.close()
+    assert small.shape == (24, 32, 3) and big.shape == (300, 400, 3)
+    assert small.std() > 0 and big.std() > 0
+
+
 def test_success_table_predicates() -> None:
     assert TASKS == TASK_NAMES and set(SUCCESS) == set(TASK_NAMES)
     # rows: one state each; columns of the expected predicates follow TASK_NAMES

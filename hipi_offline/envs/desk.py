@@ -152,6 +152,7 @@ class DeskEnv:
         self._armed = True
         self._achieved = np.zeros(len(TASK_NAMES), np.float32)
         self._renderer: Any = None
+        """dm_control Physics sharing this model, for rendering only."""
 
     # --- named state accessors -------------------------------------------------------------
 
@@ -265,17 +266,19 @@ class DeskEnv:
         }
 
     def render(self, width: int = 320, height: int = 240) -> np.ndarray:
-        mujoco = self._mujoco
-        if self._renderer is None or (self._renderer.width, self._renderer.height) != (
-            width,
-            height,
-        ):
+        """Through dm_control's renderer, like cheetah and quadruped: one GL machinery
+        per process (a ``mujoco.Renderer`` made after a dm_control context was freed
+        fails with "Default framebuffer is not complete")."""
+        vis = self.model.vis.global_
+        if self._renderer is None or width > vis.offwidth or height > vis.offheight:
             self._close_renderer()
-            self.model.vis.global_.offwidth = max(self.model.vis.global_.offwidth, width)
-            self.model.vis.global_.offheight = max(self.model.vis.global_.offheight, height)
-            self._renderer = mujoco.Renderer(self.model, height=height, width=width)
-        self._renderer.update_scene(self.data, camera="front")
-        return np.asarray(self._renderer.render(), dtype=np.uint8)
+            vis.offwidth, vis.offheight = max(vis.offwidth, width), max(vis.offheight, height)
+            from dm_control.mujoco import engine, wrapper
+
+            self._renderer = engine.Physics.from_model(wrapper.MjModel(self.model))
+        self._mujoco.mj_copyData(self._renderer.data.ptr, self.model, self.data)
+        image = self._renderer.render(height, width, camera_id="front")
+        return np.asarray(image, dtype=np.uint8)
 
     def close(self) -> None:
         self._close_renderer()
@@ -298,7 +301,7 @@ class DeskEnv:
 
     def _close_renderer(self) -> None:
         if self._renderer is not None:
-            self._renderer.close()
+            self._renderer.free()
             self._renderer = None
 
     def _set_light(self, on: bool) -> None:
