@@ -94,16 +94,19 @@ def fig7a_bars(results: Mapping[str, Any]) -> Figure:
 
 def fig7b_lines(results: Mapping[str, Any]) -> Figure:
     """Fig. 7b: return against the reward bias b, one line per method with a band of
-    ± one standard error.
+    ± one standard error; a second panel shows how far each method's labels moved
+    (``label_tv``: mean total variation to the labels at the first b) when recorded.
 
-    ``results`` is ``results.json`` or its ``"fig7b"`` entry:
-    ``{"bias": [...], method: {"mean": [...], "stderr": [...]}}``.
+    ``results`` is ``results.json`` or its ``"fig7b"`` entry: ``{"bias": [...],
+    "box": {"low", "high"}, method: {"mean": [...], "stderr": [...], "label_tv": [...]}}``
+    (``box`` and ``label_tv`` optional).
     """
     table = results.get("fig7b", results)
     bias = np.asarray(table["bias"], np.float64)
-    methods = _ordered([m for m in table if m != "bias"])
+    methods = _ordered([m for m, v in table.items() if isinstance(v, Mapping) and "mean" in v])
     colors = _method_colors(methods)
-    fig, axes = _figure(4.8, 3.4)
+    shifts = [m for m in methods if "label_tv" in table[m]]
+    fig, axes = _figure(4.8 * (1 + bool(shifts)), 3.4, ncols=1 + bool(shifts))
     ax = axes[0, 0]
     for method in methods:
         mean = np.asarray([_number(v) for v in table[method]["mean"]])
@@ -111,10 +114,24 @@ def fig7b_lines(results: Mapping[str, Any]) -> Figure:
         stderr = np.broadcast_to(np.nan_to_num(stderr), mean.shape)
         ax.plot(bias, mean, "o-", color=colors[method], label=method)
         ax.fill_between(bias, mean - stderr, mean + stderr, color=colors[method], alpha=0.2)
-    ax.set_xlabel("reward bias b")
-    ax.set_ylabel("task return")
+    box = table.get("box")
+    where = ""
+    if isinstance(box, Mapping) and "low" in box and "high" in box:
+        sides = zip(box["low"], box["high"], strict=True)
+        where = " on ψ ∈ " + " × ".join(f"[{lo:g}, {hi:g}]" for lo, hi in sides)
+    ax.set_xlabel("reward bias b" + where)
+    ax.set_ylabel("task return (unbiased reward)")
     ax.set_title("cheetah: relabeling under a reward bias")
     ax.legend(frameon=False)
+    if shifts:
+        ax = axes[0, 1]
+        for method in shifts:
+            tv = [_number(v) for v in table[method]["label_tv"]]
+            ax.plot(bias, tv, "o-", color=colors[method], label=method)
+        ax.set_xlabel("reward bias b")
+        ax.set_ylabel("label shift (mean total variation)")
+        ax.set_title("posterior moved by the bias")
+        ax.set_ylim(bottom=0)
     return fig
 
 

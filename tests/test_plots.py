@@ -90,18 +90,31 @@ def test_fig7b_lines_plot_mean_against_bias() -> None:
     results = {
         "fig7b": {
             "bias": [0.0, 1.0, 4.0],
-            "no-partition": {"mean": [5.0, 3.0, 1.0], "stderr": [0.5, 0.5, None]},
-            "hipi": {"mean": [5.0, 5.0, 5.0], "stderr": [0.2, 0.2, 0.2]},
+            "box": {"low": [0.0], "high": [1.0]},
+            "no-partition": {
+                "mean": [5.0, 3.0, 1.0],
+                "stderr": [0.5, 0.5, None],
+                "per_seed": [[5.0], [3.0], [1.0]],
+                "label_tv": [0.0, 0.2, 0.5],
+            },
+            "hipi": {"mean": [5.0, 5.0, 5.0], "stderr": [0.2, 0.2, 0.2], "label_tv": [0, 0, 0]},
         }
     }
     fig = plots.fig7b_lines(results)
-    (ax,) = fig.axes
+    ax, shift = fig.axes[:2]
     assert [line.get_label() for line in ax.lines] == ["hipi", "no-partition"]
     assert list(ax.lines[0].get_xdata()) == [0.0, 1.0, 4.0]
     assert list(ax.lines[1].get_ydata()) == [5.0, 3.0, 1.0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["hipi", "no-partition"]
-    assert ax.get_xlabel() == "reward bias b"
+    assert ax.get_xlabel() == "reward bias b on ψ ∈ [0, 1]"
     assert len(ax.collections) == 2  # one ± stderr band per method
+    assert [list(line.get_ydata()) for line in shift.lines] == [[0, 0, 0], [0.0, 0.2, 0.5]]
+    # without label shifts (or a box): one panel
+    del results["fig7b"]["box"]
+    for method in ("hipi", "no-partition"):
+        del results["fig7b"][method]["label_tv"]
+    (ax,) = plots.fig7b_lines(results["fig7b"]).axes
+    assert ax.get_xlabel() == "reward bias b"
 
 
 def _store(path: Path, tasks: np.ndarray, labels: LabelSet) -> Path:
