@@ -64,21 +64,19 @@ class TrainSettings:
     lr: float = 1e-3
     head: str = "gaussian"
 
-    def check(self) -> None:
-        positive_int(self.steps, "train.steps")
-        positive_int(self.batch_size, "train.batch_size")
+    def check(self, where: str = "train") -> None:
+        """InputError naming the first bad field (``<where>.<field>``)."""
+        positive_int(self.steps, f"{where}.steps")
+        positive_int(self.batch_size, f"{where}.batch_size")
         if not self.hidden or any(
             isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden
         ):
-            raise InputError(f"train.hidden: expected positive layer sizes, got {self.hidden!r}")
-        if (
-            isinstance(self.lr, bool)
-            or not isinstance(self.lr, (int, float))
-            or not (0 < self.lr < math.inf)
-        ):
-            raise InputError(f"train.lr: expected a positive number, got {self.lr!r}")
+            raise InputError(f"{where}.hidden: expected positive layer sizes, got {self.hidden!r}")
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+            raise InputError(f"{where}.lr: expected a positive number, got {lr!r}")
         if self.head not in ("gaussian", "deterministic"):
-            raise InputError(f"train.head: expected gaussian or deterministic, got {self.head!r}")
+            raise InputError(f"{where}.head: expected gaussian or deterministic, got {self.head!r}")
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ class EnvSetup:
     """Override the task spec's temperature for relabeling."""
     candidates: int | None = None
     """Override the task spec's candidate count for relabeling."""
+    train: TrainSettings | None = None
+    """Behavior-cloning settings of this environment (None: the experiment's)."""
 
     @property
     def tasks(self) -> str:
@@ -76,6 +78,8 @@ class EnvSetup:
         t = self.temperature
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
             raise InputError(f"{where}.temperature: expected a positive number, got {t!r}")
+        if self.train is not None:
+            self.train.check(f"{where}.train")
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,15 @@ class Fig7aConfig:
             envs=(
                 EnvSetup("cheetah", episodes=32, steps=100, eval_episodes=16, eval_steps=100),
                 EnvSetup("quadruped", episodes=12, steps=40, eval_episodes=16, eval_steps=40),
-                EnvSetup("desk", episodes=200, steps=50, eval_episodes=45, eval_steps=60),
+                EnvSetup(
+                    "desk",
+                    episodes=400,
+                    steps=50,
+                    eval_episodes=45,
+                    eval_steps=150,
+                    temperature=0.05,
+                    train=TrainSettings(steps=2500, batch_size=256, hidden=(256, 256)),
+                ),
             ),
             seeds=(0, 1, 2),
             train=TrainSettings(steps=1500, batch_size=128, hidden=(128, 128)),
@@ -126,7 +138,14 @@ class Fig7aConfig:
             envs=(
                 EnvSetup("cheetah", episodes=500, steps=200, eval_episodes=50, eval_steps=200),
                 EnvSetup("quadruped", episodes=300, steps=100, eval_episodes=50, eval_steps=100),
-                EnvSetup("desk", episodes=900, steps=50, eval_episodes=90, eval_steps=60),
+                EnvSetup(
+                    "desk",
+                    episodes=900,
+                    steps=50,
+                    eval_episodes=90,
+                    eval_steps=150,
+                    temperature=0.05,
+                ),
             ),
             seeds=(0, 1, 2, 3, 4),
             train=TrainSettings(steps=20_000, batch_size=256, hidden=(256, 256, 256)),
@@ -214,7 +233,7 @@ def run_env(root: Path, setup: EnvSetup, config: Fig7aConfig) -> dict[str, Any]:
             out = env_dir / "eval" / f"{run_name(method, seed)}.json"
             if not out.exists():
                 labels = None if method == TASK_AGNOSTIC else method
-                train_stage(store, run, labels, seed, config.train, control)
+                train_stage(store, run, labels, seed, setup.train or config.train, control)
             runs[run] = out
     evaluate_stage(
         setup.env, runs, setup.eval_episodes, setup.eval_steps, config.eval_seed, control
