@@ -61,6 +61,10 @@ def collect(
         Path | None,
         typer.Option(help="desk: also store each whole play stream here (one episode each)."),
     ] = None,
+    expert: Annotated[
+        list[str] | None,
+        typer.Option(help="Expert option NAME=VALUE, repeatable (MPPI: samples=32, ...)."),
+    ] = None,
 ) -> None:
     """Collect expert episodes (commanded tasks in episodes/task; no rewards stored)."""
     from hipi_offline.collect import CollectConfig
@@ -73,6 +77,7 @@ def collect(
         workers=workers,
         windows=windows,
         stream_out=stream_out,
+        expert=tuple(expert or ()),
     )
     summary = _run(lambda: run_collect(env, out, config))
     for line in summary.lines():

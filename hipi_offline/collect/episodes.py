@@ -31,22 +31,26 @@ def unit_seeds(seed: int, unit: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, unit])
 
 
+ExpertOptions = tuple[tuple[str, Any], ...]
+"""Options of an environment's expert as sorted (name, value) pairs (hashable)."""
+
+
 class _Worker:
     """Per-process cache of the environment, its expert and its task spec."""
 
-    def __init__(self, env_name: str) -> None:
+    def __init__(self, env_name: str, options: ExpertOptions = ()) -> None:
         self.env: TaskEnv = make_env(env_name)
-        self.expert: Expert = make_expert(env_name)
+        self.expert: Expert = make_expert(env_name, **dict(options))
         self.spec: TaskSpec = env_task_spec(self.env)
 
 
-_WORKERS: dict[str, _Worker] = {}
+_WORKERS: dict[tuple[str, ExpertOptions], _Worker] = {}
 
 
-def _worker(env_name: str) -> _Worker:
-    if env_name not in _WORKERS:
-        _WORKERS[env_name] = _Worker(env_name)
-    return _WORKERS[env_name]
+def _worker(env_name: str, options: ExpertOptions = ()) -> _Worker:
+    if (env_name, options) not in _WORKERS:
+        _WORKERS[env_name, options] = _Worker(env_name, options)
+    return _WORKERS[env_name, options]
 
 
 def _run_commanded(worker: _Worker, task: np.ndarray, steps: int, seed: int) -> Episode:
@@ -70,9 +74,12 @@ def _run_commanded(worker: _Worker, task: np.ndarray, steps: int, seed: int) -> 
     )
 
 
-def commanded_unit(env_name: str, steps: int, seed: int, unit: int) -> list[Episode]:
-    """One episode of the expert commanded a task drawn from the environment's prior."""
-    worker = _worker(env_name)
+def commanded_unit(
+    env_name: str, steps: int, seed: int, unit: int, options: ExpertOptions = ()
+) -> list[Episode]:
+    """One episode of the expert (with ``options``) commanded a task drawn from the
+    environment's prior."""
+    worker = _worker(env_name, options)
     task_seq, env_seq = unit_seeds(seed, unit).spawn(2)
     task = worker.spec.prior.sample(1, np.random.default_rng(task_seq))[0].astype(np.float32)
     env_seed = int(env_seq.generate_state(1)[0])
@@ -181,15 +188,15 @@ class UnitResult:
 PLAY_ENVS = {"desk"}
 
 
-def run_unit(args: tuple[str, int, int, int, int, bool]) -> UnitResult:
+def run_unit(args: tuple[str, int, int, int, int, bool, ExpertOptions]) -> UnitResult:
     """Picklable entry point for worker processes:
-    (env, steps, seed, unit, windows, keep the play stream)."""
-    env_name, steps, seed, unit, windows, keep_stream = args
+    (env, steps, seed, unit, windows, keep the play stream, expert options)."""
+    env_name, steps, seed, unit, windows, keep_stream, options = args
     _single_thread()
     if env_name in PLAY_ENVS:
         stream, ends = play_recording(env_name, steps, seed, unit, windows)
         return UnitResult(play_windows(stream, ends, steps), stream if keep_stream else None)
-    return UnitResult(commanded_unit(env_name, steps, seed, unit))
+    return UnitResult(commanded_unit(env_name, steps, seed, unit, options))
 
 
 def _single_thread() -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -26,6 +27,7 @@ from hipi_offline.collect.episodes import (
 )
 from hipi_offline.envs.base import make_env
 from hipi_offline.errors import InputError
+from hipi_offline.experts.base import make_expert
 from hipi_offline.store.store import TrajectoryStore, create_store, open_store
 
 
@@ -47,6 +49,9 @@ class CollectConfig:
     """Commit finished episodes at least this often."""
     compression: str = "none"
     """Compression of a new store: none, fast or small."""
+    expert: tuple[str, ...] = ()
+    """Options of the expert as ``NAME=VALUE`` (MPPI: ``samples=32``, ``horizon=15``,
+    ...; see ``hipi_offline.experts.mppi.MppiConfig``); recorded in the store."""
     stream_out: str | Path | None = None
     """Play environments (desk): also store each whole play stream, from its start to
     its last window's end, as one episode of this second store, with the step field
@@ -89,12 +94,17 @@ def _prepare(
     }
     if env_name in PLAY_ENVS:
         expected["collect_windows"] = config.windows
+    if config.expert:
+        expected["collect_expert"] = " ".join(sorted(config.expert))
     if stream:
         expected["collect_stream"] = True
     if not out.exists():
         create_store(out, env=env_name, metadata=expected, compression=config.compression).close()
     store = open_store(out, "a")
     attrs = store.attrs
+    if not config.expert and attrs.get("collect_expert"):
+        store.close()
+        raise InputError(f"{out}: was collected with --expert {attrs['collect_expert']}")
     if not stream and attrs.get("collect_stream"):
         store.close()
         raise InputError(f"{out}: holds whole play streams; give it as --stream-out")
@@ -112,8 +122,10 @@ def _units(
     env_name: str, steps: int, config: CollectConfig, first: int, last: int
 ) -> Iterator[UnitResult]:
     keep_stream = config.stream_out is not None
+    options = expert_options(env_name, config.expert)
     jobs = [
-        (env_name, steps, config.seed, u, config.windows, keep_stream) for u in range(first, last)
+        (env_name, steps, config.seed, u, config.windows, keep_stream, options)
+        for u in range(first, last)
     ]
     if config.workers <= 1:
         try:
@@ -124,6 +136,32 @@ def _units(
     context = multiprocessing.get_context("spawn")
     with context.Pool(config.workers) as pool:
         yield from pool.imap(run_unit, jobs)
+
+
+def expert_options(env_name: str, pairs: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+    """``NAME=VALUE`` strings as sorted (name, value) pairs, values parsed as int, float
+    or text; checked by building the expert."""
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise InputError(f"--expert: expected NAME=VALUE, got {pair!r}")
+        parsed[name] = _value(text)
+    if parsed:
+        try:
+            make_expert(env_name, **parsed)
+        except TypeError as err:
+            raise InputError(f"--expert: {env_name} expert: {err}") from None
+    return tuple(sorted(parsed.items()))
+
+
+def _value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _check_options(env_name: str, out: Path, config: CollectConfig) -> None:
@@ -168,6 +206,7 @@ def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSum
     env = make_env(env_name)
     steps = config.steps if config.steps is not None else env.info.default_steps
     env.close()
+    expert_options(env_name, config.expert)  # bad options fail before any store is made
     if steps < 1:
         raise InputError(f"--steps: must be positive, got {steps}")
     per_unit = config.windows if env_name in PLAY_ENVS else 1

@@ -1,0 +1,106 @@
+"""Expert options through collect (``--expert NAME=VALUE``) and the planner's model copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from hipi_offline.collect import CollectConfig, collect
+from hipi_offline.collect.episodes import unit_seeds
+from hipi_offline.collect.run import expert_options
+from hipi_offline.envs import make_env
+from hipi_offline.errors import InputError
+from hipi_offline.experts import make_expert
+from hipi_offline.experts.mppi import MppiConfig, MppiExpert
+from hipi_offline.store import open_store
+
+STEPS = 6
+
+
+def _actions(path: Path) -> np.ndarray:
+    with open_store(path) as store:
+        return store.read_steps("steps/actions")
+
+
+def test_options_are_parsed_and_checked() -> None:
+    assert expert_options("cheetah", ("samples=16", "noise=0.3")) == (
+        ("noise", 0.3),
+        ("samples", 16),
+    )
+    for bad, message in [
+        (("samples",), "NAME=VALUE"),
+        (("colour=red",), "colour"),
+        (("samples=1",), "samples >= 2"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            expert_options("cheetah", bad)
+
+
+def test_expert_options_reach_the_expert_and_the_store(tmp_path: Path) -> None:
+    plain, small = tmp_path / "plain.h5", tmp_path / "small.h5"
+    collect("cheetah", plain, CollectConfig(episodes=1, steps=STEPS, seed=1))
+    config = CollectConfig(episodes=1, steps=STEPS, seed=1, expert=("samples=8",))
+    collect("cheetah", small, config)
+    assert not np.array_equal(_actions(plain), _actions(small))  # another planner
+    # the same as planning directly with 8 samples
+    env = make_env("cheetah")
+    expert = make_expert("cheetah", samples=8)
+    with open_store(small) as store:
+        task = store.read_episode_field("task")[0]
+        observations = store.read_steps("steps/observations")
+    env_seed = int(unit_seeds(1, 0).spawn(2)[1].generate_state(1)[0])
+    obs = env.reset(env_seed)
+    np.testing.assert_array_equal(obs, observations[0])
+    expert.reset(env, task, env_seed)
+    actions = []
+    for _ in range(STEPS):
+        actions.append(expert.act(env, obs))
+        obs = env.step(actions[-1]).observation
+    env.close()
+    np.testing.assert_array_equal(np.stack(actions), _actions(small))
+    # resuming needs the same options
+    with pytest.raises(InputError, match="--expert samples=8"):
+        collect("cheetah", small, CollectConfig(episodes=2, steps=STEPS, seed=1))
+    with pytest.raises(InputError, match="collect_expert"):
+        collect(
+            "cheetah", small, CollectConfig(episodes=2, steps=STEPS, seed=1, expert=("samples=9",))
+        )
+    with pytest.raises(InputError, match="collect_expert"):
+        collect(
+            "cheetah", plain, CollectConfig(episodes=2, steps=STEPS, seed=1, expert=("samples=8",))
+        )
+
+
+def test_cli_expert_option(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "c.h5"
+    base = ["collect", "cheetah", "--out", str(out), "--episodes", "1", "--steps", "3"]
+    result = runner.invoke(app, [*base, "--expert", "samples=8", "--expert", "horizon=10"])
+    assert result.exit_code == 0, result.output
+    with open_store(out) as store:
+        assert store.attrs["collect_expert"] == "horizon=10 samples=8"
+    result = runner.invoke(app, [*base, "--expert", "colour=red"])
+    assert result.exit_code == 2 and result.output.strip().startswith("error: --expert")
+
+
+def test_planner_model_is_a_copy_with_sensors_off_when_unused() -> None:
+    """The quadruped planner simulates without sensors on its own model copy; the
+    environment's model is untouched."""
+    import mujoco
+
+    env = make_env("quadruped")
+    try:
+        env.reset(0)
+        expert = MppiExpert(MppiConfig(samples=4, horizon=3, knots=2))
+        expert.reset(env, np.array([1.0, 0, 0, 0, 0]), 0)
+        expert.act(env, np.zeros(0))
+        flag = int(mujoco.mjtDisableBit.mjDSBL_SENSOR)
+        assert expert._model is not env.physics.model.ptr
+        assert expert._model.opt.disableflags & flag
+        assert not env.physics.model.ptr.opt.disableflags & flag
+    finally:
+        env.close()
