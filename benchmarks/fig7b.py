@@ -26,7 +26,7 @@ from hipi_offline.experiments.report import fig7b_table, plot_fig7b
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="reduced", help="tiny, reduced or full")
     parser.add_argument("--root", default="runs/fig7", help="experiment folder")
     parser.add_argument("--workers", type=int, default=2, help="collection/eval processes")
