@@ -10,9 +10,15 @@ function relabeling uses), plus planner-only shaping (a tilt penalty). The new p
 is the average of the samples weighted by exp(-(J - min J) / (temperature * std J));
 the next step starts from it shifted by one control step.
 
-Measured with ``benchmarks/expert_quality.py`` on a 2-core CPU shared with other
-jobs, one rollout thread: cheetah 47 control steps per CPU-second (28/s wall),
-quadruped 5.7 per CPU-second (4/s wall); see ``MEASURED_STEPS_PER_SECOND``.
+Cost: the physics. A cheetah control step simulates 64 x 31 physics steps, a
+quadruped one 64 x 101; MuJoCo takes about 10-13 us per cheetah and 33-46 us per
+quadruped physics step on this 2-core CPU (timed with a bare ``mj_step`` loop, no
+rollout), so 20-25 ms and 150-200 ms per control step, which is what ``act`` costs:
+``mujoco.rollout`` runs at the bare loop's speed, and the Python around it (noise,
+costs through the task family's torch reward) is about 1 ms. The planner copies the
+model once per environment, preallocates the rollout outputs, and skips sensors when
+the environment's rollout fields do not read them (quadruped: 8 % less).
+``MEASURED_STEPS_PER_SECOND`` holds the measured rates.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from hipi_offline.errors import InputError
 from hipi_offline.experts.base import register_expert
 from hipi_offline.tasks.spec import TaskSpec
 
-MEASURED_STEPS_PER_SECOND = {"cheetah": 47.0, "quadruped": 5.7}
-"""Expert control steps per CPU-second (one rollout thread; benchmarks/expert_quality.py)."""
+MEASURED_STEPS_PER_SECOND = {"cheetah": 45.0, "quadruped": 6.0}
+"""Expert control steps per CPU-second, one rollout thread, default configs (22 ms and
+about 165 ms of CPU per step on the loaded 2-core machine; benchmarks/expert_quality.py
+and benchmarks/expert_throughput.py)."""
 
 
 @dataclass(frozen=True)
