@@ -104,3 +104,25 @@ def test_planner_model_is_a_copy_with_sensors_off_when_unused() -> None:
         assert not env.physics.model.ptr.opt.disableflags & flag
     finally:
         env.close()
+
+
+def test_replan_follows_the_plan_in_between() -> None:
+    """replan=2: every other action is the current plan's next control, no new plan."""
+    env = make_env("cheetah")
+    try:
+        env.reset(0)
+        expert = MppiExpert(MppiConfig(samples=8, horizon=10, knots=3, replan=2))
+        expert.reset(env, np.array([1.0]), 0)
+        first = expert.act(env, np.zeros(0))
+        plan = expert.plan.copy()
+        env.step(first)
+        second = expert.act(env, np.zeros(0))
+        np.testing.assert_array_equal(expert.plan, plan)  # not replanned
+        np.testing.assert_allclose(second, expert._spread[1] @ plan, rtol=1e-6)
+        env.step(second)
+        expert.act(env, np.zeros(0))
+        assert not np.array_equal(expert.plan, plan)  # replanned on the third step
+    finally:
+        env.close()
+    with pytest.raises(InputError, match="replan"):
+        MppiExpert(MppiConfig(horizon=10, replan=10))
