@@ -8,6 +8,7 @@ tables and the experts' control steps per second (wall clock and per CPU-second)
 
     python benchmarks/expert_quality.py                # about 10 min on 2 loaded cores
     python benchmarks/expert_quality.py --quick        # shorter episodes, fewer tasks
+    python benchmarks/expert_quality.py --env quadruped --expert samples=32   # a cheaper planner
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from hipi_offline.collect.run import expert_options
 from hipi_offline.envs import env_task_spec, make_env, transition_rewards
 from hipi_offline.experts import make_expert
 
@@ -39,13 +42,20 @@ class Episode:
     cpu: float
 
 
-def run_episode(env_name: str, task: np.ndarray, steps: int, seed: int, policy: str) -> Episode:
+def run_episode(
+    env_name: str,
+    task: np.ndarray,
+    steps: int,
+    seed: int,
+    policy: str,
+    options: dict[str, Any] | None = None,
+) -> Episode:
     """One episode of the expert (``policy="mppi"``) or of uniform random actions."""
     env = make_env(env_name)
     spec = env_task_spec(env)
     obs = env.reset(seed)
     rng = np.random.default_rng(seed)
-    expert = make_expert(env_name) if policy == "mppi" else None
+    expert = make_expert(env_name, **(options or {})) if policy == "mppi" else None
     if expert is not None:
         expert.reset(env, task, seed)
     observations, actions, rows = [], [], []
@@ -69,7 +79,9 @@ def run_episode(env_name: str, task: np.ndarray, steps: int, seed: int, policy: 
     return Episode(fields, rewards[:, 0], wall, cpu)
 
 
-def cheetah_table(targets: list[float], steps: int, seed: int) -> list[str]:
+def cheetah_table(
+    targets: list[float], steps: int, seed: int, options: dict[str, Any] | None = None
+) -> list[str]:
     lines = [
         "| psi (m/s) | MPPI mean abs(v - psi) | random mean abs(v - psi) | MPPI reward/step "
         "| random reward/step |",
@@ -80,7 +92,7 @@ def cheetah_table(targets: list[float], steps: int, seed: int) -> list[str]:
         task = np.array([psi])
         row = []
         for policy in ("mppi", "random"):
-            ep = run_episode("cheetah", task, steps, seed, policy)
+            ep = run_episode("cheetah", task, steps, seed, policy, options)
             err = float(np.abs(ep.fields["infos/speed"][steps // 2 :] - psi).mean())
             row.append((err, float(ep.rewards.mean())))
             if policy == "mppi":
@@ -96,7 +108,9 @@ def cheetah_table(targets: list[float], steps: int, seed: int) -> list[str]:
     return lines
 
 
-def quadruped_table(tasks: dict[str, list[float]], steps: int, seed: int) -> list[str]:
+def quadruped_table(
+    tasks: dict[str, list[float]], steps: int, seed: int, options: dict[str, Any] | None = None
+) -> list[str]:
     lines = [
         "| task (weights vx, vy, height, upright, -mean a^2) | MPPI speed along dir (m/s) "
         "| MPPI upright | random speed along dir | MPPI reward/step | random reward/step |",
@@ -108,7 +122,7 @@ def quadruped_table(tasks: dict[str, list[float]], steps: int, seed: int) -> lis
         direction = task[:2] / np.linalg.norm(task[:2]) if np.any(task[:2]) else None
         cells = []
         for policy in ("mppi", "random"):
-            ep = run_episode("quadruped", task, steps, seed, policy)
+            ep = run_episode("quadruped", task, steps, seed, policy, options)
             half = slice(steps // 2, None)
             vel = np.stack([ep.fields["infos/velocity_x"], ep.fields["infos/velocity_y"]], 1)
             along = float((vel[half] @ direction).mean()) if direction is not None else None
@@ -134,14 +148,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short episodes, fewer tasks")
     parser.add_argument("--env", choices=["cheetah", "quadruped", "both"], default="both")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--expert", action="append", default=[], help="MPPI option NAME=VALUE (samples=32)"
+    )
     args = parser.parse_args()
     if args.env in ("cheetah", "both"):
         targets = [0.5, 1.5, 3.0] if args.quick else [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
-        print("\n".join(cheetah_table(targets, 150 if args.quick else 300, args.seed)), "\n")
+        options = dict(expert_options("cheetah", tuple(args.expert)))
+        steps = 150 if args.quick else 300
+        print("\n".join(cheetah_table(targets, steps, args.seed, options)), "\n")
     if args.env in ("quadruped", "both"):
         names = list(QUADRUPED_TASKS)[:: 3 if args.quick else 1]
         tasks = {n: QUADRUPED_TASKS[n] for n in names}
-        print("\n".join(quadruped_table(tasks, 100 if args.quick else 150, args.seed)))
+        options = dict(expert_options("quadruped", tuple(args.expert)))
+        steps = 100 if args.quick else 150
+        print("\n".join(quadruped_table(tasks, steps, args.seed, options)))
 
 
 if __name__ == "__main__":
