@@ -43,6 +43,7 @@ from hipi_offline.experiments.common import (
     claim_root,
     collect_stage,
     evaluate_stage,
+    jsonable,
     positive_int,
     read_json,
     relabel_stage,
@@ -176,9 +177,7 @@ class Fig7bConfig:
         """What the experiment computes (``config.json``; run control left out)."""
         data = asdict(self)
         data.pop("control")
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()} | {
-            "train": {k: list(v) if isinstance(v, tuple) else v for k, v in data["train"].items()}
-        }
+        return jsonable(data)
 
 
 def _reuse_fig7a_store(root: Path, store: Path, config: Fig7bConfig) -> None:

@@ -222,6 +222,15 @@ def aggregate(paths: Sequence[Path]) -> dict[str, Any]:
     }
 
 
+def jsonable(value: Any) -> Any:
+    """Tuples as lists, recursively (what ``config.json`` compares against)."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
 def write_json(path: Path, data: Any) -> None:
     """Atomically write ``data`` as indented JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ from hipi_offline.experiments.common import (
     claim_root,
     collect_stage,
     evaluate_stage,
+    jsonable,
     positive_int,
     relabel_stage,
     train_stage,
@@ -191,18 +192,10 @@ class Fig7aConfig:
         """What the experiment computes (``config.json``; run control left out)."""
         data = asdict(self)
         data.pop("control")
-        return _jsonable(data)
+        return jsonable(data)
 
 
 PRESETS: tuple[str, ...] = ("tiny", "reduced", "full")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def run_name(method: str, seed: int) -> str:
