@@ -45,54 +45,27 @@ def fig7b_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
+def _save(figure: Any, path: str | Path) -> Path:
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    return path
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+def _plots() -> Any:
+    try:
+        import matplotlib  # noqa: F401  (hipi_offline.plots imports it lazily)
     except ImportError:
         raise InputError("matplotlib: needed for the charts (pip install -e '.[test]')") from None
-    return plt
+    from hipi_offline import plots
+
+    return plots
 
 
 def plot_fig7a(results: dict[str, Any], path: str | Path) -> Path:
-    """Bar chart of Fig. 7a (one panel per environment, mean ± stderr over seeds)."""
-    plt = _pyplot()
-    table = results["fig7a"]
-    fig, axes = plt.subplots(1, len(table), figsize=(4.2 * len(table), 3.6), squeeze=False)
-    for ax, (env, row) in zip(axes[0], table.items(), strict=True):
-        methods = list(row)
-        means = [row[m]["mean"] for m in methods]
-        errs = [row[m]["stderr"] or 0.0 for m in methods]
-        colors = ["C0" if m == "hipi" else "C7" if m == "task-agnostic" else "C1" for m in methods]
-        ax.bar(range(len(methods)), means, yerr=errs, color=colors, capsize=3)
-        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
-        metric = next(iter(row.values()))["metric"]
-        ax.set_title(env)
-        ax.set_ylabel("success rate" if metric == "success_rate" else "task return")
-    fig.suptitle("Fig. 7a: behavior cloning on relabeled data")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    """Save the Fig. 7a bar chart (:func:`hipi_offline.plots.fig7a_bars`) as an image."""
+    return _save(_plots().fig7a_bars(results), path)
 
 
 def plot_fig7b(results: dict[str, Any], path: str | Path) -> Path:
-    """Return against reward bias, one line per relabeling method (Fig. 7b)."""
-    plt = _pyplot()
-    table = results["fig7b"]
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for m in (k for k in table if k not in ("bias", "box")):
-        errs = [e or 0.0 for e in table[m]["stderr"]]
-        ax.errorbar(table["bias"], table[m]["mean"], yerr=errs, marker="o", capsize=3, label=m)
-    ax.set_xlabel("reward bias b per step (tasks in the box)")
-    ax.set_ylabel("true task return")
-    ax.set_title("Fig. 7b: cheetah, biased rewards")
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    """Save the Fig. 7b bias chart (:func:`hipi_offline.plots.fig7b_lines`) as an image."""
+    return _save(_plots().fig7b_lines(results), path)
