@@ -17,6 +17,7 @@ for every N of a complete run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -176,11 +177,13 @@ class Zygote:
 
     def kill_after(self, pid: int, delay: float) -> int:
         """SIGKILL the current run after ``delay`` seconds unless it ends before;
-        return its exit code. (While the zygote has not reported the exit, it has
-        not reaped the process, so the pid is still that run's.)"""
+        return its exit code. (Until the zygote reaps the run, the pid is still that
+        run's; when the run was reaped between our timeout and the kill, its exit
+        line is on its way.)"""
         code = self.wait(delay)
         if code is None:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
             code = self.wait()
         return code
 
