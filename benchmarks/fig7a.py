@@ -12,41 +12,13 @@ Results: benchmarks/RESULTS.md, section "Fig. 7a / 7b".
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import time
 
-from hipi_offline.errors import InputError
-from hipi_offline.experiments import Fig7aConfig, run_fig7a
-from hipi_offline.experiments.report import fig7a_table, plot_fig7a
+from hipi_offline.experiments.report import script_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="reduced", help="tiny, reduced or full")
-    parser.add_argument("--root", default="runs/fig7", help="experiment folder")
-    parser.add_argument("--workers", type=int, default=2, help="collection/eval processes")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per BC run")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    try:
-        config = Fig7aConfig.preset(args.preset).with_control(
-            workers=args.workers, threads=args.threads, progress=not args.no_progress
-        )
-        results = run_fig7a(args.root, config)
-        png = plot_fig7a(results, os.path.join(args.root, "fig7a.png"))
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    seconds = time.perf_counter() - started
-    print("\n".join(fig7a_table(results)))
-    print(
-        f"\n{args.preset}: {seconds / 60:.1f} min, load average {os.getloadavg()[0]:.2f} "
-        f"(1 min) at the end; chart {png}"
-    )
-    return 0
+    return script_main("fig7a", __doc__ or "", argv)
 
 
 if __name__ == "__main__":

@@ -69,3 +69,42 @@ def plot_fig7a(results: dict[str, Any], path: str | Path) -> Path:
 def plot_fig7b(results: dict[str, Any], path: str | Path) -> Path:
     """Save the Fig. 7b bias chart (:func:`hipi_offline.plots.fig7b_lines`) as an image."""
     return _save(_plots().fig7b_lines(results), path)
+
+
+def script_main(figure: str, description: str, argv: list[str] | None = None) -> int:
+    """The command line of ``benchmarks/fig7a.py`` and ``fig7b.py``: run the experiment
+    of ``figure`` (``fig7a`` or ``fig7b``), print its table, save its chart; exit code."""
+    import argparse
+    import os
+    import sys
+    import time
+
+    from hipi_offline.experiments import Fig7aConfig, Fig7bConfig, run_fig7a, run_fig7b
+
+    runner = {"fig7a": (Fig7aConfig, run_fig7a, fig7a_table, plot_fig7a)}
+    runner["fig7b"] = (Fig7bConfig, run_fig7b, fig7b_table, plot_fig7b)
+    config_class, run, table, plot = runner[figure]
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    parser.add_argument("--preset", default="reduced", help="tiny, reduced or full")
+    parser.add_argument("--root", default="runs/fig7", help="experiment folder")
+    parser.add_argument("--workers", type=int, default=2, help="collection/eval processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per BC run")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        config = config_class.preset(args.preset).with_control(
+            workers=args.workers, threads=args.threads, progress=not args.no_progress
+        )
+        results = run(args.root, config)
+        png = plot(results, os.path.join(args.root, f"{figure}.png"))
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - started
+    print("\n".join(table(results)))
+    print(
+        f"\n{args.preset}: {seconds / 60:.1f} min, load average {os.getloadavg()[0]:.2f} "
+        f"(1 min) at the end; chart {png}"
+    )
+    return 0
