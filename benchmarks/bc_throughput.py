@@ -52,7 +52,6 @@ import torch  # noqa: E402
 
 from hipi_offline.bc import BCConfig, BCNetwork, parse_hidden, train_bc  # noqa: E402
 from hipi_offline.bc.data import (  # noqa: E402
-    Normalization,
     TaskSampler,
     encode_candidates,
     load_working_set,
@@ -130,16 +129,7 @@ class Floor:
             sampler = TaskSampler(labels)
         gen = torch.Generator().manual_seed(args.seed)
         _, task = sampler.sample(data.step_episode.long(), gen)  # one frozen draw per step
-        self.norm = Normalization(
-            obs_mean=data.obs_stats.mean,
-            obs_std=data.obs_stats.std,
-            act_mean=data.act_stats.mean,
-            act_std=data.act_stats.std,
-            act_low=data.act_stats.low,
-            act_high=data.act_stats.high,
-            task_mean=task_mean,
-            task_std=task_std,
-        )
+        self.norm = data.normalization(task_mean, task_std)
         self.obs = data.observations.to(device)
         self.act = data.actions.to(device)
         self.task = task.to(device)

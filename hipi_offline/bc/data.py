@@ -119,6 +119,20 @@ class WorkingSet:
     def nbytes(self) -> int:
         return 4 * self.num_steps * (self.obs_dim + self.act_dim)
 
+    def normalization(self, task_mean: np.ndarray, task_std: np.ndarray) -> Normalization:
+        """The network's normalization: these steps' statistics and the given task ones."""
+        obs, act = self.obs_stats, self.act_stats
+        return Normalization(
+            obs_mean=obs.mean,
+            obs_std=obs.std,
+            act_mean=act.mean,
+            act_std=act.std,
+            act_low=act.low,
+            act_high=act.high,
+            task_mean=task_mean,
+            task_std=task_std,
+        )
+
 
 def _plain_field(store: TrajectoryStore, name: str) -> tuple[int, ...]:
     """The row shape of a non-dict numeric step field, or an InputError."""

@@ -452,16 +452,7 @@ def train_bc(store_path: str | Path, config: BCConfig) -> TrainSummary:
                 candidates, task_mean, task_std = encode_candidates(labels)
             else:
                 candidates, task_mean, task_std = None, np.zeros(0), np.ones(0)
-            norm = Normalization(
-                obs_mean=data.obs_stats.mean,
-                obs_std=data.obs_stats.std,
-                act_mean=data.act_stats.mean,
-                act_std=data.act_stats.std,
-                act_low=data.act_stats.low,
-                act_high=data.act_stats.high,
-                task_mean=task_mean,
-                task_std=task_std,
-            )
+            norm = data.normalization(task_mean, task_std)
             run = _run_description(
                 store_path,
                 store,
