@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,13 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from hipi_offline.bc import BCConfig, BCNetwork, Policy, load_policy, lr_at, train_bc
-from hipi_offline.bc.data import BatchSampler, RunningStats, TaskSampler, WorkingSet
+from hipi_offline.bc.data import (
+    BatchSampler,
+    RunningStats,
+    TaskSampler,
+    WorkingSet,
+    sampler_generator,
+)
 from hipi_offline.bc.policy import list_checkpoints
 from hipi_offline.errors import InputError
 from hipi_offline.relabel import RelabelConfig, relabel
@@ -131,9 +138,15 @@ def test_discrete_embedding_deterministic_head(two_task: Path):
 
 
 # ---------------------------------------------------------------- task draws
-def test_resampling_follows_stored_probabilities():
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_resampling_follows_stored_probabilities(device: str):
     """Chi-square goodness of fit of the candidates drawn for one episode's steps,
-    through the minibatch sampler, against the renormalized top-k posterior."""
+    through the minibatch sampler, against the renormalized top-k posterior (on a GPU
+    the indices and uniforms come from a CUDA generator)."""
     k_all, steps_per_episode = 12, 10
     with np.errstate(divide="ignore"):
         logp = np.log(np.array([[0.5, 0.2, 0.05, 0.05, 0.0], [0.3, 0.2, 0.1, 0.05, 0.0]]))
@@ -156,14 +169,16 @@ def test_resampling_follows_stored_probabilities():
         obs_stats=RunningStats.empty(1),
         act_stats=RunningStats.empty(1),
     )
-    gen = torch.Generator().manual_seed(123)
-    batches = BatchSampler(data, TaskSampler(labels), 256, gen, "cpu")
+    gen = sampler_generator(data, torch.device(device), 123)
+    assert gen.device.type == device
+    batches = BatchSampler(data, TaskSampler(labels, device), 256, gen, device)
     drawn: list[np.ndarray] = []
     seen_step_tasks: dict[int, set] = {}
     for _ in range(100):
         obs, _, task = batches.sample()
-        step = obs[:, 0].long().numpy()
-        cand = (task[:, 0] / 10.0).round().long().numpy()
+        assert obs.device.type == task.device.type == device
+        step = obs[:, 0].long().cpu().numpy()
+        cand = (task[:, 0] / 10.0).round().long().cpu().numpy()
         drawn.append(cand[step >= steps_per_episode])
         for s, c in zip(step[:40], cand[:40], strict=True):
             seen_step_tasks.setdefault(int(s), set()).add(int(c))
@@ -178,10 +193,35 @@ def test_resampling_follows_stored_probabilities():
     # tasks are redrawn every iteration: the same step gets several tasks
     assert max(len(v) for v in seen_step_tasks.values()) >= 3
     # episode 0's steps only ever get episode 0's candidates
-    sampler = TaskSampler(labels)
+    sampler = TaskSampler(labels, device)
     chosen, tasks = sampler.sample(torch.zeros(5000, dtype=torch.long), gen)
     assert set(chosen.tolist()) <= {0, 1, 2, 3}
-    np.testing.assert_array_equal(tasks[:, 0].numpy(), chosen.numpy() * 10.0)
+    np.testing.assert_array_equal(tasks[:, 0].cpu().numpy(), chosen.cpu().numpy() * 10.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_resumes_bit_exact_in_process(two_task: Path, tmp_path: Path, device: str):
+    """Resuming from a mid-run checkpoint ends with the same weights, optimizer state and
+    random streams as the straight run; on a GPU the sampler's stream is a CUDA one."""
+    config = BCConfig(
+        out=tmp_path / "straight", labels="original", steps=300, checkpoint_every=100,
+        keep_checkpoints=0, **{**TINY, "device": device},
+    )  # fmt: skip
+    summary = train_bc(two_task, config)
+    assert summary.device.startswith(device)
+    cut = tmp_path / "cut"
+    shutil.copytree(config.out, cut)
+    for step, path in list_checkpoints(cut):
+        if step > 100:
+            path.unlink()
+    resumed = train_bc(two_task, replace(config, out=cut, resume=True))
+    assert resumed.start_step == 100 and resumed.step == 300
+    a = load_file(config.out / "checkpoints" / "step_0000300.safetensors")
+    b = load_file(cut / "checkpoints" / "step_0000300.safetensors")
+    cpu_state = torch.Generator().get_state().numel()
+    assert a.keys() == b.keys() and (a["rng.sampler"].numel() == cpu_state) == (device == "cpu")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 def test_lr_schedule():

@@ -298,14 +298,25 @@ class TaskSampler:
 
     def sample(self, episodes: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(candidate indices [B], tasks [B, D]) for episodes [B]; uniforms come from
-        ``generator`` (a CPU generator; they are moved to the sampler's device)."""
-        u = torch.rand(len(episodes), generator=generator, dtype=torch.float64)
+        ``generator`` (on its own device; they are moved to the sampler's device)."""
+        u = torch.rand(
+            len(episodes), generator=generator, dtype=torch.float64, device=generator.device
+        )
         chosen = self.choose(episodes.to(self.device), to_device(u, self.device))
         return chosen, self.candidates.index_select(0, chosen)
 
 
+def sampler_generator(data: WorkingSet, device: torch.device, seed: int) -> torch.Generator:
+    """The minibatch sampler's random stream: on the GPU when the working set is there
+    (no host-to-device copy of indices and uniforms per step), else on the CPU. The
+    CPU stream is the same on every machine; a CUDA one differs from it."""
+    where = device if device.type == "cuda" and data.spill is None else torch.device("cpu")
+    return torch.Generator(device=where).manual_seed(seed)
+
+
 class BatchSampler:
-    """Uniform minibatches of steps with one freshly drawn task per step."""
+    """Uniform minibatches of steps with one freshly drawn task per step; indices and
+    posterior uniforms come from ``generator`` (see :func:`sampler_generator`)."""
 
     def __init__(
         self,
@@ -332,7 +343,8 @@ class BatchSampler:
 
     def sample(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """(observations [B, obs_dim], actions [B, act_dim], tasks [B, D] or None)."""
-        idx = torch.randint(self.num_steps, (self.batch_size,), generator=self.generator)
+        g = self.generator
+        idx = torch.randint(self.num_steps, (self.batch_size,), generator=g, device=g.device)
         where = self.observations.device
         idx_where = to_device(idx, where)
         task = None

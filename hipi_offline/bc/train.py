@@ -44,6 +44,7 @@ from hipi_offline.bc.data import (
     encode_candidates,
     is_discrete,
     load_working_set,
+    sampler_generator,
     task_names,
 )
 from hipi_offline.bc.policy import (
@@ -515,7 +516,7 @@ def _train(
 ) -> TrainSummary:
     torch.manual_seed(config.seed)
     sampler_seed = int(np.random.default_rng(config.seed).integers(2**62))
-    generator = torch.Generator().manual_seed(sampler_seed)
+    generator = sampler_generator(data, device, sampler_seed)
     network = build_network(run)
     network.set_normalization(norm)
     network.to(device)
