@@ -149,7 +149,7 @@ def parse_prior(value: Any, where: str = "prior") -> Prior:
         raise InputError(
             f"{where}: expected exactly one of uniform, normal, sphere, categorical; got {value!r}"
         )
-    (kind, body), = value.items()
+    ((kind, body),) = value.items()
     at = f"{where}.{kind}"
     if kind == "uniform":
         body = _keys(body, at, {"low", "high"})
@@ -178,8 +178,11 @@ def parse_prior(value: Any, where: str = "prior") -> Prior:
         rows = body["tasks"]
         if not isinstance(rows, list) or not rows:
             raise InputError(f"{at}.tasks: expected a non-empty list of task vectors")
-        tasks = np.stack([_vector(r, f"{at}.tasks[{i}]") for i, r in enumerate(rows)]) \
-            if all(isinstance(r, list) for r in rows) else _vector(rows, f"{at}.tasks")[:, None]
+        tasks = (
+            np.stack([_vector(r, f"{at}.tasks[{i}]") for i, r in enumerate(rows)])
+            if all(isinstance(r, list) for r in rows)
+            else _vector(rows, f"{at}.tasks")[:, None]
+        )
         probs = (
             _vector(body["probs"], f"{at}.probs", len(tasks))
             if "probs" in body
