@@ -7,7 +7,6 @@ kill: finished episodes are committed in batches by crash-safe appends.
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -28,6 +27,7 @@ from hipi_offline.collect.episodes import (
 from hipi_offline.envs.base import make_env
 from hipi_offline.errors import InputError
 from hipi_offline.experts.base import make_expert
+from hipi_offline.parallel import ordered_map
 from hipi_offline.store.store import TrajectoryStore, create_store, open_store
 
 
@@ -127,15 +127,10 @@ def _units(
         (env_name, steps, config.seed, u, config.windows, keep_stream, options)
         for u in range(first, last)
     ]
-    if config.workers <= 1:
-        try:
-            yield from map(run_unit, jobs)
-        finally:
-            close_workers()
-        return
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(config.workers) as pool:
-        yield from pool.imap(run_unit, jobs)
+    try:
+        yield from ordered_map(run_unit, jobs, config.workers)
+    finally:
+        close_workers()  # this process's environments, when it ran the units itself
 
 
 def expert_options(env_name: str, pairs: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:

@@ -11,7 +11,6 @@ rollouts themselves as a store (which relabels like any other).
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from hipi_offline.evaluate.rollout import (
 )
 from hipi_offline.evaluate.tasks import plan_episodes
 from hipi_offline.evaluate.video import check_video_path, video_paths, write_video
+from hipi_offline.parallel import ordered_map
 from hipi_offline.store.atomic import atomic_write_bytes
 
 VIDEO_FPS = 25.0
@@ -188,12 +188,8 @@ def _check(config: EvalConfig) -> None:
 
 def _run_jobs(jobs: list[RolloutJob], workers: int) -> Iterator[list[EpisodeOutcome]]:
     """Outcomes of each job, in job order, in this process or in worker processes."""
-    if workers <= 1 or len(jobs) <= 1:
-        yield from map(run_job, jobs)  # environments stay cached for the next call
-        return
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(jobs))) as pool:
-        yield from pool.imap(run_job, jobs)
+    # in this process, the environments stay cached for the next call
+    yield from ordered_map(run_job, jobs, workers)
 
 
 def save_rollouts(
