@@ -4,6 +4,7 @@ prior, for cheetah, quadruped and desk, several seeds. Resumable: rerun the same
 command after a kill and finished stages are skipped.
 
     python benchmarks/fig7a.py --preset reduced --root runs/fig7 --workers 2
+    python benchmarks/fig7a.py --preset full --envs quadruped --root runs/fig7-full-quadruped
 
 Prints a markdown table (mean ± standard error over seeds: task return, desk:
 success rate) and writes ``<root>/results.json`` and ``<root>/fig7a.png``.

@@ -145,6 +145,33 @@ def test_a_lost_evaluation_reruns_only_that_run(
     assert lost.is_file()
 
 
+def test_parallel_training_gives_the_sequential_weights(tiny_root: Path, tmp_path: Path) -> None:
+    """BC runs on two worker processes end with the weights of the same runs trained
+    one after the other in this process."""
+    from safetensors.torch import load_file
+
+    store = tiny_root / "cheetah" / "data.h5"
+    settings = TrainSettings(steps=20, batch_size=16, hidden=(8,))
+    control = common.Control(workers=2, threads=1, progress=False)
+
+    def jobs(folder: str) -> list[common.TrainJob]:
+        return [
+            common.TrainJob(store, tmp_path / folder / "hipi", "hipi", 5, settings, control),
+            common.TrainJob(store, tmp_path / folder / "agnostic", None, 6, settings, control),
+        ]
+
+    common.train_runs(jobs("parallel"), workers=2, progress=False)
+    common.train_runs(jobs("serial"), workers=1, progress=False)
+    for name in ("hipi", "agnostic"):
+        a, b = (
+            load_file(tmp_path / folder / name / "checkpoints" / "step_0000020.safetensors")
+            for folder in ("parallel", "serial")
+        )
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+
+
 def test_other_settings_on_the_same_root_are_refused(tiny_root: Path) -> None:
     config = Fig7aConfig.tiny()
     changed = Fig7aConfig(envs=config.envs, seeds=(0, 1), train=config.train)
@@ -299,4 +326,18 @@ def test_scripts_exit_2_on_bad_input(
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --preset:")
     assert main(["--preset", "tiny", "--root", str(tmp_path), "--workers", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: workers:")
+    if script == "fig7a.py":
+        assert main(["--preset", "tiny", "--root", str(tmp_path), "--envs", "quadruped"]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --envs:")
     assert not (tmp_path / "config.json").exists()
+
+
+def test_only_envs_keeps_the_preset_settings_of_the_chosen_environments() -> None:
+    full = Fig7aConfig.full()
+    quadruped = full.only_envs(["quadruped"])
+    assert [e.env for e in quadruped.envs] == ["quadruped"]
+    assert quadruped.envs[0] == full.envs[1] and quadruped.train == full.train
+    both = full.only_envs(["desk", "cheetah"])
+    assert [e.env for e in both.envs] == ["cheetah", "desk"]  # the preset's order
+    with pytest.raises(InputError, match="--envs"):
+        full.only_envs([])

@@ -37,6 +37,7 @@ import yaml
 from hipi_offline.errors import InputError
 from hipi_offline.experiments.common import (
     Control,
+    TrainJob,
     TrainSettings,
     aggregate,
     check_seeds,
@@ -47,7 +48,7 @@ from hipi_offline.experiments.common import (
     positive_int,
     read_json,
     relabel_stage,
-    train_stage,
+    train_runs,
     update_results,
 )
 from hipi_offline.store.labels import LabelSet
@@ -228,6 +229,7 @@ def run_fig7b(root: str | Path, config: Fig7bConfig) -> dict[str, Any]:
     collect_stage(store, ENV, config.episodes, config.steps, config.collect_seed, control)
     base = load_task_spec(BASE_SPEC).source
     runs: dict[Path, Path] = {}
+    jobs: list[TrainJob] = []
     for b in config.biases:
         spec = folder / "specs" / f"bias-{b:g}.yaml"
         if not spec.exists():
@@ -240,8 +242,9 @@ def run_fig7b(root: str | Path, config: Fig7bConfig) -> dict[str, Any]:
                 run = folder / "runs" / f"{name}-seed{seed}"
                 out = folder / "eval" / f"{name}-seed{seed}.json"
                 if not out.exists():
-                    train_stage(store, run, name, seed, config.train, control)
+                    jobs.append(TrainJob(store, run, name, seed, config.train, control))
                 runs[run] = out
+    train_runs(jobs, control.workers, control.progress)
     evaluate_stage(ENV, runs, config.eval_episodes, config.eval_steps, config.eval_seed, control)
     table: dict[str, Any] = {
         "bias": [float(b) for b in config.biases],

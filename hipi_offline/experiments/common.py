@@ -7,17 +7,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from hipi_offline.bc import BCConfig, train_bc
 from hipi_offline.collect import CollectConfig, collect
 from hipi_offline.errors import InputError
 from hipi_offline.evaluate import EvalConfig, evaluate
 from hipi_offline.evaluate.report import report_json
+from hipi_offline.parallel import ordered_map
 from hipi_offline.relabel import METHODS, RelabelConfig, relabel
 from hipi_offline.store.atomic import atomic_write_bytes
 from hipi_offline.store.store import open_store
@@ -84,7 +86,7 @@ class Control:
     """How an experiment runs (never what it computes): free to change on resume."""
 
     workers: int = 2
-    """Worker processes for collection and evaluation."""
+    """Worker processes for collection, behavior-cloning runs and evaluation."""
     threads: int = 1
     """Torch CPU threads per training run."""
     progress: bool = True
@@ -162,6 +164,39 @@ def train_stage(
             progress=control.progress,
         ),
     )
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One behavior-cloning run of an experiment (picklable, for worker processes)."""
+
+    store: Path
+    run: Path
+    labels: str | None
+    """Label set name; None for task-agnostic BC."""
+    seed: int
+    train: TrainSettings
+    control: Control
+
+
+def _train_job(job: TrainJob) -> Path:
+    train_stage(job.store, job.run, job.labels, job.seed, job.train, job.control)
+    return job.run
+
+
+def train_runs(jobs: Sequence[TrainJob], workers: int, progress: bool = True) -> None:
+    """Train the runs, ``workers`` at a time, each in its own process with the job's
+    torch threads. Every run is seeded and uses its own threads, so the weights are
+    the same whatever ``workers`` is; in parallel, one bar counts finished runs."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            _train_job(job)
+        return
+    quiet = [replace(job, control=replace(job.control, progress=False)) for job in jobs]
+    bar = tqdm(total=len(jobs), desc="train-bc runs", unit="run", disable=not progress)
+    with bar:
+        for _ in ordered_map(_train_job, quiet, workers):
+            bar.update()
 
 
 def evaluate_stage(

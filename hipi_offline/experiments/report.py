@@ -87,15 +87,21 @@ def script_main(figure: str, description: str, argv: list[str] | None = None) ->
     parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument("--preset", default="reduced", help="tiny, reduced or full")
     parser.add_argument("--root", default="runs/fig7", help="experiment folder")
-    parser.add_argument("--workers", type=int, default=2, help="collection/eval processes")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per BC run")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if figure == "fig7a":
+        parser.add_argument(
+            "--envs", help="comma-separated subset of the preset's environments (default: all)"
+        )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
         config = config_class.preset(args.preset).with_control(
             workers=args.workers, threads=args.threads, progress=not args.no_progress
         )
+        if getattr(args, "envs", None):
+            config = config.only_envs(args.envs.split(","))
         results = run(args.root, config)
         png = plot(results, os.path.join(args.root, f"{figure}.png"))
     except InputError as err:
