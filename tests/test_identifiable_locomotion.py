@@ -56,4 +56,7 @@ def test_quadruped_commanded_weights_rank_in_the_top_decile(tmp_path: Path) -> N
         labels = opened.read_labels("hipi")
     k = labels.num_candidates
     rank = np.array([int(np.flatnonzero(labels.topk_index[i] == i)[0]) for i in range(episodes)])
-    assert np.mean(rank < k // 10) >= 0.8, f"ranks of the commanded tasks among {k}: {rank}"
+    # the issue's criterion: "top decile for most episodes". By chance (no information
+    # in the data) 4 of 6 in the top decile has probability 0.0013. An earlier "at
+    # least 5 of 6" held at collection seed 2 only; seeds 3 and 4 gave 4 of 6
+    assert np.mean(rank < k // 10) > 0.5, f"ranks of the commanded tasks among {k}: {rank}"
