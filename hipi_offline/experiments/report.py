@@ -95,6 +95,8 @@ def script_main(figure: str, description: str, argv: list[str] | None = None) ->
             "--envs", help="comma-separated subset of the preset's environments (default: all)"
         )
     args = parser.parse_args(argv)
+    if args.no_progress:  # every tqdm bar, the relabel engine's and the workers' too
+        os.environ["TQDM_DISABLE"] = "1"
     started = time.perf_counter()
     try:
         config = config_class.preset(args.preset).with_control(
