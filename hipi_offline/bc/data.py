@@ -306,12 +306,18 @@ class TaskSampler:
         return chosen, self.candidates.index_select(0, chosen)
 
 
+def working_device(data: WorkingSet, device: torch.device) -> torch.device:
+    """Where the minibatch sampler keeps the working set: on ``device``, unless it was
+    spilled to a memory-mapped file (then on the CPU, copied over per batch)."""
+    return device if data.spill is None else torch.device("cpu")
+
+
 def sampler_generator(data: WorkingSet, device: torch.device, seed: int) -> torch.Generator:
-    """The minibatch sampler's random stream: on the GPU when the working set is there
-    (no host-to-device copy of indices and uniforms per step), else on the CPU. The
-    CPU stream is the same on every machine; a CUDA one differs from it."""
-    where = device if device.type == "cuda" and data.spill is None else torch.device("cpu")
-    return torch.Generator(device=where).manual_seed(seed)
+    """The minibatch sampler's random stream, beside the working set: on the GPU when
+    the working set is there (no host-to-device copy of indices and uniforms per
+    step), else on the CPU. The CPU stream is the same on every machine; a CUDA one
+    differs from it."""
+    return torch.Generator(device=working_device(data, device)).manual_seed(seed)
 
 
 class BatchSampler:
@@ -330,8 +336,7 @@ class BatchSampler:
         self.batch_size = int(batch_size)
         self.generator = generator
         self.tasks = tasks
-        on_device = data.spill is None
-        where = self.device if on_device else torch.device("cpu")
+        where = working_device(data, self.device)
         self.observations = data.observations.to(where)
         self.actions = data.actions.to(where)
         # int64 once here, so no per-step conversion before the posterior gathers
@@ -339,7 +344,7 @@ class BatchSampler:
             tasks.device if tasks is not None else where, torch.int64
         )
         self.num_steps = data.num_steps
-        self.pin = (not on_device) and self.device.type == "cuda"
+        self.pin = where != self.device and self.device.type == "cuda"
 
     def sample(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """(observations [B, obs_dim], actions [B, act_dim], tasks [B, D] or None)."""

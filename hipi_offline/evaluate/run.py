@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,7 +144,9 @@ def evaluate(runs: Sequence[str | Path], config: EvalConfig) -> Evaluation:
         unit="ep",
         disable=not config.progress,
     ) as bar:
-        for job, done in zip(jobs, _run_jobs(jobs, config.workers), strict=True):
+        # with one worker the jobs run here, and the environments stay cached for the
+        # next call
+        for job, done in zip(jobs, ordered_map(run_job, jobs, config.workers), strict=True):
             outcomes[job.run] += done
             bar.update(len(done))
     results = [
@@ -184,12 +186,6 @@ def _check(config: EvalConfig) -> None:
     for name, value in (("--json", config.json_path), ("--save-rollouts", config.save_rollouts)):
         if value is not None and not Path(value).parent.exists():
             raise InputError(f"{name}: folder {Path(value).parent} does not exist")
-
-
-def _run_jobs(jobs: list[RolloutJob], workers: int) -> Iterator[list[EpisodeOutcome]]:
-    """Outcomes of each job, in job order, in this process or in worker processes."""
-    # in this process, the environments stay cached for the next call
-    yield from ordered_map(run_job, jobs, workers)
 
 
 def save_rollouts(
