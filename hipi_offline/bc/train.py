@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from hipi_offline.bc.config import BCConfig, check_config
 from hipi_offline.bc.data import (
@@ -57,6 +56,7 @@ from hipi_offline.bc.policy import (
     write_checkpoint,
 )
 from hipi_offline.errors import InputError
+from hipi_offline.progress import progress_bar
 from hipi_offline.relabel.run import resolve_device
 from hipi_offline.store.labels import LabelSet
 from hipi_offline.store.store import TrajectoryStore, open_store
@@ -545,12 +545,12 @@ def _train(
         stack.callback(writer.close)
     params = [p for p in network.parameters() if p.requires_grad]
     bar = stack.enter_context(
-        tqdm(
+        progress_bar(
             total=config.steps,
             initial=start,
             desc="train-bc",
             unit="step",
-            disable=not config.progress,
+            enabled=config.progress,
             dynamic_ncols=True,
         )
     )

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from hipi_offline.collect.episodes import (
     PLAY_ENVS,
     Episode,
@@ -28,6 +26,7 @@ from hipi_offline.envs.base import make_env
 from hipi_offline.errors import InputError
 from hipi_offline.experts.base import make_expert
 from hipi_offline.parallel import ordered_map
+from hipi_offline.progress import progress_bar
 from hipi_offline.store.store import TrajectoryStore, create_store, open_store
 
 
@@ -226,7 +225,7 @@ def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSum
         first = min(sink.first_unit for sink in sinks)
         last = max(first, -(-config.episodes // per_unit))
         last_commit = time.perf_counter()
-        with tqdm(
+        with progress_bar(
             total=max(0, last - sinks[0].first_unit) * per_unit,
             desc=f"collect {env_name}",
             unit="ep",

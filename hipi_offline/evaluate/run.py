@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from hipi_offline.bc.policy import load_policy
 from hipi_offline.envs.base import env_task_spec
@@ -35,6 +34,7 @@ from hipi_offline.evaluate.rollout import (
 from hipi_offline.evaluate.tasks import plan_episodes
 from hipi_offline.evaluate.video import check_video_path, video_paths, write_video
 from hipi_offline.parallel import ordered_map
+from hipi_offline.progress import progress_bar
 from hipi_offline.store.atomic import atomic_write_bytes
 
 VIDEO_FPS = 25.0
@@ -138,11 +138,11 @@ def evaluate(runs: Sequence[str | Path], config: EvalConfig) -> Evaluation:
         for g in range(0, len(plans), config.group_size)
     ]
     outcomes: dict[str, list[EpisodeOutcome]] = {r: [] for r in runs}
-    with tqdm(
+    with progress_bar(
         total=len(plans) * len(runs),
         desc=f"evaluate {env_name}",
         unit="ep",
-        disable=not config.progress,
+        enabled=config.progress,
     ) as bar:
         # with one worker the jobs run here, and the environments stay cached for the
         # next call

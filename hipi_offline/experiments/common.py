@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from hipi_offline.bc import BCConfig, train_bc
 from hipi_offline.collect import CollectConfig, collect
@@ -20,6 +19,7 @@ from hipi_offline.errors import InputError
 from hipi_offline.evaluate import EvalConfig, evaluate
 from hipi_offline.evaluate.report import report_json
 from hipi_offline.parallel import ordered_map
+from hipi_offline.progress import progress_bar
 from hipi_offline.relabel import METHODS, RelabelConfig, relabel
 from hipi_offline.store.atomic import atomic_write_bytes
 from hipi_offline.store.store import open_store
@@ -193,7 +193,7 @@ def train_runs(jobs: Sequence[TrainJob], workers: int, progress: bool = True) ->
             _train_job(job)
         return
     quiet = [replace(job, control=replace(job.control, progress=False)) for job in jobs]
-    bar = tqdm(total=len(jobs), desc="train-bc runs", unit="run", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="train-bc runs", unit="run", enabled=progress)
     with bar:
         for _ in ordered_map(_train_job, quiet, workers):
             bar.update()

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from hipi_offline.errors import InputError
+from hipi_offline.progress import progress_bar
 from hipi_offline.store import TrajectoryStore, create_store
 from hipi_offline.store.atomic import remove_abandoned_siblings, remove_path, replace_path, sibling
 from hipi_offline.store.backends import backend_kind
@@ -195,7 +195,7 @@ class EpisodeWriter:
         self._lengths: list[int] = []
         self._rows = 0
         self._bytes = 0
-        self._bar = tqdm(total=total_episodes, desc=desc, unit="ep")
+        self._bar = progress_bar(total=total_episodes, desc=desc, unit="ep")
 
     def add(
         self,

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from hipi_offline.errors import InputError
 from hipi_offline.io.common import (
@@ -46,6 +45,7 @@ from hipi_offline.io.common import (
     rows_per_batch,
     staged_folder,
 )
+from hipi_offline.progress import progress_bar
 from hipi_offline.store import LabelSet, TrajectoryStore, open_store
 from hipi_offline.store.backends import ArrayInfo
 
@@ -204,7 +204,7 @@ def _write_main_file(
     rows = rows_per_batch(row_bytes, batch_steps, DEFAULT_BATCH_BYTES)
     with (
         h5py.File(path, "w", track_order=True) as out,
-        tqdm(total=store.num_episodes, desc="minari export", unit="ep") as bar,
+        progress_bar(total=store.num_episodes, desc="minari export", unit="ep") as bar,
     ):
         for i, j in episode_batches(ends, rows):
             a, b = int(starts[i]), int(ends[j - 1])

@@ -20,9 +20,9 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from hipi_offline.errors import InputError
+from hipi_offline.progress import progress_bar
 from hipi_offline.store.store import TrajectoryStore
 from hipi_offline.tasks.families import LinearFamily, RewardFamily, TargetFamily
 from hipi_offline.tasks.spec import TaskSpec
@@ -231,7 +231,9 @@ def returns_tiles(
     bounds = [(j, min(j + tile, k)) for j in range(0, k, tile)]
     linear = isinstance(spec.family, LinearFamily)
     passes = 1 if linear else len(bounds)
-    with tqdm(total=store.num_steps * passes, desc="relabel", unit="step", unit_scale=True) as bar:
+    with progress_bar(
+        total=store.num_steps * passes, desc="relabel", unit="step", unit_scale=True
+    ) as bar:
         shared: ReturnAccumulator | None = None
         for j0, j1 in bounds:
             if shared is None or not linear:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from hipi_offline.errors import InputError
+from hipi_offline.progress import progress_bar
 from hipi_offline.store.store import DEFAULT_CHUNK_ROWS, TrajectoryStore
 
 
@@ -89,7 +89,7 @@ def make_synthetic_store(
         overwrite=overwrite,
     ) as store:
         done = 0
-        with tqdm(total=config.episodes, desc="synthetic episodes", unit="ep") as bar:
+        with progress_bar(total=config.episodes, desc="synthetic episodes", unit="ep") as bar:
             while done < config.episodes:
                 count = min(config.batch_episodes, config.episodes - done)
                 steps, episodes = synthetic_episodes(count, config.steps, rng)
