@@ -139,6 +139,14 @@ def test_quadruped_accessors_match_the_suite():
     np.testing.assert_allclose(fields["infos/velocity_y"], world[1], atol=1e-5)
     np.testing.assert_allclose(fields["infos/upright"], physics.torso_upright(), atol=1e-6)
     np.testing.assert_allclose(fields["infos/height"], physics.named.data.xpos["torso", "z"])
+    # the planner's heading: the torso's x-axis (first column of xmat) on the floor
+    xmat = physics.named.data.xmat["torso"].reshape(3, 3)
+    expected = xmat[:2, 0] / np.linalg.norm(xmat[:2, 0])
+    state = np.empty(mujoco.mj_stateSize(physics.model.ptr, mujoco.mjtState.mjSTATE_FULLPHYSICS))
+    mujoco.mj_getState(
+        physics.model.ptr, physics.data.ptr, state, mujoco.mjtState.mjSTATE_FULLPHYSICS
+    )
+    np.testing.assert_allclose(env.rollout_heading(state), expected, atol=1e-9)
     env.close()
 
 

@@ -126,3 +126,64 @@ def test_replan_follows_the_plan_in_between() -> None:
         env.close()
     with pytest.raises(InputError, match="replan"):
         MppiExpert(MppiConfig(horizon=10, replan=10))
+
+
+def test_heading_weight_adds_the_misalignment_of_every_sample() -> None:
+    """heading_weight w: each sample's cost grows by w |d| sum_t (1 - cos angle(forward_t, d))."""
+    env = make_env("quadruped")
+    try:
+        env.reset(3)
+        task = np.array([0.6, -0.8, 0.5, 0.5, 0.5])
+        plain = MppiExpert(MppiConfig(samples=6, horizon=4, knots=2))
+        turned = MppiExpert(MppiConfig(samples=6, horizon=4, knots=2, heading_weight=1.5))
+        for expert in (plain, turned):
+            expert.reset(env, task, 0)
+        rng = np.random.default_rng(0)
+        states = np.stack([_random_states(env, rng) for _ in range(6)])  # [S, H, nstate]
+        controls = rng.uniform(-1, 1, (6, 4, env.info.action_dim))
+        sensors = np.zeros((6, 4, 0))  # the quadruped's fields read no sensors
+        extra = turned.costs(env, states, sensors, controls) - plain.costs(
+            env, states, sensors, controls
+        )
+        expected = np.zeros(6)
+        for s in range(6):
+            for t in range(4):
+                w, x, y, z = states[s, t, env._qpos][3:7]
+                forward = np.array([1 - 2 * (y * y + z * z), 2 * (x * y + w * z)])
+                cosine = forward @ task[:2] / (np.linalg.norm(forward) * np.linalg.norm(task[:2]))
+                expected[s] += 1.5 * np.linalg.norm(task[:2]) * (1 - cosine)
+        np.testing.assert_allclose(extra, expected, rtol=1e-12, atol=1e-12)
+        # no commanded direction: no shaping
+        turned.reset(env, np.array([0.0, 0.0, 1.0, 1.0, 0.0]), 0)
+        plain.reset(env, np.array([0.0, 0.0, 1.0, 1.0, 0.0]), 0)
+        np.testing.assert_array_equal(
+            turned.costs(env, states, sensors, controls),
+            plain.costs(env, states, sensors, controls),
+        )
+    finally:
+        env.close()
+    cheetah = make_env("cheetah")
+    try:
+        cheetah.reset(0)
+        expert = MppiExpert(MppiConfig(samples=4, horizon=4, knots=2, heading_weight=1.0))
+        expert.reset(cheetah, np.array([1.0]), 0)
+        with pytest.raises(InputError, match="heading_weight"):
+            expert.act(cheetah, np.zeros(0))
+    finally:
+        cheetah.close()
+
+
+def _random_states(env, rng: np.random.Generator) -> np.ndarray:
+    """[4, nstate] full-physics states after random actions (the body turns and tilts)."""
+    import mujoco
+
+    model, data = env.physics.model.ptr, env.physics.data.ptr
+    kind = mujoco.mjtState.mjSTATE_FULLPHYSICS
+    rows = []
+    for _ in range(4):
+        for _ in range(5):
+            env.step(rng.uniform(-1, 1, env.info.action_dim))
+        row = np.empty(mujoco.mj_stateSize(model, kind))
+        mujoco.mj_getState(model, data, row, kind)
+        rows.append(row)
+    return np.stack(rows)

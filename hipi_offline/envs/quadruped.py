@@ -64,6 +64,14 @@ def torso_upright(qpos: np.ndarray) -> np.ndarray:
     return 1.0 - 2.0 * (x * x + y * y) / (w * w + x * x + y * y + z * z)
 
 
+def torso_heading(qpos: np.ndarray) -> np.ndarray:
+    """[..., 2] the torso's x-axis in the world, projected on the floor and normalized,
+    from the free joint's quaternion (the first column of the rotation matrix)."""
+    w, x, y, z = np.moveaxis(qpos[..., 3:7], -1, 0)
+    forward = np.stack([1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y + w * z)], axis=-1)
+    return forward / np.maximum(np.linalg.norm(forward, axis=-1, keepdims=True), 1e-9)
+
+
 def negative_effort(actions: np.ndarray) -> np.ndarray:
     """[...] minus the mean squared action."""
     return -np.mean(np.square(actions), axis=-1)
@@ -77,6 +85,9 @@ class QuadrupedEnv:
     """Physics steps per control step."""
     rollout_sensors = False
     """Rollout fields are functions of the state: the planner can skip sensors."""
+    heading_task_dims = (0, 1)
+    """The ``quadruped-linear`` task entries weighting world x and y velocity: the
+    commanded direction of travel, for planners that keep the body facing it."""
 
     def __init__(self) -> None:
         headless_gl()
@@ -161,6 +172,11 @@ class QuadrupedEnv:
         return self._fields(
             states[..., self._qpos], states[..., self._qvel], states[..., self._act], actions
         )
+
+    def rollout_heading(self, states: np.ndarray) -> np.ndarray:
+        """[..., 2] the torso's forward (x) axis projected on the floor, normalized,
+        of ``mjSTATE_FULLPHYSICS`` states [..., nstate]."""
+        return torso_heading(states[..., self._qpos])
 
     def render(self, width: int = 320, height: int = 240) -> np.ndarray:
         return np.asarray(self.physics.render(height, width, camera_id=0), np.uint8)

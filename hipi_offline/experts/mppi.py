@@ -59,6 +59,11 @@ class MppiConfig:
     """Planner-only shaping: a step field measuring uprightness (1 = upright)."""
     tilt_weight: float = 0.0
     """Cost per step of (1 - tilt_field); keeps fast gaits from flipping the body."""
+    heading_weight: float = 0.0
+    """Planner-only shaping for environments with a :meth:`rollout_heading`: cost per
+    step of ``|d| (1 - cos)``, the angle between the body's forward axis and the
+    commanded horizontal direction ``d`` (the task entries the environment names in
+    ``heading_task_dims``). The expert turns to face where it goes and walks forward."""
     threads: int = 0
     """Rollout threads (0: simulate on the calling thread)."""
     replan: int = 1
@@ -226,7 +231,24 @@ class MppiExpert:
         if self.config.tilt_field and self.config.tilt_weight:
             tilt = 1.0 - np.asarray(fields[self.config.tilt_field], np.float64)
             costs += self.config.tilt_weight * tilt.reshape(samples, horizon).sum(axis=1)
+        if self.config.heading_weight:
+            costs += self.config.heading_weight * self._misalignment(env, states)
         return costs
+
+    def _misalignment(self, env: PlannableEnv, states: np.ndarray) -> np.ndarray:
+        """[S] summed ``|d| (1 - cos)`` of the forward axis against the direction ``d``."""
+        dims = getattr(env, "heading_task_dims", None)
+        if dims is None or not hasattr(env, "rollout_heading"):
+            raise InputError(
+                f"mppi: heading_weight needs an environment with a heading, not {env.info.name!r}"
+            )
+        direction = self.task[0, list(dims)]
+        norm = float(np.linalg.norm(direction))
+        if norm == 0.0:
+            return np.zeros(states.shape[0])
+        forward = env.rollout_heading(states)  # [S, H, 2] unit vectors
+        cosine = forward @ (direction / norm)
+        return norm * (1.0 - cosine).sum(axis=1)
 
 
 def planner_model(source: Any, timestep_factor: int, sensors: bool) -> Any:
