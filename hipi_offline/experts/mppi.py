@@ -121,6 +121,8 @@ class MppiExpert:
         self._pool: Any = None
         self._spec: TaskSpec | None = None
         self._env_name = ""
+        self._heading: np.ndarray | None = None
+        """The commanded horizontal direction of the heading cost (set at reset)."""
         self.elapsed, self.steps = 0.0, 0
 
     @property
@@ -135,6 +137,7 @@ class MppiExpert:
             if "steps/observations" in self._spec.family.fields:
                 raise InputError("mppi: the task family reads observations, which rollouts lack")
         self.task = np.asarray(task, np.float64).reshape(1, -1)
+        self._heading = self._commanded_direction(env) if self.config.heading_weight else None
         self.rng = np.random.default_rng(seed)
         low, high = env.info.action_low.astype(np.float64), env.info.action_high.astype(np.float64)
         self._low, self._high = low, high
@@ -231,24 +234,24 @@ class MppiExpert:
         if self.config.tilt_field and self.config.tilt_weight:
             tilt = 1.0 - np.asarray(fields[self.config.tilt_field], np.float64)
             costs += self.config.tilt_weight * tilt.reshape(samples, horizon).sum(axis=1)
-        if self.config.heading_weight:
-            costs += self.config.heading_weight * self._misalignment(env, states)
+        if self._heading is not None:
+            # |d| (1 - cos) per step between the forward axis and the direction d
+            forward = env.rollout_heading(states)  # [S, H, 2] unit vectors
+            norm = float(np.linalg.norm(self._heading))
+            misalignment = norm * (1.0 - forward @ (self._heading / norm)).sum(axis=1)
+            costs += self.config.heading_weight * misalignment
         return costs
 
-    def _misalignment(self, env: PlannableEnv, states: np.ndarray) -> np.ndarray:
-        """[S] summed ``|d| (1 - cos)`` of the forward axis against the direction ``d``."""
+    def _commanded_direction(self, env: PlannableEnv) -> np.ndarray | None:
+        """The task's horizontal direction ``d`` for the heading cost, checked once per
+        episode; None when the task commands none (no heading cost then)."""
         dims = getattr(env, "heading_task_dims", None)
         if dims is None or not hasattr(env, "rollout_heading"):
             raise InputError(
                 f"mppi: heading_weight needs an environment with a heading, not {env.info.name!r}"
             )
         direction = self.task[0, list(dims)]
-        norm = float(np.linalg.norm(direction))
-        if norm == 0.0:
-            return np.zeros(states.shape[0])
-        forward = env.rollout_heading(states)  # [S, H, 2] unit vectors
-        cosine = forward @ (direction / norm)
-        return norm * (1.0 - cosine).sum(axis=1)
+        return direction if np.any(direction) else None
 
 
 def planner_model(source: Any, timestep_factor: int, sensors: bool) -> Any:
