@@ -8,7 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from hipi_offline.errors import InputError
+from hipi_offline.errors import InputError, ResourceError, describe_os_error, one_line
 
 app = typer.Typer(
     help="Hindsight inference for policy improvement on offline trajectory data.",
@@ -19,13 +19,27 @@ app = typer.Typer(
 T = TypeVar("T")
 
 
+def _fail(err: BaseException, code: int) -> typer.Exit:
+    typer.secho(f"error: {one_line(str(err), 500)}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
 def _run(action: Callable[[], T]) -> T:
-    """Run a library call; a user-input error becomes one red line and exit code 2."""
+    """Run a library call; a user-input error becomes one red line and exit code 2,
+    an environment failure (disk full, read-only, out of memory) one line and 1."""
     try:
         return action()
     except InputError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        raise _fail(err, 2) from None
+    except ResourceError as err:
+        raise _fail(err, 1) from None
+    except OSError as err:
+        known = describe_os_error(err)
+        raise _fail(known, 2 if isinstance(known, InputError) else 1) from None
+    except MemoryError:
+        raise _fail(
+            ResourceError("out of memory; use a smaller dataset, batch or candidate count"), 1
+        ) from None
     except KeyboardInterrupt:
         typer.secho("interrupted; nothing was committed", fg=typer.colors.RED, err=True)
         raise typer.Exit(130) from None
