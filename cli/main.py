@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -17,6 +18,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 T = TypeVar("T")
+
+
+def _progress(enabled: bool) -> None:
+    """``--no-progress``: hide every bar of this process and of its workers."""
+    if not enabled:
+        os.environ["TQDM_DISABLE"] = "1"
 
 
 def _fail(err: BaseException, code: int) -> typer.Exit:
@@ -53,8 +60,10 @@ def make_synthetic(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     compression: Annotated[str, typer.Option(help="none, fast or small.")] = "none",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Generate the built-in synthetic runner dataset (hidden target speeds)."""
+    _progress(progress)
     from hipi_offline.store.synthetic import SyntheticConfig, make_synthetic_store
 
     config = SyntheticConfig(episodes=episodes, steps=steps, seed=seed, compression=compression)
@@ -79,8 +88,10 @@ def collect(
         list[str] | None,
         typer.Option(help="Expert option NAME=VALUE, repeatable (MPPI: samples=32, ...)."),
     ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Collect expert episodes (commanded tasks in episodes/task; no rewards stored)."""
+    _progress(progress)
     from hipi_offline.collect import CollectConfig
     from hipi_offline.collect import collect as run_collect
 
@@ -111,8 +122,10 @@ def relabel(
     chunk_steps: Annotated[int, typer.Option(help="Rows per streamed chunk.")] = 65536,
     seed: Annotated[int, typer.Option(help="Seed of the candidate draws.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing label set.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Infer each episode's posterior over tasks (HIPI) and store it as a label set."""
+    _progress(progress)
     from hipi_offline.relabel import RelabelConfig
     from hipi_offline.relabel import relabel as run_relabel
 
@@ -146,8 +159,10 @@ def relabel(
 @app.command()
 def inspect(
     store: Annotated[Path, typer.Argument(help="Trajectory store (.h5/.hdf5 or .zarr).")],
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Show a store's fields, episodes and label sets (entropy, task coverage)."""
+    _progress(progress)
     from hipi_offline.store.describe import describe_store
 
     description = _run(lambda: describe_store(store))
@@ -280,8 +295,10 @@ def import_cmd(
     src: Annotated[Path, typer.Argument(help="Source dataset (file or Minari dataset folder).")],
     dest: Annotated[Path, typer.Argument(help="Store to write (.h5/.hdf5 or .zarr).")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Convert a Minari, D4RL or robomimic dataset into a hipi-offline store."""
+    _progress(progress)
     from hipi_offline.io import import_dataset
 
     path = _run(lambda: import_dataset(fmt, src, dest, overwrite=overwrite))
@@ -294,8 +311,10 @@ def export_cmd(
     store: Annotated[Path, typer.Argument(help="Trajectory store to export.")],
     dest: Annotated[Path, typer.Argument(help="Dataset folder to write.")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Write a store (with its label sets as episode metadata) in another format."""
+    _progress(progress)
     from hipi_offline.io import export_minari
 
     def action() -> Path:
