@@ -3,12 +3,14 @@ set-up commands are the ones CI runs, and every command accepts ``--no-progress`
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -111,3 +113,28 @@ def test_no_progress_hides_the_bars(tmp_path: Path) -> None:
     )
     assert relabeled.returncode == 0, relabeled.stderr
     assert "%|" not in relabeled.stderr
+
+
+@pytest.mark.slow
+def test_main_job_keeps_the_readme_invariant(tmp_path: Path) -> None:
+    """The README's first command (without its pip install) on this machine: HIPI-BC
+    beats task-agnostic BC by more than two paired standard errors."""
+    setup = README.split("## Set up and run", 1)[1]
+    line = next(
+        line
+        for line in re.findall(r"```bash\n(.*?)```", setup, re.S)[0].splitlines()
+        if line.startswith("pip install")
+    )
+    steps = [step.strip() for step in line.split("&&")]
+    assert steps[0].startswith("pip install")
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    for step in steps[1:]:
+        done = subprocess.run(
+            step, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        )
+        assert done.returncode == 0, f"{step}\n{done.stderr[-2000:]}"
+    result = json.loads((tmp_path / "runs" / "demo-eval.json").read_text())
+    hipi, agnostic = (run["per_episode"] for run in result["runs"])
+    diff = np.array([a["return"] - b["return"] for a, b in zip(hipi, agnostic, strict=True)])
+    stderr = diff.std(ddof=1) / np.sqrt(len(diff))
+    assert diff.mean() > 2 * stderr, (diff.mean(), stderr)
