@@ -11,6 +11,7 @@ of the environment's task spec evaluated on those same fields
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,8 +20,34 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from hipi_offline.errors import InputError
+from hipi_offline.errors import InputError, ResourceError, one_line
 from hipi_offline.tasks.spec import TaskSpec, load_task_spec
+
+GL_PACKAGES = "libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libosmesa6"
+"""Debian packages that provide the GL libraries MuJoCo renders with."""
+_GL_OFF = "disable"
+_gl_problem: str | None = None
+"""Why the GL backend could not be loaded (None: it loaded, or not tried yet)."""
+_gl_checked = False
+
+
+class _DeprecatedMassFilter(logging.Filter):
+    """Drops MuJoCo's compile warning about dm_control's ``settotalmass`` (the suite's
+    cheetah model uses it; the warning is about the XML, not about our data)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "settotalmass" not in record.getMessage()
+
+
+_MASS_FILTER = _DeprecatedMassFilter()
+
+
+def quiet_model_warnings() -> None:
+    """Silence the ``settotalmass`` deprecation warning that dm_control logs through
+    absl each time a suite model is compiled (other warnings still show)."""
+    logger = logging.getLogger("absl")
+    if _MASS_FILTER not in logger.filters:
+        logger.addFilter(_MASS_FILTER)
 
 
 def headless_gl() -> None:
@@ -28,6 +55,75 @@ def headless_gl() -> None:
     mujoco's renderer first loads its GL backend)."""
     if "DISPLAY" not in os.environ:
         os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def prepare_mujoco() -> None:
+    """Load MuJoCo and dm_control's renderer before an environment is built: EGL when
+    there is no display, the ``settotalmass`` warning silenced, and a GL library that
+    fails to load replaced by "no renderer", so that simulating needs no GL at all
+    (rendering then raises :class:`ResourceError`, see :func:`gl_unavailable`)."""
+    global _gl_checked, _gl_problem
+    quiet_model_warnings()
+    if _gl_checked:
+        return
+    headless_gl()
+    problem = _load_gl()
+    if problem is not None:
+        requested = os.environ.get("MUJOCO_GL", "")
+        os.environ["MUJOCO_GL"] = _GL_OFF  # spawned workers inherit it: no new attempt
+        second = _load_gl()
+        if second is not None:  # pragma: no cover - MuJoCo itself cannot load
+            raise ResourceError(gl_message(f"MUJOCO_GL={requested}: {problem}; then {second}"))
+        _gl_problem = f"MUJOCO_GL={requested}: {problem}"
+    _gl_checked = True
+
+
+def _load_gl() -> str | None:
+    """Import MuJoCo and dm_control's renderer (they load the GL library named by
+    ``MUJOCO_GL`` at import); the reason on failure. A failed import leaves no
+    module behind, so a second try with another ``MUJOCO_GL`` starts afresh."""
+    try:
+        import mujoco  # noqa: F401
+
+        try:
+            import dm_control._render  # noqa: F401
+        except ModuleNotFoundError as err:
+            if err.name is None or not err.name.startswith("dm_control"):
+                raise
+    except Exception as err:  # PyOpenGL fails with AttributeError, ImportError, ...
+        return one_line(f"{type(err).__name__}: {err}", 160)
+    return None
+
+
+def gl_message(reason: str) -> str:
+    """The one-line error for a missing or broken GL library."""
+    return (
+        f"rendering needs a working OpenGL library ({reason}); install the Debian packages "
+        f"{GL_PACKAGES}, or set MUJOCO_GL to egl, osmesa or glfw as your system supports"
+    )
+
+
+def gl_unavailable() -> str | None:
+    """Why rendering is impossible in this process, or None when it may work."""
+    prepare_mujoco()
+    if _gl_problem is not None:
+        return _gl_problem
+    if os.environ.get("MUJOCO_GL", "").strip().lower() in {"disable", "disabled", "off", "0"}:
+        return "MUJOCO_GL disables rendering"
+    return None
+
+
+def render_physics(physics: Any, width: int, height: int, camera_id: int | str = 0) -> np.ndarray:
+    """uint8 [height, width, 3] image of a dm_control physics; a missing or broken GL
+    library raises :class:`ResourceError` (one line naming the packages)."""
+    problem = gl_unavailable()
+    if problem is not None:
+        raise ResourceError(gl_message(problem))
+    try:
+        pixels = physics.render(height, width, camera_id=camera_id)
+    except Exception as err:  # noqa: BLE001 - GL context creation fails in many ways
+        raise ResourceError(gl_message(one_line(f"{type(err).__name__}: {err}", 160))) from None
+    return np.asarray(pixels, np.uint8)
 
 
 @dataclass(frozen=True)

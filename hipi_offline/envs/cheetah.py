@@ -23,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from hipi_offline.envs.base import EnvInfo, StepResult, headless_gl, register
+from hipi_offline.envs.base import (
+    EnvInfo,
+    StepResult,
+    headless_gl,
+    prepare_mujoco,
+    register,
+    render_physics,
+)
 
 SETTLE_STEPS = 200
 """Physics steps run after the random joint init, as the suite does."""
@@ -55,7 +62,7 @@ class CheetahEnv:
     """The planner reads the speed sensor from rollouts."""
 
     def __init__(self) -> None:
-        headless_gl()
+        prepare_mujoco()
         from dm_control.suite import cheetah
 
         self.physics = cheetah.Physics.from_xml_string(*cheetah.get_model_and_assets())
@@ -119,7 +126,7 @@ class CheetahEnv:
         }
 
     def render(self, width: int = 320, height: int = 240) -> np.ndarray:
-        return np.asarray(self.physics.render(height, width, camera_id=0), np.uint8)
+        return render_physics(self.physics, width, height, camera_id=0)
 
     def close(self) -> None:
         self.physics.free()

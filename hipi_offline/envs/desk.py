@@ -41,7 +41,16 @@ from typing import Any
 
 import numpy as np
 
-from hipi_offline.envs.base import EnvInfo, StepResult, headless_gl, register
+from hipi_offline.envs.base import (
+    EnvInfo,
+    StepResult,
+    gl_message,
+    gl_unavailable,
+    prepare_mujoco,
+    register,
+    render_physics,
+)
+from hipi_offline.errors import ResourceError
 
 ASSET = Path(__file__).parent / "assets" / "desk.xml"
 MAX_DELTA = 0.03
@@ -127,7 +136,7 @@ class DeskEnv:
     """The desk environment (see the module docstring for spaces and fields)."""
 
     def __init__(self) -> None:
-        headless_gl()
+        prepare_mujoco()
         import mujoco
 
         self._mujoco = mujoco
@@ -269,6 +278,9 @@ class DeskEnv:
         """Through dm_control's renderer, like cheetah and quadruped: one GL machinery
         per process (a ``mujoco.Renderer`` made after a dm_control context was freed
         fails with "Default framebuffer is not complete")."""
+        problem = gl_unavailable()
+        if problem is not None:
+            raise ResourceError(gl_message(problem))
         vis = self.model.vis.global_
         if self._renderer is None or width > vis.offwidth or height > vis.offheight:
             self._close_renderer()
@@ -277,8 +289,7 @@ class DeskEnv:
 
             self._renderer = engine.Physics.from_model(wrapper.MjModel(self.model))
         self._mujoco.mj_copyData(self._renderer.data.ptr, self.model, self.data)
-        image = self._renderer.render(height, width, camera_id="front")
-        return np.asarray(image, dtype=np.uint8)
+        return render_physics(self._renderer, width, height, camera_id="front")
 
     def close(self) -> None:
         self._close_renderer()

@@ -38,7 +38,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from hipi_offline.envs.base import EnvInfo, StepResult, headless_gl, register
+from hipi_offline.envs.base import (
+    EnvInfo,
+    StepResult,
+    prepare_mujoco,
+    register,
+    render_physics,
+)
 from hipi_offline.envs.cheetah import state_layout
 
 DEFAULT_STEPS = 1000
@@ -90,7 +96,7 @@ class QuadrupedEnv:
     commanded direction of travel, for planners that keep the body facing it."""
 
     def __init__(self) -> None:
-        headless_gl()
+        prepare_mujoco()
         from dm_control.suite import common, quadruped
 
         xml = quadruped.make_model(floor_size=FLOOR_SIZE)
@@ -179,7 +185,7 @@ class QuadrupedEnv:
         return torso_heading(states[..., self._qpos])
 
     def render(self, width: int = 320, height: int = 240) -> np.ndarray:
-        return np.asarray(self.physics.render(height, width, camera_id=0), np.uint8)
+        return render_physics(self.physics, width, height, camera_id=0)
 
     def close(self) -> None:
         self.physics.free()
