@@ -4,18 +4,22 @@ batched appends of whole episodes to a new store."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import os
+import shutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hipi_offline.errors import InputError
+from hipi_offline.errors import InputError, ResourceError, one_line
+from hipi_offline.ownership import check_disjoint, check_replaceable_store
 from hipi_offline.progress import progress_bar
 from hipi_offline.store import TrajectoryStore, create_store
 from hipi_offline.store.atomic import remove_abandoned_siblings, remove_path, replace_path, sibling
 from hipi_offline.store.backends import backend_kind
+from hipi_offline.store.labels import hdf5_sidecar
 
 DEFAULT_BATCH_STEPS = 200_000
 """Steps buffered before one append to the store."""
@@ -23,32 +27,132 @@ DEFAULT_BATCH_BYTES = 256 << 20
 """Bytes buffered before one append (bounds memory for image observations)."""
 MAX_ATTR_JSON = 16_000
 """Source metadata values longer than this as JSON are dropped (HDF5 attribute limit)."""
+MAX_TEXT_ATTR = 1 << 20
+"""Longest source string (env_args, env_spec) kept as its own store attribute."""
 
 
 # ---------------------------------------------------------------- destinations
-def check_destination(dest: Path, overwrite: bool, *, store: bool = True) -> None:
-    """Refuse an existing DEST without ``overwrite`` (and, for stores, a bad suffix)."""
-    if store:
-        backend_kind(dest)
-    if (dest.exists() or dest.is_symlink()) and not overwrite:
-        raise InputError(f"{dest}: already exists; pass overwrite to replace it")
-    if dest.parent.exists() and not dest.parent.is_dir():
-        raise InputError(f"{dest}: parent {dest.parent} is not a directory")
+FREE_SPACE_MARGIN = 4 << 20
+"""Bytes kept free beyond the predicted size (file-format overhead, metadata)."""
+
+
+def check_store_destination(
+    src: Path, dest: Path, overwrite: bool, *, also: tuple[Path, ...] = ()
+) -> None:
+    """Refuse a store DEST that cannot be written or must not be replaced: a bad
+    suffix, one that overlaps the source (or a path in ``also``), an existing path
+    without ``overwrite``, anything but a hipi-offline store with it, or a stray
+    HDF5 label folder."""
+    kind = backend_kind(dest)
+    check_disjoint(src, dest, also=also)
+    if dest.exists() or dest.is_symlink():
+        if not overwrite:
+            raise InputError(f"{dest}: already exists; pass --overwrite to replace it")
+        check_replaceable_store(dest)
+    check_parent(dest)
+    if kind == "hdf5":
+        _check_label_folder(src, dest)
+
+
+def _check_label_folder(src: Path, dest: Path) -> None:
+    """An HDF5 store's label folder is deleted when the store is replaced: refuse
+    when it holds the source, is a link, or belongs to no store."""
+    labels = hdf5_sidecar(dest)
+    if inside(src, labels):
+        raise InputError(
+            f"{dest}: replacing it deletes {labels}, which holds the source {src}; "
+            "choose another destination"
+        )
+    if labels.is_symlink():
+        raise InputError(f"{labels}: is a symbolic link; remove it or choose another destination")
+    if labels.exists() and not dest.exists():
+        raise InputError(
+            f"{labels}: exists without the store {dest.name} and would be deleted; "
+            "remove it yourself or choose another destination"
+        )
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` (resolved) equals or lies inside ``folder`` (resolved)."""
+    target = Path(os.path.abspath(path)).resolve(strict=False)
+    root = Path(os.path.abspath(folder)).resolve(strict=False)
+    return target == root or root in target.parents
+
+
+def existing_ancestor(path: Path) -> Path:
+    """The nearest folder above ``path`` that exists (``.`` for a relative name)."""
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
+def check_parent(dest: Path) -> None:
+    """DEST's nearest existing ancestor must be a writable folder."""
+    parent = existing_ancestor(dest)
+    if not parent.is_dir():
+        raise InputError(f"{dest}: {parent} is not a directory")
+    flags = os.statvfs(parent).f_flag
+    if flags & os.ST_RDONLY:
+        raise ResourceError(f"{parent}: read-only file system; choose another destination")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{parent}: permission denied; choose a destination you can write")
+
+
+def check_free_space(dest: Path, needed: int) -> None:
+    """ResourceError when the filesystem of DEST has less than ``needed`` bytes free."""
+    parent = existing_ancestor(dest)
+    free = shutil.disk_usage(parent).free
+    if needed + FREE_SPACE_MARGIN > free:
+        raise ResourceError(
+            f"{dest}: needs about {_mb(needed + FREE_SPACE_MARGIN)} but {parent} has "
+            f"{_mb(free)} free; free some space or choose another destination"
+        )
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+def dataset_bytes(datasets: Iterable[Any]) -> int:
+    """Bytes the numeric ``datasets`` hold uncompressed."""
+    return sum(
+        int(np.dtype(d.dtype).itemsize) * int(np.prod(d.shape, dtype=np.int64)) for d in datasets
+    )
 
 
 @contextmanager
-def staged_folder(dest: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling of the folder ``dest`` to write into; on success it
-    replaces ``dest``, on failure it is deleted, so no half-written DEST is left."""
-    check_destination(dest, overwrite, store=False)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_siblings(dest)
-    tmp = sibling(dest, "creating")
+def created_parents(dest: Path) -> Iterator[None]:
+    """Create DEST's missing parent folders; remove them again if the block fails."""
+    missing = []
+    parent = Path(os.path.abspath(dest)).parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for folder in reversed(missing):
+        folder.mkdir()
     try:
-        yield tmp
-        replace_path(tmp, dest)
-    finally:
-        remove_path(tmp)
+        yield
+    except BaseException:
+        for folder in missing:
+            with suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+@contextmanager
+def staged_folder(dest: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of the folder ``dest`` to write into; on success it
+    replaces ``dest``, on failure it is deleted, so no half-written DEST is left.
+    The caller has checked that ``dest`` may be replaced."""
+    with created_parents(dest):
+        remove_abandoned_siblings(dest)
+        tmp = sibling(dest, "creating")
+        try:
+            yield tmp
+            replace_path(tmp, dest)
+        finally:
+            remove_path(tmp)
 
 
 # ---------------------------------------------------------------- source HDF5
@@ -60,6 +164,8 @@ def open_hdf5_source(path: Path) -> Any:
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an HDF5 file")
+    if not path.is_file():
+        raise InputError(f"{path}: is a special file (a FIFO or device), not an HDF5 file")
     if not h5py.is_hdf5(path):
         raise InputError(f"{path}: not an HDF5 file")
     try:
@@ -69,14 +175,49 @@ def open_hdf5_source(path: Path) -> Any:
         raise InputError(f"{path}: not a readable HDF5 file ({reason})") from None
 
 
+# what h5py raises on damaged chunks, broken links and unsupported types
+_READ_ERRORS = (OSError, KeyError, TypeError, ValueError, RuntimeError)
+
+
+def read_rows(source: Path, dataset: Any, start: int | None = None, stop: int | None = None) -> Any:
+    """``dataset[start:stop]`` (all of it by default) as an array, or an InputError."""
+    try:
+        if start is None and stop is None:
+            return np.asarray(dataset[()])
+        return np.asarray(dataset[start:stop])
+    except _READ_ERRORS as err:
+        raise InputError(
+            f"{source}: {source_name(dataset)} is damaged or unreadable ({one_line(err, 120)})"
+        ) from None
+
+
+def child(group: Any, key: str, source: Path) -> Any:
+    """``group[key]`` or an InputError (a broken or external link, a damaged header)."""
+    try:
+        return group[key]
+    except _READ_ERRORS as err:
+        where = _join(group.name, key)
+        raise InputError(f"{source}: {where} is unreadable ({one_line(err, 120)})") from None
+
+
+def require_group(group: Any, key: str, source: Path) -> Any:
+    """``group[key]`` when it is a group, or an InputError naming the field."""
+    import h5py
+
+    node = require(group, key, source)
+    if not isinstance(node, h5py.Group):
+        raise InputError(f"{source}: {_join(group.name, key)} must be a group, not a dataset")
+    return node
+
+
 def require(group: Any, key: str, source: Path) -> Any:
     """``group[key]`` or an InputError naming the file and the missing field."""
     if key not in group:
         raise InputError(f"{source}: required field {_join(group.name, key)} is missing")
-    return group[key]
+    return child(group, key, source)
 
 
-def leaf_datasets(node: Any, prefix: str) -> dict[str, Any]:
+def leaf_datasets(node: Any, prefix: str, source: Path) -> dict[str, Any]:
     """The h5py datasets under ``node`` keyed by ``prefix/relative/path``
     (``{prefix: node}`` when ``node`` is itself a dataset)."""
     import h5py
@@ -85,7 +226,7 @@ def leaf_datasets(node: Any, prefix: str) -> dict[str, Any]:
         return {prefix: node}
     found: dict[str, Any] = {}
     for key in node:
-        found.update(leaf_datasets(node[key], f"{prefix}/{key}"))
+        found.update(leaf_datasets(child(node, key, source), f"{prefix}/{key}", source))
     return found
 
 
@@ -131,35 +272,107 @@ def numeric_only(fields: Mapping[str, Any], skipped: set[str]) -> dict[str, Any]
 
 
 # ---------------------------------------------------------------- metadata
+class UnsupportedValue(TypeError):
+    """A source value that has no JSON form (complex, references, empty spaces)."""
+
+
 def jsonable(value: Any) -> Any:
-    """HDF5 attribute / numpy values as plain JSON values."""
+    """HDF5 attribute / numpy values as plain JSON values; :class:`UnsupportedValue`
+    for values that have none (complex numbers, object references, ...)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if np.isfinite(value) else str(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biufSUO" or value.dtype.names:
+            raise UnsupportedValue(f"an array of dtype {value.dtype}")
         return [jsonable(v) for v in value.tolist()] if value.ndim else jsonable(value.item())
-    if isinstance(value, np.generic):
+    if isinstance(value, np.generic) and np.dtype(value.dtype).kind in "biufSU":
         return jsonable(value.item())
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    return value
+    raise UnsupportedValue(f"a value of type {type(value).__name__}")
+
+
+def read_attrs(node: Any, source: Path) -> dict[str, Any]:
+    """``node``'s HDF5 attributes as JSON values, or an InputError naming the one
+    that cannot be read or has no JSON form."""
+    where = str(node.name).strip("/") or "the root group"
+    try:
+        keys = list(node.attrs.keys())
+    except _READ_ERRORS as err:
+        raise InputError(
+            f"{source}: attrs of {where} are unreadable ({one_line(err, 120)})"
+        ) from None
+    return {key: read_attr(node, key, source) for key in keys}
+
+
+def read_attr(node: Any, key: str, source: Path) -> Any:
+    """One HDF5 attribute of ``node`` as a JSON value (None when absent), or an
+    InputError naming it."""
+    where = str(node.name).strip("/") or "the root group"
+    try:
+        return jsonable(node.attrs[key]) if key in node.attrs else None
+    except UnsupportedValue as err:
+        raise InputError(
+            f"{source}: attr {key!r} of {where} is {err}, which cannot be imported; "
+            "remove or convert it"
+        ) from None
+    except (*_READ_ERRORS, RecursionError) as err:
+        raise InputError(
+            f"{source}: attr {key!r} of {where} is unreadable ({one_line(err, 120)})"
+        ) from None
 
 
 def metadata_json(values: Mapping[str, Any]) -> tuple[str, list[str]]:
     """``values`` as a JSON string, leaving out entries longer than
-    :data:`MAX_ATTR_JSON` characters; also returns the names left out."""
+    :data:`MAX_ATTR_JSON` characters (and ones too deeply nested to encode); also
+    returns the names left out."""
     kept: dict[str, Any] = {}
     dropped: list[str] = []
     for key, value in values.items():
-        text = json.dumps(jsonable(value))
-        if len(text) > MAX_ATTR_JSON:
+        try:
+            text = json.dumps(jsonable(value))
+        except (RecursionError, UnsupportedValue, ValueError):
+            text = None
+        if text is None or len(text) > MAX_ATTR_JSON:
             dropped.append(str(key))
         else:
             kept[str(key)] = json.loads(text)
     return json.dumps(kept, sort_keys=True), dropped
+
+
+def text_value(value: Any, field: str, where: Path, limit: int = MAX_TEXT_ATTR) -> str | None:
+    """``value`` if it is a string of at most ``limit`` characters (None stays None);
+    otherwise an InputError naming ``field``."""
+    if value is None or isinstance(value, str) and len(value) <= limit:
+        return value
+    if isinstance(value, str):
+        raise InputError(f"{where}: {field} is {len(value):,} characters long (at most {limit:,})")
+    raise InputError(f"{where}: {field} must be a string, got {_kind(value)}")
+
+
+def count_value(value: Any, field: str, where: Path) -> int:
+    """``value`` as a non-negative int64 count, or an InputError naming ``field``."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+        raise InputError(f"{where}: {field} must be a non-negative integer, got {_kind(value)}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(one_line(value, 40))
+    if isinstance(value, bool | int | float):
+        return one_line(repr(value), 40)
+    return f"a {type(value).__name__}"
 
 
 def numeric_suffix(name: str, prefix: str) -> int | None:
@@ -256,13 +469,23 @@ class EpisodeWriter:
 
 @contextmanager
 def new_store(
-    dest: Path, overwrite: bool, env: str, metadata: Mapping[str, Any]
+    src: Path,
+    dest: Path,
+    overwrite: bool,
+    env: str,
+    metadata: Mapping[str, Any],
+    needed: int,
+    also: tuple[Path, ...] = (),
 ) -> Iterator[TrajectoryStore]:
-    """Create a store at ``dest``: the store stages itself beside ``dest`` and is
-    moved into place when the block succeeds (discarded when it fails)."""
-    check_destination(dest, overwrite)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with create_store(dest, env=env, metadata=dict(metadata), overwrite=overwrite) as store:
+    """Create a store at ``dest`` after the last checks (destination, ``needed``
+    bytes free): the store stages itself beside ``dest`` and is moved into place
+    when the block succeeds (discarded, with any parent folders it made, when it fails)."""
+    check_store_destination(src, dest, overwrite, also=also)
+    check_free_space(dest, needed)
+    with (
+        created_parents(dest),
+        create_store(dest, env=env, metadata=dict(metadata), overwrite=overwrite) as store,
+    ):
         yield store
         if store.num_episodes == 0:
             raise InputError(f"{metadata.get('source', dest)}: no episodes were imported")

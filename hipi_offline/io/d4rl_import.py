@@ -29,9 +29,13 @@ from hipi_offline.errors import InputError
 from hipi_offline.io.common import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_BATCH_STEPS,
+    MAX_ATTR_JSON,
     EpisodeWriter,
-    check_destination,
+    UnsupportedValue,
     check_rows,
+    check_store_destination,
+    child,
+    dataset_bytes,
     episode_batches,
     jsonable,
     leaf_datasets,
@@ -39,11 +43,15 @@ from hipi_offline.io.common import (
     new_store,
     numeric_only,
     open_hdf5_source,
+    read_attrs,
+    read_rows,
     require,
     require_numeric,
     row_bytes,
     rows_per_batch,
+    source_name,
     store_metadata,
+    text_value,
 )
 
 _RENAMED = {
@@ -67,21 +75,23 @@ def import_d4rl(
 ) -> Path:
     """Convert the D4RL HDF5 file ``src`` into a new store at ``dest``."""
     src, dest = Path(src), Path(dest)
-    check_destination(dest, overwrite)
+    check_store_destination(src, dest, overwrite)
     with open_hdf5_source(src) as source:
         fields, skipped, ignored = _step_fields(source, src)
         total = _total_rows(fields, src)
         ends, partial = _episode_ends(source, src, total)
-        metadata = _metadata(source, src, partial, sorted(skipped), ignored)
-        env = str(_scalar_metadata(source).get("env_name", ""))
+        scalars = _scalar_metadata(source, src)
+        metadata = _metadata(source, src, scalars, partial, sorted(skipped), ignored)
+        env = _env_name(scalars, src)
         rows = rows_per_batch(row_bytes(fields), batch_steps, batch_bytes)
+        needed = dataset_bytes(fields.values())
         with (
-            new_store(dest, overwrite, env, metadata) as store,
+            new_store(src, dest, overwrite, env, metadata, needed) as store,
             EpisodeWriter(store, len(ends), "d4rl episodes", batch_steps, batch_bytes) as writer,
         ):
             for i, j in episode_batches(ends, rows):
                 a, b = (int(ends[i - 1]) if i else 0), int(ends[j - 1])
-                steps = {name: _read(name, data, a, b) for name, data in fields.items()}
+                steps = {name: _read(src, name, data, a, b) for name, data in fields.items()}
                 lengths = np.diff(np.concatenate([[a], ends[i:j]]))
                 writer.add(steps, lengths.tolist(), {}, where=f"{src}: rows {a}..{b - 1}")
     return dest
@@ -89,16 +99,17 @@ def import_d4rl(
 
 def _step_fields(source: Any, src: Path) -> tuple[dict[str, Any], set[str], list[str]]:
     """Store field name -> source dataset; plus skipped and ignored source names."""
-    fields = leaf_datasets(require(source, "observations", src), "observations")
+    fields = leaf_datasets(require(source, "observations", src), "observations", src)
     require(source, "actions", src)
     for key, name in _RENAMED.items():
         if key in source:
-            fields.update(leaf_datasets(source[key], name))
+            fields.update(leaf_datasets(child(source, key, src), name, src))
     for data in fields.values():
         require_numeric(src, data)
     skipped: set[str] = set()
     if "infos" in source:
-        fields.update(numeric_only(leaf_datasets(source["infos"], "infos"), skipped))
+        infos = leaf_datasets(child(source, "infos", src), "infos", src)
+        fields.update(numeric_only(infos, skipped))
     known = {"observations", "infos", "metadata", *_RENAMED}
     ignored = sorted(key for key in source if key not in known)
     return fields, skipped, ignored
@@ -114,10 +125,12 @@ def _total_rows(fields: dict[str, Any], src: Path) -> int:
 
 
 def _flags(source: Any, src: Path, total: int) -> list[Any]:
-    flags = [source[key] for key in _FLAGS if key in source]
+    flags = [child(source, key, src) for key in _FLAGS if key in source]
     if not flags:
         raise InputError(f"{src}: neither terminals nor timeouts is present; cannot split episodes")
     for data in flags:
+        if not hasattr(data, "dtype"):
+            raise InputError(f"{src}: {source_name(data)} must be a dataset, not a group")
         check_rows(src, data, total)
     return flags
 
@@ -131,29 +144,53 @@ def _episode_ends(source: Any, src: Path, total: int) -> tuple[np.ndarray, bool]
         b = min(a + _SCAN_ROWS, total)
         done = np.zeros(b - a, dtype=bool)
         for data in flags:
-            done |= np.asarray(data[a:b]).reshape(b - a, -1).any(axis=1)
+            done |= read_rows(src, data, a, b).reshape(b - a, -1).any(axis=1)
         found.append(np.flatnonzero(done) + a + 1)
     ends = np.concatenate(found).astype(np.int64)
     partial = not len(ends) or int(ends[-1]) != total
     return (np.append(ends, total) if partial else ends), partial
 
 
-def _read(name: str, data: Any, a: int, b: int) -> np.ndarray:
-    values = np.asarray(data[a:b])
+def _read(src: Path, name: str, data: Any, a: int, b: int) -> np.ndarray:
+    values = read_rows(src, data, a, b)
     return values.astype(bool) if name in ("terminations", "truncations") else values
 
 
-def _scalar_metadata(source: Any) -> dict[str, Any]:
+def _scalar_metadata(source: Any, src: Path) -> dict[str, Any]:
+    """The scalar datasets under ``metadata/`` as JSON values (others are skipped)."""
     if "metadata" not in source:
         return {}
-    found = leaf_datasets(source["metadata"], "")
-    return {name.lstrip("/"): jsonable(d[()]) for name, d in found.items() if d.shape == ()}
+    found = leaf_datasets(child(source, "metadata", src), "", src)
+    values = {}
+    for name, data in found.items():
+        if data.shape != () or data.dtype.itemsize > MAX_ATTR_JSON:
+            continue
+        try:
+            values[name.lstrip("/")] = jsonable(read_rows(src, data))
+        except UnsupportedValue as err:
+            raise InputError(
+                f"{src}: {source_name(data)} is {err}, which cannot be imported; "
+                "remove or convert it"
+            ) from None
+    return values
+
+
+def _env_name(scalars: dict[str, Any], src: Path) -> str:
+    """``metadata/env_name`` (a string of a sane length) or empty."""
+    name = text_value(scalars.get("env_name"), "metadata/env_name", src, MAX_ATTR_JSON)
+    return name or ""
 
 
 def _metadata(
-    source: Any, src: Path, partial: bool, skipped: list[str], ignored: list[str]
+    source: Any,
+    src: Path,
+    scalars: dict[str, Any],
+    partial: bool,
+    skipped: list[str],
+    ignored: list[str],
 ) -> dict[str, Any]:
-    values = {**{f"attrs/{k}": v for k, v in source.attrs.items()}, **_scalar_metadata(source)}
+    attrs = read_attrs(source, src)
+    values = {**{f"attrs/{k}": v for k, v in attrs.items()}, **scalars}
     text, dropped = metadata_json(values)
     extra: dict[str, Any] = {
         "d4rl_trailing_partial_episode": partial,

@@ -36,24 +36,31 @@ from typing import Any
 
 import numpy as np
 
-from hipi_offline.errors import InputError
+from hipi_offline.errors import InputError, one_line
 from hipi_offline.io.common import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_BATCH_STEPS,
+    UnsupportedValue,
+    check_free_space,
+    check_parent,
     episode_batches,
     jsonable,
     rows_per_batch,
     staged_folder,
 )
+from hipi_offline.ownership import check_disjoint, check_replaceable_folder, write_marker
 from hipi_offline.progress import progress_bar
 from hipi_offline.store import LabelSet, TrajectoryStore, open_store
 from hipi_offline.store.backends import ArrayInfo
+from hipi_offline.store.labels import hdf5_sidecar
 
 MINARI_VERSION = "0.5.0"
 """Written as ``minari_version``: the oldest release of this layout, so every 0.5.x reads it."""
 MAIN_FILE = "main_data.hdf5"
 METADATA_FILE = "metadata.json"
 MAX_EPISODE_ATTR_BYTES = 8192
+EXPORT_KIND = "minari-export"
+"""Kind of the ownership marker in every exported dataset folder."""
 _DATASET_ID = re.compile(r"^(?:[-_\w][-_\w/]*[-_\w]+/)?[-_\w]+?-v\d+$")
 _TUPLE_KEY = re.compile(r"^_index_(\d+)$")
 
@@ -70,16 +77,82 @@ def export_minari(
     ``dataset_id`` defaults to DEST's name (``-v0`` added when it has no version)."""
     store_path, dest = Path(store_path), Path(dest)
     dataset_id = _dataset_id(dest, dataset_id)
+    check_export_destination(store_path, dest, overwrite)
     with open_store(store_path) as store:
         plan = ExportPlan.of(store)
-        labels = [store.read_labels(name) for name in store.label_names()]
-        with staged_folder(dest, overwrite) as tmp:
+        labels = [_checked_labels(store, name) for name in store.label_names()]
+        metadata = _dataset_metadata(store, plan, labels, dataset_id)
+        check_free_space(dest, _export_bytes(store, plan, labels))
+        with staged_folder(dest) as tmp:
             data_dir = tmp / "data"
             data_dir.mkdir(parents=True)
             _write_main_file(store, plan, labels, data_dir / MAIN_FILE, batch_steps)
-            metadata = _dataset_metadata(store, plan, labels, dataset_id, data_dir)
+            metadata["dataset_size"] = _size_mb(data_dir)
             (data_dir / METADATA_FILE).write_text(json.dumps(metadata))
+            write_marker(tmp, EXPORT_KIND)
     return dest
+
+
+def check_export_destination(store_path: Path, dest: Path, overwrite: bool) -> None:
+    """Refuse a DEST that overlaps the store (or an HDF5 store's label folder), an
+    existing one without ``overwrite``, and with it anything but an earlier export."""
+    hdf5 = store_path.suffix.lower() in (".h5", ".hdf5")
+    check_disjoint(store_path, dest, also=(hdf5_sidecar(store_path),) if hdf5 else ())
+    if dest.exists() or dest.is_symlink():
+        if not overwrite:
+            raise InputError(f"{dest}: already exists; pass --overwrite to replace it")
+        check_replaceable_folder(dest, EXPORT_KIND)
+    check_parent(dest)
+
+
+def _checked_labels(store: TrajectoryStore, name: str) -> LabelSet:
+    """A label set whose arrays fit the store and each other, or an InputError."""
+    try:
+        labels = store.read_labels(name)
+    except InputError:
+        raise
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+        raise _damaged(name, one_line(err, 120)) from None
+    n, shapes = store.num_episodes, {}
+    for key in ("candidates", "topk_index", "topk_logprob", "entropy"):
+        value = np.asarray(getattr(labels, key))
+        if value.dtype.kind not in "iuf":
+            raise _damaged(name, f"{key} has dtype {value.dtype}")
+        shapes[key] = value.shape
+    count = shapes["candidates"][0] if len(shapes["candidates"]) == 2 else 0
+    k = shapes["topk_index"][1] if len(shapes["topk_index"]) == 2 else 0
+    expected = {"candidates": (count, -1), "topk_index": (n, k), "topk_logprob": (n, k)}
+    for key, shape in {**expected, "entropy": (n,)}.items():
+        got = shapes[key]
+        if len(got) != len(shape) or any(e not in (-1, g) for e, g in zip(shape, got, strict=True)):
+            raise _damaged(name, f"{key} has shape {got}, expected {shape}".replace("-1", "D"))
+    if count == 0 or not 1 <= k <= count or shapes["candidates"][1] == 0:
+        raise _damaged(name, f"{count} candidates with top-{k} indices")
+    top = np.asarray(labels.topk_index)
+    if top.dtype.kind not in "iu" or top.size and (top.min() < 0 or top.max() >= count):
+        raise _damaged(name, f"topk_index is not an index into the {count} candidates")
+    return labels
+
+
+def _damaged(name: str, reason: str) -> InputError:
+    return InputError(f"labels/{name}: damaged label set ({reason}); relabel with --overwrite")
+
+
+def _export_bytes(store: TrajectoryStore, plan: ExportPlan, labels: list[LabelSet]) -> int:
+    """Bytes the export writes, about (steps, final rows, episode attrs, labels)."""
+    info = plan.step_info
+    per_row = {
+        name: info[name].dtype.itemsize * int(np.prod(info[name].shape[1:])) for name in info
+    }
+    steps = sum(per_row[name] for name in plan.step_fields()) + 10  # filled outcomes
+    finals = sum(per_row[name] for name in [*plan.observations.values(), *plan.infos.values()])
+    episode_info = store.episode_fields()
+    episodes = sum(
+        episode_info[name].dtype.itemsize * int(np.prod(episode_info[name].shape))
+        for name in plan.episode_fields()
+    )
+    label_row = sum(12 * label.k + 4 + 4 * label.candidates.shape[1] for label in labels)
+    return store.num_steps * steps + store.num_episodes * (finals + label_row) + episodes
 
 
 def _dataset_id(dest: Path, dataset_id: str | None) -> str:
@@ -331,11 +404,23 @@ def _size_mb(directory: Path) -> float:
 
 
 def _dataset_metadata(
-    store: TrajectoryStore,
-    plan: ExportPlan,
-    labels: list[LabelSet],
-    dataset_id: str,
-    data_dir: Path,
+    store: TrajectoryStore, plan: ExportPlan, labels: list[LabelSet], dataset_id: str
+) -> dict[str, Any]:
+    """The dataset's metadata.json (without ``dataset_size``); an InputError when a
+    store attribute or label attribute has no JSON form."""
+    try:
+        metadata = _metadata_values(store, plan, labels, dataset_id)
+        json.dumps(metadata)
+    except (UnsupportedValue, TypeError, ValueError, RecursionError) as err:
+        raise InputError(
+            f"{store.path}: an attribute has no JSON form ({one_line(err, 120)}); "
+            "cannot write metadata.json"
+        ) from None
+    return metadata
+
+
+def _metadata_values(
+    store: TrajectoryStore, plan: ExportPlan, labels: list[LabelSet], dataset_id: str
 ) -> dict[str, Any]:
     attrs = store.attrs
     metadata: dict[str, Any] = {
@@ -356,15 +441,14 @@ def _dataset_metadata(
         "skipped_episode_fields": plan.skipped_episode_fields,
         "hipi_offline": {
             "store": str(store.path.resolve()),
-            "env": attrs.get("env", ""),
-            "source_format": attrs.get("source_format"),
-            "source": attrs.get("source"),
+            "env": jsonable(attrs.get("env", "")),
+            "source_format": jsonable(attrs.get("source_format")),
+            "source": jsonable(attrs.get("source")),
         },
         "hipi_labels": {label.name: _label_metadata(label) for label in labels},
     }
     if isinstance(attrs.get("env_spec"), str):
         metadata["env_spec"] = attrs["env_spec"]
-    metadata["dataset_size"] = _size_mb(data_dir)
     return metadata
 
 
