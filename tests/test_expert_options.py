@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,45 @@ def test_options_are_parsed_and_checked() -> None:
     for bad, message in [
         (("samples",), "NAME=VALUE"),
         (("colour=red",), "colour"),
-        (("samples=1",), "samples >= 2"),
+        (("samples=1",), "samples=1: must be an integer from 2"),
     ]:
         with pytest.raises(InputError, match=message):
             expert_options("cheetah", bad)
+
+
+@pytest.mark.parametrize(
+    ("env", "pair", "message"),
+    [
+        ("cheetah", "horizon=abc", "--expert horizon='abc': must be an integer"),
+        ("cheetah", "horizon=2.5", "--expert horizon=2.5: must be an integer"),
+        ("cheetah", "horizon=0", "--expert horizon=0: must be an integer from 2"),
+        ("cheetah", "samples=-3", "--expert samples=-3"),
+        ("cheetah", "samples=10000000000", "--expert samples=10000000000"),
+        ("cheetah", "temperature=nan", "--expert temperature=nan: must be a finite number"),
+        ("cheetah", "temperature=0", "--expert temperature=0"),
+        ("cheetah", "tilt_weight=-1", "--expert tilt_weight=-1"),
+        ("cheetah", "noise=inf", "--expert noise=inf"),
+        ("cheetah", "noise=0.4,x", "--expert noise='0.4,x'"),
+        ("cheetah", "replan=30", "--expert replan=30: must be below horizon=30"),
+        ("cheetah", "knots=40", "--expert knots=40: must be at most horizon"),
+        ("cheetah", "=3", "NAME=VALUE"),
+        ("quadruped", "colour=1", "--expert colour: not an option"),
+        ("desk", "noise=abc", "--expert noise='abc'"),
+        ("desk", "noise=-0.1", "--expert noise=-0.1"),
+        ("desk", "speed=2", "--expert speed: not an option of the desk expert"),
+    ],
+)
+def test_bad_expert_options_are_one_line_naming_the_option(env, pair, message) -> None:
+    with pytest.raises(InputError, match=re.escape(message)) as info:
+        expert_options(env, (pair,))
+    assert "\n" not in str(info.value)
+
+
+def test_noise_levels_and_duplicates() -> None:
+    assert expert_options("cheetah", ("noise=0.4,0.15",)) == (("noise", "0.4,0.15"),)
+    assert make_expert("cheetah", noise="0.4,0.15").config.noise == (0.4, 0.15)
+    with pytest.raises(InputError, match="given twice"):
+        expert_options("cheetah", ("samples=8", "samples=9"))
 
 
 def test_expert_options_reach_the_expert_and_the_store(tmp_path: Path) -> None:
@@ -83,8 +119,12 @@ def test_cli_expert_option(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     with open_store(out) as store:
         assert store.attrs["collect_expert"] == "horizon=10 samples=8"
-    result = runner.invoke(app, [*base, "--expert", "colour=red"])
-    assert result.exit_code == 2 and result.output.strip().startswith("error: --expert")
+    for bad in ("colour=red", "horizon=abc", "samples=nan"):
+        result = runner.invoke(app, [*base, "--expert", bad])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert lines[0].startswith(f"error: --expert {bad.split('=')[0]}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]
 
 
 def test_planner_model_is_a_copy_with_sensors_off_when_unused() -> None:

@@ -16,6 +16,7 @@ stream into windows that end at those steps. :func:`play_stream` records one pie
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from hipi_offline.envs.desk import (
     TASK_NAMES,
     DeskEnv,
 )
-from hipi_offline.experts.base import register_expert
+from hipi_offline.experts.base import float_option, register_expert, unknown_options
 from hipi_offline.tasks.spec import TaskSpec
 
 TASKS = TASK_NAMES
@@ -301,8 +302,10 @@ class DeskPlay:
 
 
 @register_expert("desk")
-def make_desk_play(noise: float = 0.1) -> DeskPlay:
-    """The desk's scripted play expert."""
+def make_desk_play(**options: Any) -> DeskPlay:
+    """The desk's scripted play expert; option ``noise`` (action noise, 0 to 1)."""
+    unknown_options("desk", options, ["noise"])
+    noise = float_option("noise", options.get("noise", 0.1), 0.0, 1.0)
     return DeskPlay(noise=noise)
 
 

@@ -24,14 +24,19 @@ the environment's rollout fields do not read them (quadruped: 8 % less).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from hipi_offline.envs.base import EnvInfo, TaskEnv, env_task_spec, transition_rewards
 from hipi_offline.errors import InputError
-from hipi_offline.experts.base import register_expert
+from hipi_offline.experts.base import (
+    float_option,
+    int_option,
+    register_expert,
+    unknown_options,
+)
 from hipi_offline.tasks.spec import TaskSpec
 
 MEASURED_STEPS_PER_SECOND = {"cheetah": 45.0, "quadruped": 6.0}
@@ -318,13 +323,72 @@ timestep, explicit damping) costs most. So the default stays at 64 samples; the 
 simulates without sensors (its fields are functions of the state), 8 % cheaper."""
 
 
+_INT_OPTIONS = {
+    "samples": (2, 1 << 16),
+    "horizon": (2, 10_000),
+    "knots": (2, 1_000),
+    "threads": (0, 1_024),
+    "replan": (1, 10_000),
+    "timestep_factor": (1, 1_000),
+}
+_FLOAT_OPTIONS = {  # (low, high, strictly above low)
+    "temperature": (0.0, 1e6, True),
+    "tilt_weight": (0.0, 1e6, False),
+    "heading_weight": (0.0, 1e6, False),
+}
+
+
+def mppi_config(base: MppiConfig, options: dict[str, Any]) -> MppiConfig:
+    """``base`` with ``options`` (name -> int, float or text) checked: every bad name,
+    type or range is a one-line InputError naming the option."""
+    unknown_options("mppi", options, [f.name for f in fields(MppiConfig)])
+    checked: dict[str, Any] = {}
+    for name, value in options.items():
+        if name in _INT_OPTIONS:
+            checked[name] = int_option(name, value, *_INT_OPTIONS[name])
+        elif name in _FLOAT_OPTIONS:
+            low, high, above = _FLOAT_OPTIONS[name]
+            checked[name] = float_option(name, value, low, high, above=above)
+        elif name == "noise":
+            checked[name] = _noise_levels(value)
+        else:  # tilt_field: a step field name
+            if not isinstance(value, str) or not value.strip():
+                raise InputError(f"{name}={value!r}: must be a step field name")
+            checked[name] = value
+    config = replace(base, **checked)
+    if config.replan >= config.horizon:
+        raise InputError(f"replan={config.replan}: must be below horizon={config.horizon}")
+    if config.knots > config.horizon:
+        raise InputError(f"knots={config.knots}: must be at most horizon={config.horizon}")
+    return config
+
+
+def _noise_levels(value: Any) -> tuple[float, ...]:
+    """``noise``: one number or several (a sequence, or text ``0.4,0.15``)."""
+    items = value.split(",") if isinstance(value, str) else value
+    items = items if isinstance(items, (list, tuple)) else [items]
+    levels = []
+    for item in items:
+        if isinstance(item, str):
+            try:
+                item = float(item)
+            except ValueError:
+                raise InputError(
+                    f"noise={value!r}: must be numbers above 0, like 0.4,0.15"
+                ) from None
+        levels.append(float_option("noise", item, 0.0, 10.0, above=True))
+    if not levels or len(levels) > 64:
+        raise InputError(f"noise={value!r}: must be 1 to 64 numbers above 0")
+    return tuple(levels)
+
+
 @register_expert("cheetah")
 def cheetah_expert(**options: Any) -> MppiExpert:
     """MPPI for the cheetah's target velocities (options override :data:`CHEETAH`)."""
-    return MppiExpert(replace(CHEETAH, **options))
+    return MppiExpert(mppi_config(CHEETAH, options))
 
 
 @register_expert("quadruped")
 def quadruped_expert(**options: Any) -> MppiExpert:
     """MPPI for the quadruped's linear tasks (options override :data:`QUADRUPED`)."""
-    return MppiExpert(replace(QUADRUPED, **options))
+    return MppiExpert(mppi_config(QUADRUPED, options))
