@@ -279,10 +279,52 @@ def _damage_file(rng: np.random.Generator, path: Path) -> str:
     return f"flipped bytes of {path.name}"
 
 
+ATTR_VALUES = (None, -1, 0, 2**70, 1.5, float("nan"), "x" * 5000, "", [1, 2], {"a": 1}, True)
+
+
+def _h5_attr(value: object) -> object:
+    """What HDF5 can hold of a hostile attribute value."""
+    if value is None or isinstance(value, (list, dict)):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        return float(value)
+    return value
+
+
+def _damage_semantics(rng: np.random.Generator, store: Path) -> str:
+    """Well-formed files with hostile content: root attributes and episodes/ends."""
+    import h5py
+    import zarr
+
+    key = str(rng.choice(["hipi_offline_format", "env", "chunk_rows", "compression", "new"]))
+    value = ATTR_VALUES[int(rng.integers(len(ATTR_VALUES)))]
+    ends_kind = int(rng.integers(4))
+    ends = [np.array([5, 3, 12]), np.array([-4]), np.array([2**62]), np.array([0.5, 1.5])][
+        ends_kind
+    ]
+    if store.suffix == ".h5":
+        with h5py.File(store, "r+") as f:
+            if rng.random() < 0.5:
+                f.attrs[key] = _h5_attr(value)
+                return f"attribute {key}={value!r}"
+            del f["episodes/ends"]
+            f["episodes/ends"] = ends
+            return f"episodes/ends={ends.tolist()}"
+    group = zarr.open_group(str(store), mode="r+")
+    if rng.random() < 0.5:
+        group.attrs[key] = value
+        return f"attribute {key}={value!r}"
+    del group["episodes/ends"]
+    group.create_array("episodes/ends", data=ends)
+    return f"episodes/ends={ends.tolist()}"
+
+
 def _store(rng: np.random.Generator, root: Path) -> tuple[str, list[str]]:
     store = root / str(rng.choice(["s.h5", "s.zarr"]))
     label_root = Path(str(store) + ".labels") if store.suffix == ".h5" else store / "labels"
-    if rng.random() < 0.5 or store.suffix == ".h5" and rng.random() < 0.5:
+    if rng.random() < 0.3:
+        what = _damage_semantics(rng, store)
+    elif rng.random() < 0.5 or store.suffix == ".h5" and rng.random() < 0.5:
         files = [p for p in (store.rglob("*") if store.is_dir() else [store]) if p.is_file()]
         files += [p for p in label_root.rglob("*") if p.is_file() and not p.is_symlink()]
         target = files[int(rng.integers(len(files)))]
