@@ -6,11 +6,19 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from hipi_offline.errors import InputError
+from hipi_offline.errors import InputError, one_line
 
 HEADS: tuple[str, ...] = ("gaussian", "deterministic")
 SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "silu", "tanh")
+SEED_LIMIT = 2**63
+"""Seeds lie in [0, SEED_LIMIT): numpy refuses negative seeds, torch ones of 2**64 and up."""
+INT_LIMIT = 2**63
+"""Step counts, sizes and intervals stay below this (torch's int64)."""
+MAX_LAYERS = 256
+"""Most hidden layers a network may have."""
+MAX_THREADS = 1024
+"""More torch threads than this are refused (torch accepts absurd counts, then fails)."""
 
 RUN_CONTROL_FIELDS: frozenset[str] = frozenset(
     {
@@ -111,10 +119,13 @@ class BCConfig:
 def parse_hidden(text: str) -> tuple[int, ...]:
     """``"256,256,256"`` -> (256, 256, 256); an InputError for anything else."""
     parts = [p.strip() for p in str(text).split(",")]
-    if not all(p.isdigit() and int(p) > 0 for p in parts):
+    valid = len(parts) <= MAX_LAYERS and all(
+        p.isascii() and p.isdigit() and len(p) <= 18 and int(p) > 0 for p in parts
+    )
+    if not valid:
         raise InputError(
-            f"--hidden: expected comma-separated positive layer sizes like 256,256,256, "
-            f"got {text!r}"
+            f"--hidden: expected up to {MAX_LAYERS} comma-separated positive layer sizes "
+            f"like 256,256,256, got {one_line(repr(text), 80)}"
         )
     return tuple(int(p) for p in parts)
 
@@ -122,11 +133,13 @@ def parse_hidden(text: str) -> tuple[int, ...]:
 def check_config(config: BCConfig) -> None:
     """Refuse bad option values with one-line InputErrors naming the option."""
 
-    def positive_int(value: Any, flag: str, allow_zero: bool = False) -> None:
+    def positive_int(
+        value: Any, flag: str, allow_zero: bool = False, high: int = INT_LIMIT
+    ) -> None:
         low = 0 if allow_zero else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
             what = "a non-negative" if allow_zero else "a positive"
-            raise InputError(f"{flag}: expected {what} integer, got {value!r}")
+            raise InputError(f"{flag}: expected {what} integer below {high}, got {value!r}")
 
     positive_int(config.steps, "--steps")
     positive_int(config.batch_size, "--batch-size")
@@ -135,13 +148,22 @@ def check_config(config: BCConfig) -> None:
     positive_int(config.warmup_steps, "--warmup-steps", allow_zero=True)
     positive_int(config.keep_checkpoints, "--keep-checkpoints", allow_zero=True)
     positive_int(config.task_embedding, "--task-embedding", allow_zero=True)
-    positive_int(config.threads, "--threads", allow_zero=True)
-    if isinstance(config.seed, bool) or not isinstance(config.seed, int):
-        raise InputError(f"--seed: expected an integer, got {config.seed!r}")
-    if not config.hidden or any(
-        isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in config.hidden
+    positive_int(config.threads, "--threads", allow_zero=True, high=MAX_THREADS + 1)
+    seed = config.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise InputError(f"--seed: expected an integer from 0 to 2**63 - 1, got {seed!r}")
+    hidden = config.hidden
+    if (
+        not hidden
+        or len(hidden) > MAX_LAYERS
+        or any(
+            isinstance(h, bool) or not isinstance(h, int) or not 1 <= h < INT_LIMIT for h in hidden
+        )
     ):
-        raise InputError(f"--hidden: expected positive layer sizes, got {config.hidden!r}")
+        raise InputError(
+            f"--hidden: expected 1 to {MAX_LAYERS} positive layer sizes, "
+            f"got {one_line(repr(hidden), 80)}"
+        )
     if config.head not in HEADS:
         raise InputError(f"--head: expected one of {', '.join(HEADS)}, got {config.head!r}")
     if config.schedule not in SCHEDULES:

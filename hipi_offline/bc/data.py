@@ -134,7 +134,7 @@ class WorkingSet:
         )
 
 
-def _plain_field(store: TrajectoryStore, name: str) -> tuple[int, ...]:
+def plain_field(store: TrajectoryStore, name: str) -> tuple[int, ...]:
     """The row shape of a non-dict numeric step field, or an InputError."""
     fields = store.step_fields()
     if name not in fields:
@@ -161,8 +161,8 @@ def load_working_set(
     """Read observations and actions into float32 tensors and reduce their statistics."""
     if store.num_episodes == 0:
         raise InputError(f"{store.path}: the store has no episodes")
-    obs_shape = _plain_field(store, OBSERVATIONS)
-    act_shape = _plain_field(store, ACTIONS)
+    obs_shape = plain_field(store, OBSERVATIONS)
+    act_shape = plain_field(store, ACTIONS)
     obs_dim, act_dim = math.prod(obs_shape), math.prod(act_shape)
     if obs_dim == 0 or act_dim == 0:
         raise InputError(f"{store.path}: observations and actions must have at least one column")

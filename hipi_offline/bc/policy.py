@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hipi_offline.bc.config import HEADS, MAX_LAYERS
 from hipi_offline.bc.data import Normalization
-from hipi_offline.errors import InputError
+from hipi_offline.errors import InputError, one_line
 from hipi_offline.store.atomic import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "hipi_offline.bc/1"
@@ -36,6 +37,8 @@ bounds are the data's min and max, so some actions lie exactly on them)."""
 HALF_RANGE_FLOOR = 1e-6
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+MAX_DIM = 2**40
+"""Sizes in a run description (dimensions, layer widths) stay below this."""
 
 
 class BCNetwork(nn.Module):
@@ -173,11 +176,145 @@ class BCNetwork(nn.Module):
         return center + half * torch.tanh(mu + torch.exp(log_std) * noise)
 
 
+def parameter_count(
+    obs_dim: int,
+    act_dim: int,
+    task_dim: int,
+    hidden: tuple[int, ...],
+    head: str = "gaussian",
+    task_embedding: int = 0,
+    activation: str = "relu",
+) -> int:
+    """Trainable parameters of the :class:`BCNetwork` these arguments describe
+    (arithmetic only: nothing is allocated)."""
+    del activation  # no parameters
+    embedded = bool(task_embedding and task_dim)
+    count = task_dim * task_embedding if embedded else 0
+    width = obs_dim + (task_embedding if embedded else task_dim)
+    for size in hidden:
+        count += (width + 1) * size
+        width = size
+    out = act_dim * (2 if head == "gaussian" else 1)
+    return count + (width + 1) * out
+
+
+def _describe(value: Any) -> str:
+    return one_line(repr(value), 60)
+
+
+def _int_field(value: Any, name: str, where: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < MAX_DIM:
+        raise InputError(
+            f"{where}: run description field {name} must be an integer from {low} to "
+            f"{MAX_DIM - 1}, got {_describe(value)}; it is damaged"
+        )
+    return value
+
+
+def _optional(run: Mapping[str, Any], key: str, kind: type, where: str) -> None:
+    value = run.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise InputError(
+            f"{where}: run description field {key} must be a {kind.__name__} or null, "
+            f"got {_describe(value)}; it is damaged"
+        )
+
+
+def _check_labels_entry(labels: Any, where: str) -> None:
+    if labels is None:
+        return
+    if not isinstance(labels, dict):
+        raise InputError(f"{where}: run description field labels is not an object; it is damaged")
+    for key in ("name", "family", "method"):
+        _optional(labels, key, str, f"{where} (labels)")
+    names = labels.get("task_names")
+    if names is not None and not (
+        isinstance(names, list) and all(isinstance(n, str) for n in names)
+    ):
+        raise InputError(
+            f"{where}: run description field labels.task_names must be a list of strings; "
+            "it is damaged"
+        )
+
+
+def check_run(run: Any, where: str) -> dict[str, Any]:
+    """The network arguments of a run description (config.json's content or a
+    checkpoint's metadata), after checking every field a policy reads; a damaged or
+    crafted description is one InputError naming ``where`` and the field."""
+    if not isinstance(run, dict):
+        raise InputError(f"{where}: the run description is not a JSON object; it is damaged")
+    net = run.get("network")
+    if not isinstance(net, dict):
+        raise InputError(f"{where}: the run description lacks its network object; it is damaged")
+    spec: dict[str, Any] = {
+        key: _int_field(net.get(key), f"network.{key}", where, low)
+        for key, low in (("obs_dim", 1), ("act_dim", 1), ("task_dim", 0), ("task_embedding", 0))
+    }
+    hidden = net.get("hidden")
+    if not isinstance(hidden, list) or not 1 <= len(hidden) <= MAX_LAYERS:
+        raise InputError(
+            f"{where}: run description field network.hidden must list 1 to {MAX_LAYERS} layer "
+            f"sizes, got {_describe(hidden)}; it is damaged"
+        )
+    spec["hidden"] = tuple(_int_field(h, "network.hidden", where, 1) for h in hidden)
+    for key, allowed in (("activation", tuple(_ACTIVATIONS)), ("head", HEADS)):
+        if net.get(key) not in allowed:
+            raise InputError(
+                f"{where}: run description field network.{key} must be one of "
+                f"{', '.join(allowed)}, got {_describe(net.get(key))}; it is damaged"
+            )
+        spec[key] = net[key]
+    dims = run.get("dims")
+    shape = dims.get("obs_shape") if isinstance(dims, dict) else None
+    if not (
+        isinstance(shape, list)
+        and len(shape) <= 8
+        and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < MAX_DIM for d in shape)
+        and math.prod(shape) == spec["obs_dim"]
+    ):
+        raise InputError(
+            f"{where}: run description field dims.obs_shape must be a shape of "
+            f"{spec['obs_dim']} values, got {_describe(shape)}; it is damaged"
+        )
+    _optional(run, "store", dict, where)
+    _optional(run.get("store") or {}, "env", str, f"{where} (store)")
+    _check_labels_entry(run.get("labels"), where)
+    return spec
+
+
 def build_network(run: Mapping[str, Any]) -> BCNetwork:
     """The (untrained) network a run description's ``network`` entry asks for."""
-    spec = dict(run["network"])
-    spec["hidden"] = tuple(int(h) for h in spec["hidden"])
-    return BCNetwork(**spec)
+    return BCNetwork(**check_run(run, "run description"))
+
+
+def check_policy_tensors(
+    tensors: Mapping[str, Tensor], spec: Mapping[str, Any], where: str
+) -> None:
+    """Refuse checkpoint tensors that do not fit the network ``spec`` describes (names,
+    shapes, floating types), before any real network is built."""
+    with torch.device("meta"):
+        expected = {f"policy.{k}": v.shape for k, v in BCNetwork(**spec).state_dict().items()}
+    present = {k: v for k, v in tensors.items() if k.startswith("policy.")}
+    for key in sorted(set(expected) | set(present)):
+        if key not in present or key not in expected:
+            what = "lacks" if key not in present else "has an unexpected"
+            raise InputError(
+                f"{where}: checkpoint {what} tensor {key}; it does not match its run description"
+            )
+        found = present[key]
+        if found.shape != expected[key] or not found.is_floating_point():
+            raise InputError(
+                f"{where}: checkpoint tensor {key} is {found.dtype} {list(found.shape)}, its run "
+                f"description needs float {list(expected[key])}; it is damaged"
+            )
+    cand = tensors.get("tasks.candidates")
+    if cand is not None and not (
+        cand.ndim == 2 and cand.is_floating_point() and cand.shape[1] == spec["task_dim"]
+    ):
+        raise InputError(
+            f"{where}: checkpoint tensor tasks.candidates must be float [K, {spec['task_dim']}], "
+            f"got {cand.dtype} {list(cand.shape)}; it is damaged"
+        )
 
 
 # ---------------------------------------------------------------- checkpoint files
@@ -222,11 +359,23 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], int, dict[str, Any]]
         header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
         metadata = header.get("__metadata__") or {}
         if metadata.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"format {metadata.get('format')!r} is not {CHECKPOINT_FORMAT}")
-        return tensors, int(metadata["step"]), json.loads(metadata["run"])
-    except (OSError, ValueError, KeyError, SafetensorError) as err:
-        reason = " ".join(str(err).split())[:200] or type(err).__name__
+            raise ValueError(
+                f"format {_describe(metadata.get('format'))} is not {CHECKPOINT_FORMAT}"
+            )
+        step_text = metadata["step"]
+        if not (isinstance(step_text, str) and step_text.isascii() and step_text.isdigit()):
+            raise ValueError(f"step {_describe(step_text)} is not a non-negative integer")
+        if len(step_text) > 18:
+            raise ValueError(f"step {_describe(step_text)} is out of range")
+        run = json.loads(metadata["run"])
+    except KeyError as err:
+        raise InputError(
+            f"{path}: not a readable train-bc checkpoint (no {err} metadata)"
+        ) from None
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError, SafetensorError) as err:
+        reason = one_line(str(err), 200) or type(err).__name__
         raise InputError(f"{path}: not a readable train-bc checkpoint ({reason})") from None
+    return tensors, int(step_text), run
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -411,15 +560,17 @@ def policy_from_tensors(
     device: torch.device | str = "cpu",
     seed: int = 0,
 ) -> Policy:
-    network = build_network(run)
+    spec = check_run(run, "checkpoint")
+    check_policy_tensors(tensors, spec, "checkpoint")
+    network = BCNetwork(**spec)
     state = {k[len("policy.") :]: v for k, v in tensors.items() if k.startswith("policy.")}
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        reason = " ".join(str(err).split())[:200]
+        reason = one_line(str(err), 200)
         raise InputError(f"checkpoint does not match its run description ({reason})") from None
     cand = tensors.get("tasks.candidates")
-    candidates = None if cand is None else cand.numpy()
+    candidates = None if cand is None else cand.float().numpy()
     return Policy(network, run, candidates=candidates, step=step, device=device, seed=seed)
 
 
@@ -432,7 +583,6 @@ def load_policy(path: str | Path, device: str = "auto", seed: int = 0) -> Policy
 
     checkpoint = resolve_checkpoint(path)
     tensors, step, run = read_checkpoint(checkpoint)
-    try:
-        return policy_from_tensors(tensors, step, run, resolve_device(device), seed)
-    except KeyError as err:
-        raise InputError(f"{checkpoint}: run description lacks {err}") from None
+    spec = check_run(run, str(checkpoint))
+    check_policy_tensors(tensors, spec, str(checkpoint))
+    return policy_from_tensors(tensors, step, run, resolve_device(device), seed)

@@ -6,15 +6,25 @@ takes one AdamW step on the behavior-cloning loss of pi(a | s, psi).
 
 Run directory::
 
+    .hipi-offline                     marker: a run folder made by hipi-offline
     config.json                       run description (config, statistics, task spec)
     metrics.csv                       step, loss, lr, samples_per_s, grad_norm
     checkpoints/step_XXXXXXX.safetensors
     tensorboard/                      only when tensorboard is installed
 
+``--overwrite`` and ``--resume`` touch only a folder with the marker, or a run folder
+of an earlier version (a config.json of :data:`RUN_FORMAT` and nothing but a run's
+own entries), which then gets the marker; any other existing folder is refused. All
+options, sizes, the destination's writability and its free space are checked before
+the run folder is created; a run that fails before its first checkpoint removes
+what it wrote, so the corrected command starts afresh.
+
 A checkpoint holds the weights and statistics, the optimizer state and the
 sampler's RNG state; the learning rate is a pure function of the step. So
 ``resume`` continues exactly where the last checkpoint left off: on the same
-device, the losses and weights equal those of an uninterrupted run bit for bit.
+device, the losses and weights equal those of an uninterrupted run bit for bit. The
+logging window's running sums are checkpointed too, so the metrics rows after a
+resume are those of the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -24,7 +34,6 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -36,6 +45,8 @@ import torch
 
 from hipi_offline.bc.config import BCConfig, check_config
 from hipi_offline.bc.data import (
+    ACTIONS,
+    OBSERVATIONS,
     BatchSampler,
     Normalization,
     TaskSampler,
@@ -43,6 +54,7 @@ from hipi_offline.bc.data import (
     encode_candidates,
     is_discrete,
     load_working_set,
+    plain_field,
     sampler_generator,
     task_names,
 )
@@ -50,22 +62,42 @@ from hipi_offline.bc.policy import (
     BCNetwork,
     atomic_write_bytes,
     build_network,
+    check_policy_tensors,
     checkpoint_path,
     list_checkpoints,
     read_checkpoint,
     write_checkpoint,
 )
-from hipi_offline.errors import InputError
+from hipi_offline.bc.preflight import (
+    MARGIN,
+    check_memory,
+    check_writable,
+    checkpoint_bytes,
+    description_bytes,
+    network_spec,
+)
+from hipi_offline.bc.rundir import (
+    METRICS_HEADER,
+    RUN_FORMAT,
+    RunFolder,
+    Start,
+    check_destination,
+    clean_temporaries,
+    remove_own,
+    start_point,
+    truncate_metrics,
+)
+from hipi_offline.errors import InputError, one_line
 from hipi_offline.progress import progress_bar
 from hipi_offline.relabel.run import resolve_device
 from hipi_offline.store.labels import LabelSet
 from hipi_offline.store.store import TrajectoryStore, open_store
 
-RUN_FORMAT = "hipi_offline.bc.run/1"
-METRICS_HEADER = "step,loss,lr,samples_per_s,grad_norm\n"
-_OWN_ENTRIES = frozenset(
-    {"config.json", "metrics.csv", "checkpoints", "tensorboard", ".lock", ".cache"}
-)
+__all__ = ["METRICS_HEADER", "RUN_FORMAT", "TrainSummary", "lr_at", "train_bc"]
+OPTIM_STATE = ("step", "exp_avg", "exp_avg_sq")
+"""AdamW's state per parameter, as checkpointed."""
+WINDOW = ("metrics.window_loss", "metrics.window_norm", "metrics.window_steps")
+"""The logging window's running sums, checkpointed so a resumed run logs the same rows."""
 
 
 @dataclass(frozen=True)
@@ -114,16 +146,12 @@ class TrainSummary:
                 f"{self.parameters:,} parameters, device={self.device}"
             )
         loss = "n/a" if self.final_loss is None else f"{self.final_loss:.4f}"
-        board = (
-            f"tensorboard {Path(self.run_dir) / 'tensorboard'}"
-            if self.tensorboard
-            else "tensorboard not installed (skipped)"
-        )
+        board = f"; tensorboard {Path(self.run_dir) / 'tensorboard'}" if self.tensorboard else ""
         return [
             first,
             f"time {self.seconds:.1f} s, {self.samples_per_second:,.0f} samples/s, "
             f"final loss {loss}",
-            f"checkpoint {self.checkpoint}; metrics {Path(self.run_dir) / 'metrics.csv'}; {board}",
+            f"checkpoint {self.checkpoint}; metrics {Path(self.run_dir) / 'metrics.csv'}{board}",
         ]
 
 
@@ -161,114 +189,6 @@ def _fingerprint(store: TrajectoryStore, labels: LabelSet | None) -> dict[str, A
     if labels is not None:
         found["labels"] = _digest(labels.candidates, labels.topk_index, labels.topk_logprob)
     return found
-
-
-def _describe_diff(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
-    keys = sorted(set(ours) | set(theirs))
-    diffs = [k for k in keys if ours.get(k) != theirs.get(k)]
-    return ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} now" for k in diffs[:3])
-
-
-def _remove_own(run_dir: Path) -> None:
-    for name in _OWN_ENTRIES - {".lock"}:
-        path = run_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-
-
-def _lock(run_dir: Path, stack: contextlib.ExitStack) -> None:
-    """Hold an exclusive lock on the run directory (released on exit or kill)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        return
-    handle = stack.enter_context(open(run_dir / ".lock", "a+"))  # noqa: SIM115
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        raise InputError(f"{run_dir}: another train-bc run is writing it") from None
-
-
-def _prepare_run_dir(
-    run_dir: Path, config: BCConfig, fingerprint: dict[str, Any], stack: contextlib.ExitStack
-) -> tuple[int, Path | None]:
-    """Lock the run directory and decide how to start: (step, checkpoint to resume
-    from or None for a fresh start). Refuses to touch anything it did not write."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"--out {run_dir}: exists and is not a directory")
-    if run_dir.is_dir():
-        entries = set(os.listdir(run_dir))
-        foreign = sorted(entries - _OWN_ENTRIES)
-        if foreign and not (run_dir / "config.json").is_file():
-            raise InputError(
-                f"--out {run_dir}: exists and is not a train-bc run directory (holds "
-                f"{foreign[0]}); choose another --out"
-            )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _lock(run_dir, stack)
-    config_file = run_dir / "config.json"
-    if not config_file.is_file() or config.overwrite:
-        _remove_own(run_dir)
-        return 0, None
-    try:
-        previous = json.loads(config_file.read_text())
-        old_config = BCConfig.from_json(previous["config"]).identity()
-        old_fingerprint = previous["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise InputError(
-            f"--out {run_dir}: config.json is damaged; pass --overwrite to start over"
-        ) from None
-    new_config = config.identity()
-    if old_config != new_config:
-        raise InputError(
-            f"--out {run_dir}: holds a run with a different config "
-            f"({_describe_diff(new_config, old_config)}); pass --overwrite to replace it "
-            "or choose another --out"
-        )
-    if old_fingerprint != fingerprint:
-        raise InputError(
-            f"--out {run_dir}: was trained on different data "
-            f"({_describe_diff(fingerprint, old_fingerprint)}); pass --overwrite to start over"
-        )
-    found = list_checkpoints(run_dir)
-    step = found[-1][0] if found else 0
-    if not config.resume:
-        state = "a finished run" if step >= config.steps else f"a run at step {step}"
-        hint = "" if step >= config.steps else "--resume to continue it or "
-        raise InputError(
-            f"--out {run_dir}: already holds {state} of {config.steps}; pass {hint}"
-            "--overwrite to start over"
-        )
-    if not found:
-        _remove_own(run_dir)
-        return 0, None
-    return step, found[-1][1]
-
-
-def _remove_if_unused(run_dir: Path) -> None:
-    if not (run_dir / "config.json").exists():
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows past ``step`` (written after the checkpoint a run resumes from)."""
-    keep = [METRICS_HEADER]
-    if path.is_file():
-        for line in path.read_text().splitlines(keepends=True)[1:]:
-            head = line.split(",", 1)[0]
-            if line.endswith("\n") and head.isdigit() and int(head) <= step:
-                keep.append(line)
-    atomic_write_bytes(path, "".join(keep).encode())
-
-
-def _clean_temporaries(run_dir: Path) -> None:
-    for folder in (run_dir, run_dir / "checkpoints"):
-        if folder.is_dir():
-            for stale in folder.glob(".*.tmp"):
-                stale.unlink(missing_ok=True)
-    shutil.rmtree(run_dir / ".cache", ignore_errors=True)
 
 
 # ---------------------------------------------------------------- run description
@@ -348,11 +268,42 @@ def _run_description(
 
 
 # ---------------------------------------------------------------- checkpoints
+@dataclass
+class Window:
+    """The logging window: running sums since the last metrics row."""
+
+    loss: torch.Tensor
+    norm: torch.Tensor
+    steps: int = 0
+
+    @classmethod
+    def empty(cls, device: torch.device) -> Window:
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        loss, norm, steps = WINDOW
+        return {loss: self.loss, norm: self.norm, steps: torch.tensor(self.steps)}
+
+    def restore(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Continue the sums of a checkpoint (one without them starts an empty window)."""
+        loss, norm, steps = WINDOW
+        if steps in tensors:
+            self.loss.copy_(tensors[loss])
+            self.norm.copy_(tensors[norm])
+            self.steps = int(tensors[steps])
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.norm.zero_()
+        self.steps = 0
+
+
 def _checkpoint_tensors(
     network: BCNetwork,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     candidates: np.ndarray | None,
+    window: Window,
 ) -> dict[str, torch.Tensor]:
     tensors = {f"policy.{k}": v for k, v in network.state_dict().items()}
     if candidates is not None:
@@ -362,7 +313,48 @@ def _checkpoint_tensors(
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
     tensors["rng.sampler"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
+    tensors.update(window.tensors())
     return tensors
+
+
+def _damaged(path: Path, what: str) -> InputError:
+    return InputError(
+        f"{path}: cannot resume from this checkpoint ({what}); pass --overwrite to start over"
+    )
+
+
+def _check_optimizer_tensors(tensors: dict[str, torch.Tensor], spec: dict, path: Path) -> None:
+    """Refuse optimizer state that does not fit the network (it would fail only at the
+    first training step, after the data is loaded)."""
+    with torch.device("meta"):
+        shapes = [p.shape for p in BCNetwork(**spec).parameters()]
+    seen: dict[int, set[str]] = {}
+    for key, value in tensors.items():
+        if not key.startswith("optim."):
+            continue
+        parts = key.split(".")
+        index = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else -1
+        if not 0 <= index < len(shapes) or parts[2] not in OPTIM_STATE:
+            raise _damaged(path, f"unexpected tensor {one_line(key, 60)}")
+        want = torch.Size([]) if parts[2] == "step" else shapes[index]
+        if value.shape != want or not value.is_floating_point():
+            raise _damaged(path, f"{key} is {value.dtype} {list(value.shape)}, not {list(want)}")
+        seen.setdefault(index, set()).add(parts[2])
+    if any(names != set(OPTIM_STATE) for names in seen.values()):
+        raise _damaged(path, "incomplete optimizer state")
+
+
+def _check_resumable(tensors: dict[str, torch.Tensor], spec: dict, path: Path) -> None:
+    """Refuse a checkpoint whose tensors cannot be restored into this run."""
+    check_policy_tensors(tensors, spec, str(path))
+    _check_optimizer_tensors(tensors, spec, path)
+    for key in ("rng.sampler", "rng.torch"):
+        value = tensors.get(key)
+        if value is None or value.dtype != torch.uint8 or value.ndim != 1:
+            raise _damaged(path, f"no valid {key} state")
+    present = [key for key in WINDOW if key in tensors]
+    if present and (len(present) != len(WINDOW) or any(tensors[k].ndim for k in WINDOW)):
+        raise _damaged(path, "damaged metrics window")
 
 
 def _restore(
@@ -370,6 +362,7 @@ def _restore(
     network: BCNetwork,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
+    window: Window,
 ) -> None:
     state = {k[len("policy.") :]: v for k, v in tensors.items() if k.startswith("policy.")}
     network.load_state_dict(state, strict=True)
@@ -383,6 +376,7 @@ def _restore(
     optimizer.load_state_dict(current)
     generator.set_state(tensors["rng.sampler"])
     torch.set_rng_state(tensors["rng.torch"])
+    window.restore(tensors)
 
 
 def _save(
@@ -416,35 +410,90 @@ def _tensorboard_available() -> bool:
     return True
 
 
+# ---------------------------------------------------------------- preflight
+def _read_labels(store: TrajectoryStore, config: BCConfig) -> LabelSet | None:
+    if config.task_agnostic:
+        return None
+    labels = store.read_labels(str(config.labels))
+    check_labels(labels)
+    if config.task_embedding and not is_discrete(labels):
+        raise InputError(
+            f"--task-embedding: labels/{labels.name} are a "
+            f"{labels.attrs.get('family') or 'continuous'} family; a learned "
+            "embedding applies to discrete families only"
+        )
+    return labels
+
+
+def _spec(config: BCConfig, store: TrajectoryStore, labels: LabelSet | None) -> dict[str, Any]:
+    """The network of this run, from the store's field shapes (no data is read)."""
+    obs_dim = math.prod(plain_field(store, OBSERVATIONS))
+    act_dim = math.prod(plain_field(store, ACTIONS))
+    if obs_dim == 0 or act_dim == 0:
+        raise InputError(f"{store.path}: observations and actions must have at least one column")
+    task_dim = 0 if labels is None else int(np.shape(labels.candidates)[1])
+    return network_spec(config, obs_dim, act_dim, task_dim)
+
+
+def _needed_space(
+    config: BCConfig, spec: dict[str, Any], store: TrajectoryStore, labels: LabelSet | None
+) -> int:
+    """Bytes a run writes besides its later checkpoints: one checkpoint, config.json,
+    the metrics, and the spilled working set when it does not fit in memory."""
+    texts = 0 if labels is None else len(json.dumps(labels.attrs, default=str))
+    description = description_bytes(spec, texts)
+    candidates = 0 if labels is None else labels.num_candidates
+    working_set = 4 * store.num_steps * (spec["obs_dim"] + spec["act_dim"])
+    spill = working_set if working_set > config.max_memory_mb * 2**20 else 0
+    rows = min(config.steps // config.log_every + 1, 10**7)
+    return checkpoint_bytes(spec, candidates, description) + description + 80 * rows + spill
+
+
+def _read_resumable(start: Start, spec: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of the checkpoint a run resumes from, checked against the run."""
+    assert start.checkpoint is not None
+    tensors, step, _ = read_checkpoint(start.checkpoint)
+    if step != start.step:
+        raise _damaged(start.checkpoint, f"its metadata says step {step}")
+    _check_resumable(tensors, spec, start.checkpoint)
+    return tensors
+
+
 # ---------------------------------------------------------------- the stage
 def train_bc(store_path: str | Path, config: BCConfig) -> TrainSummary:
-    """Train a (task-conditioned) behavior-cloning policy; see the module docstring."""
+    """Train a (task-conditioned) behavior-cloning policy; see the module docstring.
+
+    Every option, the sizes, the destination and its free space are checked before
+    the run folder is created or any data is loaded."""
     check_config(config)
     store_path = Path(store_path)
     run_dir = Path(config.out)
     device = resolve_device(config.device)
+    check_destination(run_dir, config)
     with contextlib.ExitStack() as stack:
         if config.threads:
             stack.callback(torch.set_num_threads, torch.get_num_threads())
             torch.set_num_threads(config.threads)
-        with open_store(store_path) as store:
-            labels = None if config.task_agnostic else store.read_labels(str(config.labels))
-            if labels is not None:
-                check_labels(labels)
-                if config.task_embedding and not is_discrete(labels):
-                    raise InputError(
-                        f"--task-embedding: labels/{labels.name} are a "
-                        f"{labels.attrs.get('family') or 'continuous'} family; a learned "
-                        "embedding applies to discrete families only"
-                    )
-            fingerprint = _fingerprint(store, labels)
-            created = not run_dir.exists()
-            start, resume_from = _prepare_run_dir(run_dir, config, fingerprint, stack)
-            if created:  # a run that fails before its config.json leaves nothing behind
-                stack.callback(_remove_if_unused, run_dir)
-            if start >= config.steps and resume_from is not None:
-                return _already_complete(run_dir, config, labels, resume_from, device)
-            _clean_temporaries(run_dir)
+        store_scope = stack.enter_context(contextlib.ExitStack())
+        store = store_scope.enter_context(open_store(store_path))
+        labels = _read_labels(store, config)
+        spec = _spec(config, store, labels)
+        top_k = 0 if labels is None else labels.k
+        check_memory(config, spec, store.num_steps, top_k, device)
+        fingerprint = _fingerprint(store, labels)
+        start_point(run_dir, config, fingerprint, spec)  # refuse before writing anything
+        check_writable(run_dir, _needed_space(config, spec, store, labels) + MARGIN)
+        folder = RunFolder(run_dir)
+        folder.open(stack)
+        try:
+            start = start_point(run_dir, config, fingerprint, spec)  # now under the lock
+            resumed = None if start.checkpoint is None else _read_resumable(start, spec)
+            if resumed is None:
+                remove_own(run_dir)
+            folder.mark()
+            if resumed is not None and start.step >= config.steps:
+                return _already_complete(run_dir, config, labels, start, resumed, device)
+            clean_temporaries(run_dir)
             stack.callback(shutil.rmtree, run_dir / ".cache", True)
             data = load_working_set(
                 store, max_memory_mb=config.max_memory_mb, spill_dir=run_dir / ".cache"
@@ -454,29 +503,38 @@ def train_bc(store_path: str | Path, config: BCConfig) -> TrainSummary:
             else:
                 candidates, task_mean, task_std = None, np.zeros(0), np.ones(0)
             norm = data.normalization(task_mean, task_std)
-            run = _run_description(
-                store_path,
-                store,
-                config,
-                labels,
-                norm,
-                data.obs_shape,
-                fingerprint,
-                _tensorboard_available(),
+            if start.description is None:
+                run = _run_description(
+                    store_path,
+                    store,
+                    config,
+                    labels,
+                    norm,
+                    data.obs_shape,
+                    fingerprint,
+                    _tensorboard_available(),
+                )
+            else:
+                run = start.description
+            store_scope.close()
+            if resumed is None:
+                atomic_write_bytes(run_dir / "config.json", json.dumps(run, indent=2).encode())
+            return _train(
+                run_dir, config, run, data, labels, candidates, norm, start, resumed, device, stack
             )
-        if resume_from is None:
-            atomic_write_bytes(run_dir / "config.json", json.dumps(run, indent=2).encode())
-        else:
-            run = json.loads((run_dir / "config.json").read_text())
-        return _train(
-            run_dir, config, run, data, labels, candidates, norm, start, resume_from, device, stack
-        )
+        except BaseException:
+            folder.discard_if_unused()
+            raise
 
 
 def _already_complete(
-    run_dir: Path, config: BCConfig, labels: LabelSet | None, checkpoint: Path, device: Any
+    run_dir: Path,
+    config: BCConfig,
+    labels: LabelSet | None,
+    start: Start,
+    tensors: dict[str, torch.Tensor],
+    device: Any,
 ) -> TrainSummary:
-    tensors, step, _ = read_checkpoint(checkpoint)
     params = sum(
         v.numel()
         for k, v in tensors.items()
@@ -487,17 +545,17 @@ def _already_complete(
         labels=None if labels is None else labels.name,
         method=None if labels is None else labels.attrs.get("method"),
         head=config.head,
-        start_step=step,
-        step=step,
+        start_step=start.step,
+        step=start.step,
         total_steps=config.steps,
         batch_size=config.batch_size,
         parameters=params,
         seconds=0.0,
         samples_per_second=0.0,
         final_loss=None,
-        checkpoint=str(checkpoint),
+        checkpoint=str(start.checkpoint),
         device=str(device),
-        tensorboard=_tensorboard_available(),
+        tensorboard=False,
     )
 
 
@@ -509,8 +567,8 @@ def _train(
     labels: LabelSet | None,
     candidates: np.ndarray | None,
     norm: Normalization,
-    start: int,
-    resume_from: Path | None,
+    start_at: Start,
+    resumed: dict[str, torch.Tensor] | None,
     device: torch.device,
     stack: contextlib.ExitStack,
 ) -> TrainSummary:
@@ -524,21 +582,17 @@ def _train(
     optimizer = torch.optim.AdamW(
         network.parameters(), lr=config.lr, weight_decay=config.weight_decay, **fast
     )
-    if resume_from is not None:
-        tensors, step, _ = read_checkpoint(resume_from)
+    window = Window.empty(device)
+    start = start_at.step
+    if resumed is not None:
         try:
-            _restore(tensors, network, optimizer, generator)
-        except (KeyError, RuntimeError, ValueError) as err:
-            reason = " ".join(str(err).split())[:200]
-            raise InputError(
-                f"{resume_from}: cannot resume from this checkpoint ({reason}); "
-                "pass --overwrite to start over"
-            ) from None
-        start = step
+            _restore(resumed, network, optimizer, generator, window)
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise _damaged(start_at.checkpoint, one_line(str(err), 200)) from None
     tasks = None if labels is None else TaskSampler(labels, device)
     batches = BatchSampler(data, tasks, config.batch_size, generator, device)
     metrics_path = run_dir / "metrics.csv"
-    _truncate_metrics(metrics_path, start)
+    truncate_metrics(metrics_path, start)
     metrics = stack.enter_context(open(metrics_path, "a"))  # noqa: SIM115
     writer = _tensorboard_writer(run_dir, start)
     if writer is not None:
@@ -555,10 +609,9 @@ def _train(
         )
     )
     network.train()
-    window_loss = torch.zeros((), device=device)
-    window_norm = torch.zeros((), device=device)
-    window_steps, final_loss = 0, None
-    last_checkpoint = resume_from
+    final_loss = None
+    last_checkpoint = start_at.checkpoint
+    timed_steps = 0  # steps of the window trained by this process (for the rate)
     started = window_start = time.perf_counter()
     cpu_started = time.thread_time()
     for step in range(start, config.steps):
@@ -570,17 +623,18 @@ def _train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
-            window_norm += torch.nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
+            window.norm += torch.nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
         optimizer.step()
-        window_loss += loss.detach()
-        window_steps += 1
+        window.loss += loss.detach()
+        window.steps += 1
+        timed_steps += 1
         done = step + 1
         bar.update(1)
         if done % config.log_every == 0 or done == config.steps:
-            final_loss = float(window_loss) / window_steps
+            final_loss = float(window.loss) / window.steps
             now = time.perf_counter()
-            rate = window_steps * config.batch_size / max(now - window_start, 1e-9)
-            grad = f"{float(window_norm) / window_steps:.6g}" if config.grad_clip > 0 else ""
+            rate = timed_steps * config.batch_size / max(now - window_start, 1e-9)
+            grad = f"{float(window.norm) / window.steps:.6g}" if config.grad_clip > 0 else ""
             metrics.write(f"{done},{final_loss:.9g},{lr:.9g},{rate:.1f},{grad}\n")
             metrics.flush()
             if writer is not None:
@@ -588,11 +642,10 @@ def _train(
                 writer.add_scalar("train/lr", lr, done)
                 writer.add_scalar("train/samples_per_s", rate, done)
             bar.set_postfix(loss=f"{final_loss:.4f}", sps=f"{rate:,.0f}")
-            window_loss.zero_()
-            window_norm.zero_()
-            window_steps, window_start = 0, now
+            window.reset()
+            timed_steps, window_start = 0, now
         if done % config.checkpoint_every == 0 or done == config.steps:
-            tensors = _checkpoint_tensors(network, optimizer, generator, candidates)
+            tensors = _checkpoint_tensors(network, optimizer, generator, candidates, window)
             last_checkpoint = _save(run_dir, done, tensors, run, config.keep_checkpoints)
     seconds = time.perf_counter() - started
     cpu_seconds = time.thread_time() - cpu_started

@@ -1,0 +1,165 @@
+"""Checks a train-bc run makes before it writes anything: whether the network and a
+minibatch fit in memory, and whether ``--out`` is writable with room for a checkpoint.
+
+The estimates are deliberately coarse (a few bytes per value, with the optimizer's
+state and the backward pass's buffers): they catch sizes that cannot work, like
+``--hidden 1000000000,1000000000`` or ``--batch-size 1000000000000``, before any data
+is loaded, instead of a failed allocation or a full disk after the computation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hipi_offline.bc.config import BCConfig
+from hipi_offline.bc.policy import parameter_count
+from hipi_offline.errors import InputError, ResourceError
+
+FLOAT = 4
+"""Bytes of a float32."""
+TRAIN_COPIES = 6
+"""Weights, gradients, AdamW's two moments and the foreach update's temporaries."""
+RNG_BYTES = 2 * 5056
+"""The sampler's and torch's generator states in a checkpoint."""
+MARGIN = 1 << 20
+"""Room for config.json, metrics.csv and the marker besides a checkpoint."""
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**28 else f"{nbytes / 2**20:,.1f} MiB"
+
+
+def network_spec(config: BCConfig, obs_dim: int, act_dim: int, task_dim: int) -> dict[str, Any]:
+    """The network arguments (the run description's ``network``) of ``config``."""
+    return {
+        "obs_dim": obs_dim,
+        "act_dim": act_dim,
+        "task_dim": task_dim,
+        "hidden": list(config.hidden),
+        "activation": config.activation,
+        "head": config.head,
+        "task_embedding": config.task_embedding,
+    }
+
+
+def _parameters(spec: dict[str, Any]) -> int:
+    return parameter_count(**{**spec, "hidden": tuple(spec["hidden"])})
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (None when unknown)."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def batch_bytes(spec: dict[str, Any], batch_size: int, top_k: int) -> int:
+    """Coarse memory of one training step's minibatch: inputs, every layer's output
+    and activation with their gradients, and the sampler's gathered posterior rows."""
+    embedded = spec["task_embedding"] if spec["task_embedding"] and spec["task_dim"] else 0
+    width = spec["obs_dim"] + (embedded or spec["task_dim"])
+    out = spec["act_dim"] * (2 if spec["head"] == "gaussian" else 1)
+    values = 3 * width + 4 * sum(spec["hidden"]) + 8 * out
+    values += 2 * (spec["obs_dim"] + spec["act_dim"] + spec["task_dim"])
+    return batch_size * (FLOAT * values + 8 * (4 + 2 * top_k))
+
+
+def check_memory(
+    config: BCConfig, spec: dict[str, Any], num_steps: int, top_k: int, device: torch.device
+) -> None:
+    """Refuse hidden sizes, batch sizes and working sets that cannot fit in memory, with
+    an InputError naming the option."""
+    params = _parameters(spec)
+    model = TRAIN_COPIES * FLOAT * params
+    batch = batch_bytes(spec, config.batch_size, top_k)
+    working_set = FLOAT * num_steps * (spec["obs_dim"] + spec["act_dim"])
+    in_memory = working_set <= config.max_memory_mb * 2**20
+    avail = available_memory(device)
+    if avail is None:
+        return
+    where = "GPU memory" if device.type == "cuda" else "memory"
+    if model > avail:
+        raise InputError(
+            f"--hidden: a network of {params:,} parameters needs about {_gib(model)} of "
+            f"{where} to train, more than the {_gib(avail)} available; use smaller layers"
+        )
+    if model + batch > avail:
+        raise InputError(
+            f"--batch-size: a batch of {config.batch_size:,} steps through layers "
+            f"{','.join(map(str, spec['hidden']))} needs about {_gib(batch)} of {where}, more "
+            f"than the {_gib(avail - model)} left; use a smaller --batch-size"
+        )
+    host = avail if device.type != "cuda" else available_memory(torch.device("cpu"))
+    host_used = model + batch if device.type != "cuda" else 0
+    if in_memory and host is not None and host_used + working_set > host:
+        raise InputError(
+            f"--max-memory-mb: the working set of {num_steps:,} steps needs {_gib(working_set)} "
+            f"of memory, more than the {_gib(max(host - host_used, 0))} left; pass a smaller "
+            "--max-memory-mb to spill it to a file in the run folder"
+        )
+
+
+def checkpoint_bytes(spec: dict[str, Any], num_candidates: int, description_bytes: int) -> int:
+    """Coarse size of one checkpoint: weights and AdamW's moments, buffers, candidate
+    tasks, generator states and the run description in its metadata."""
+    buffers = 2 * spec["obs_dim"] + 4 * spec["act_dim"] + 2 * spec["task_dim"]
+    tensors = 3 * _parameters(spec) + buffers + num_candidates * spec["task_dim"]
+    return FLOAT * tensors + RNG_BYTES + 2 * description_bytes
+
+
+def description_bytes(spec: dict[str, Any], extra_text: int) -> int:
+    """Coarse size of a run description: statistics as JSON numbers plus texts."""
+    numbers = 8 * (spec["obs_dim"] + spec["act_dim"] + spec["task_dim"])
+    return 16_384 + 32 * numbers + 2 * extra_text
+
+
+def existing_ancestor(run_dir: Path) -> Path:
+    """``run_dir`` or its nearest existing parent (where its entries will be written)."""
+    folder = Path(os.path.abspath(run_dir))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def check_writable(run_dir: Path, needed: int) -> None:
+    """Refuse an ``--out`` that cannot be written (read-only file system, no
+    permission) or lacks ``needed`` free bytes, before anything is computed."""
+    folder = existing_ancestor(run_dir)
+    if not folder.is_dir():
+        raise InputError(f"--out {run_dir}: {folder} is a file, not a folder; choose another --out")
+    if hasattr(os, "statvfs"):
+        stats = os.statvfs(folder)
+        if stats.f_flag & getattr(os, "ST_RDONLY", 1):
+            raise ResourceError(
+                f"--out {run_dir}: {folder} is on a read-only file system; choose another --out"
+            )
+        free = stats.f_bavail * stats.f_frsize
+    else:  # pragma: no cover - not POSIX
+        free = math.inf
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ResourceError(
+            f"--out {run_dir}: {folder} is not writable (permission denied); choose another --out"
+        )
+    if free < needed:
+        raise ResourceError(
+            f"--out {run_dir}: {_gib(free)} free on its file system, a checkpoint of this run "
+            f"needs about {_gib(needed)}; free some space or choose another --out"
+        )
