@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from hipi_offline.collect import CollectConfig, collect
+from hipi_offline.collect import run as run_module
 from hipi_offline.errors import InputError
 from hipi_offline.store import open_store
 
@@ -102,53 +104,123 @@ def test_bad_options(tmp_path: Path) -> None:
 
 _KILLABLE = """
 import sys
-from hipi_offline.collect import CollectConfig, collect
-collect("cheetah", sys.argv[1], CollectConfig(episodes=40, steps={steps}, seed=3,
-        commit_seconds=0.0))
+from hipi_offline.collect import run
+
+commit = run._Sink.commit
+
+
+def reporting_commit(self):
+    print("committing", flush=True)
+    commit(self)
+    print("committed", self.episodes, flush=True)
+
+
+run._Sink.commit = reporting_commit
+run.collect("cheetah", sys.argv[1], run.CollectConfig(episodes=40, steps={steps}, seed=3,
+            commit_seconds=0.0))
 """
+KILL_TIMEOUT = 300.0
+"""Seconds a writer may take to reach its kill point (imports are slow under load)."""
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 120.0) -> None:
-    """Until the writer has created its store (or ended, or ``limit`` seconds)."""
-    deadline = time.monotonic() + limit
-    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+def _kill_at(proc: subprocess.Popen, word: str, count: int) -> None:
+    """SIGKILL the writer as soon as it has printed ``word`` ``count`` times (a commit
+    begun or a commit done), waiting at most :data:`KILL_TIMEOUT` seconds."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + KILL_TIMEOUT
+    seen = 0
+    while seen < count:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"the writer did not reach {word} #{count} in {KILL_TIMEOUT} s"
+        line = proc.stdout.readline()
+        assert line, f"the writer ended before {word} #{count} (exit {proc.wait()})"
+        seen += line.split()[0] == word
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
 
 
 @pytest.mark.parametrize("suffix", [".h5", ".zarr"])
 def test_killed_run_leaves_a_valid_store_of_finished_episodes(
     tmp_path: Path, straight: dict[str, np.ndarray], suffix: str
 ) -> None:
-    """SIGKILL at seeded random moments: the store always opens, holds a prefix of
-    the deterministic episode sequence, and a resumed run completes it."""
+    """SIGKILL while a commit is under way (the very first one included) or just after
+    one: the store is absent or opens, holds a prefix of the deterministic episode
+    sequence, and a resumed run completes it and removes the killed writers' files."""
     path = tmp_path / f"cheetah{suffix}"
     rng = np.random.default_rng(0)
     counts = []
-    for _ in range(4):
+    kill_points = [("committing", 1), ("committed", 1)]
+    kill_points += [(str(rng.choice(["committing", "committed"])), int(rng.integers(1, 4)))]
+    kill_points += [("committing", 5)]  # the store holds >= 4 episodes by then
+    for word, count in kill_points:
         proc = subprocess.Popen(
             [sys.executable, "-c", _KILLABLE.format(steps=STEPS), str(path)],
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        _wait_for(path, proc)  # imports take seconds, more on a loaded machine
-        time.sleep(rng.uniform(0.0, 4.0))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        _kill_at(proc, word, count)
         if not path.exists():
+            assert (word, count) == ("committing", 1)  # killed within the first commit
             continue
         data = _arrays(path)
         episodes = len(data["episodes/ends"])
+        assert episodes >= 1  # a store appears only with committed episodes
         counts.append(episodes)
-        rows = int(data["episodes/ends"][-1]) if episodes else 0
+        rows = int(data["episodes/ends"][-1])
         for name in ("steps/observations", "steps/actions", "steps/infos/speed"):
             np.testing.assert_array_equal(data[name][:rows][: 4 * STEPS], straight[name][:rows])
         np.testing.assert_array_equal(
             data["episodes/task"][: min(episodes, 4)], straight["episodes/task"][:episodes]
         )
-    assert counts and counts == sorted(counts)
+    assert counts and counts == sorted(counts) and counts[-1] >= 4
     collect("cheetah", path, CollectConfig(episodes=4, steps=STEPS, seed=3))
     with open_store(path) as store:
-        assert store.num_episodes >= 4
+        assert store.num_episodes == counts[-1]
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []  # the resumed run removed what the killed writers left
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (its temporaries count as abandoned)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
+def test_resume_with_nothing_to_do_removes_a_killed_writers_temporaries(
+    tmp_path: Path, suffix: str
+) -> None:
+    path = tmp_path / f"cheetah{suffix}"
+    collect("cheetah", path, CollectConfig(episodes=1, steps=STEPS, seed=3))
+    token = f"{_dead_pid()}-{'0' * 32}"
+    left = [tmp_path / f".{path.name}.append-{token}{suffix}"]
+    left.append(tmp_path / f".{path.name}.creating-{token}{suffix}")
+    for leftover in left:
+        leftover.mkdir()
+    other = tmp_path / f".{path.name}.append-{os.getpid()}-{'1' * 32}{suffix}"
+    other.mkdir()  # a live writer's (this process's): kept
+    assert collect("cheetah", path, CollectConfig(episodes=1, steps=STEPS, seed=3)).collected == 0
+    assert not any(p.exists() for p in left) and other.exists()
+
+
+def test_a_new_store_appears_only_with_its_first_episodes(tmp_path: Path) -> None:
+    """Collect creates the store with its first committed episodes (a kill before
+    leaves nothing at --out; a Zarr store is never visible half-appended)."""
+    path = tmp_path / "cheetah.zarr"
+    seen = []
+    original = run_module._Sink.commit
+
+    def watching(sink: run_module._Sink) -> None:
+        seen.append(path.exists())
+        original(sink)
+
+    run_module._Sink.commit = watching  # type: ignore[method-assign]
+    try:
+        collect("cheetah", path, CollectConfig(episodes=2, steps=STEPS, seed=3, commit_seconds=0))
+    finally:
+        run_module._Sink.commit = original  # type: ignore[method-assign]
+    assert seen[0] is False and any(seen)  # absent until the first commit

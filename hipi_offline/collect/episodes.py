@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from hipi_offline.envs.base import TaskEnv, env_task_spec, make_env
+from hipi_offline.errors import InputError
 from hipi_offline.experts.base import Expert, make_expert
 from hipi_offline.tasks.spec import TaskSpec
 
@@ -24,6 +25,19 @@ class Episode:
 
     def __repr__(self) -> str:
         return f"Episode(steps={len(self.actions)}, fields={sorted(self.fields)})"
+
+
+MAX_SEED = 2**63 - 1
+"""Largest seed accepted (seeds are stored as int64 attributes)."""
+
+
+def check_seed(seed: object, option: str = "--seed") -> int:
+    """A seed from 0 to :data:`MAX_SEED`, or a one-line InputError naming ``option``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InputError(f"{option}: must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise InputError(f"{option}: must be from 0 to {MAX_SEED} (2**63 - 1), got {seed}")
+    return int(seed)
 
 
 def unit_seeds(seed: int, unit: int) -> np.random.SeedSequence:
@@ -86,7 +100,9 @@ def commanded_unit(
     return [_run_commanded(worker, task, steps, env_seed)]
 
 
-def play_unit(env_name: str, steps: int, seed: int, unit: int, windows: int) -> list[Episode]:
+def play_unit(
+    env_name: str, steps: int, seed: int, unit: int, windows: int, options: ExpertOptions = ()
+) -> list[Episode]:
     """``windows`` windows of ``steps`` steps cut from one play stream, each ending at
     the completion of a sub-task and labeled with that sub-task.
 
@@ -105,12 +121,12 @@ def play_unit(env_name: str, steps: int, seed: int, unit: int, windows: int) -> 
     Episode fields: ``task`` (sub-task index), ``stream`` (the unit), ``window``
     (0, 1, ... in stream order) and ``stream_offset`` (stream row of the first step).
     """
-    stream, ends = play_recording(env_name, steps, seed, unit, windows)
+    stream, ends = play_recording(env_name, steps, seed, unit, windows, options)
     return play_windows(stream, ends, steps)
 
 
 def play_recording(
-    env_name: str, steps: int, seed: int, unit: int, windows: int
+    env_name: str, steps: int, seed: int, unit: int, windows: int, options: ExpertOptions = ()
 ) -> tuple[Episode, list[int]]:
     """The play stream of a unit from its first row to its last window's end, as one
     episode, and the stream rows where its windows end (see :func:`play_unit`).
@@ -120,7 +136,7 @@ def play_recording(
     """
     from hipi_offline.experts.desk_play import PlayStream
 
-    worker = _worker(env_name)
+    worker = _worker(env_name, options)
     stream_seed = int(unit_seeds(seed, unit).generate_state(1)[0])
     stream = PlayStream(worker.env, worker.expert, stream_seed)
     limit = 20 * windows * steps + 5000  # a script that stops completing sub-tasks
@@ -194,7 +210,7 @@ def run_unit(args: tuple[str, int, int, int, int, bool, ExpertOptions]) -> UnitR
     env_name, steps, seed, unit, windows, keep_stream, options = args
     _single_thread()
     if env_name in PLAY_ENVS:
-        stream, ends = play_recording(env_name, steps, seed, unit, windows)
+        stream, ends = play_recording(env_name, steps, seed, unit, windows, options)
         return UnitResult(play_windows(stream, ends, steps), stream if keep_stream else None)
     return UnitResult(commanded_unit(env_name, steps, seed, unit, options))
 

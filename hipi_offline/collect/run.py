@@ -19,14 +19,18 @@ from hipi_offline.collect.episodes import (
     Episode,
     UnitResult,
     batch_arrays,
+    check_seed,
     close_workers,
     run_unit,
 )
+from hipi_offline.collect.space import MAX_STEPS, bytes_per_step, check_space, check_target
 from hipi_offline.envs.base import make_env
-from hipi_offline.errors import InputError
+from hipi_offline.errors import InputError, one_line
 from hipi_offline.experts.base import make_expert
 from hipi_offline.parallel import ordered_map
 from hipi_offline.progress import progress_bar
+from hipi_offline.store.atomic import remove_abandoned_siblings
+from hipi_offline.store.backends import COMPRESSIONS
 from hipi_offline.store.store import TrajectoryStore, create_store, open_store
 
 
@@ -81,11 +85,11 @@ class CollectSummary:
         return lines
 
 
-def _prepare(
-    env_name: str, out: Path, config: CollectConfig, steps: int, stream: bool = False
-) -> TrajectoryStore:
-    """Create or reopen a store, checking that it was collected with these options
-    (``stream``: the store of whole play streams)."""
+def _metadata(
+    env_name: str, config: CollectConfig, steps: int, stream: bool = False
+) -> dict[str, object]:
+    """The root attributes that tie a store to these options (``stream``: the store of
+    whole play streams)."""
     expected: dict[str, object] = {
         "env": env_name,
         "collect_seed": config.seed,
@@ -97,23 +101,34 @@ def _prepare(
         expected["collect_expert"] = " ".join(sorted(config.expert))
     if stream:
         expected["collect_stream"] = True
-    if not out.exists():
-        create_store(out, env=env_name, metadata=expected, compression=config.compression).close()
+    return expected
+
+
+def _reopen(
+    env_name: str, out: Path, config: CollectConfig, steps: int, stream: bool = False
+) -> TrajectoryStore | None:
+    """Reopen an existing store for appending, checking that it was collected with
+    these options; None when there is none yet (it is created with its first episodes,
+    so a new store is never visible without them)."""
+    if not out.exists() and not out.is_symlink():
+        return None
+    expected = _metadata(env_name, config, steps, stream)
     store = open_store(out, "a")
     attrs = store.attrs
-    if not config.expert and attrs.get("collect_expert"):
+    try:
+        if not config.expert and attrs.get("collect_expert"):
+            raise InputError(f"{out}: was collected with --expert {attrs['collect_expert']}")
+        if not stream and attrs.get("collect_stream"):
+            raise InputError(f"{out}: holds whole play streams; give it as --stream-out")
+        for key, value in expected.items():
+            if attrs.get(key) != value:
+                raise InputError(
+                    f"{out}: was collected with {key}={attrs.get(key)!r}, not {value!r}; "
+                    "use the same options to resume, or another --out"
+                )
+    except BaseException:
         store.close()
-        raise InputError(f"{out}: was collected with --expert {attrs['collect_expert']}")
-    if not stream and attrs.get("collect_stream"):
-        store.close()
-        raise InputError(f"{out}: holds whole play streams; give it as --stream-out")
-    for key, value in expected.items():
-        if attrs.get(key) != value:
-            store.close()
-            raise InputError(
-                f"{out}: was collected with {key}={attrs.get(key)!r}, not {value!r}; "
-                "use the same options to resume, or another --out"
-            )
+        raise
     return store
 
 
@@ -134,18 +149,22 @@ def _units(
 
 def expert_options(env_name: str, pairs: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
     """``NAME=VALUE`` strings as sorted (name, value) pairs, values parsed as int, float
-    or text; checked by building the expert."""
+    or text; checked by building the expert (one line naming the option)."""
     parsed: dict[str, Any] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
-        if not sep or not name:
+        if not sep or not name.strip():
             raise InputError(f"--expert: expected NAME=VALUE, got {pair!r}")
-        parsed[name] = _value(text)
+        if name in parsed:
+            raise InputError(f"--expert {name}: given twice")
+        parsed[name] = _value(text.strip())
     if parsed:
         try:
             make_expert(env_name, **parsed)
-        except TypeError as err:
-            raise InputError(f"--expert: {env_name} expert: {err}") from None
+        except InputError as err:
+            raise InputError(f"--expert {err}") from None
+        except (TypeError, ValueError) as err:
+            raise InputError(f"--expert: {env_name} expert: {one_line(str(err))}") from None
     return tuple(sorted(parsed.items()))
 
 
@@ -158,94 +177,154 @@ def _value(text: str) -> Any:
     return text
 
 
+MAX_WORKERS = 1024
+
+
 def _check_options(env_name: str, out: Path, config: CollectConfig) -> None:
     """Options that need no environment: one-line errors."""
+    check_seed(config.seed)
     if config.episodes < 1:
         raise InputError(f"--episodes: must be positive, got {config.episodes}")
-    if config.workers < 1:
-        raise InputError(f"--workers: must be positive, got {config.workers}")
+    if not 1 <= config.workers <= MAX_WORKERS:
+        raise InputError(f"--workers: must be from 1 to {MAX_WORKERS}, got {config.workers}")
     if config.windows < 1:
         raise InputError(f"--windows: must be positive, got {config.windows}")
+    if config.compression not in COMPRESSIONS:
+        raise InputError(f"compression: {config.compression!r} is not one of {COMPRESSIONS}")
+    check_target(out, "--out")
     if config.stream_out is not None:
         if env_name not in PLAY_ENVS:
             raise InputError(
                 f"--stream-out: only play environments ({', '.join(sorted(PLAY_ENVS))}) "
                 f"record streams, not {env_name!r}"
             )
+        check_target(Path(config.stream_out), "--stream-out")
         if Path(config.stream_out).resolve() == out.resolve():
             raise InputError("--stream-out: must be another store than --out")
 
 
 class _Sink:
-    """Pending episodes of one store, appended in batches."""
+    """Pending episodes of one store, appended in batches; a new store is created
+    with its first batch (it appears only once it holds committed episodes)."""
 
-    def __init__(self, store: TrajectoryStore, first_unit: int) -> None:
-        self.store, self.first_unit = store, first_unit
+    def __init__(
+        self,
+        path: Path,
+        store: TrajectoryStore | None,
+        metadata: dict[str, object],
+        compression: str,
+    ) -> None:
+        self.path, self.store, self.metadata = path, store, metadata
+        self.compression = compression if store is None else store.attrs.get("compression")
+        self.first_unit = 0
         self.pending: list[Episode] = []
+
+    @property
+    def episodes(self) -> int:
+        return 0 if self.store is None else self.store.num_episodes
 
     def add(self, unit: int, episodes: list[Episode]) -> None:
         if unit >= self.first_unit:  # units below are stored already
             self.pending += episodes
 
     def commit(self) -> None:
-        if self.pending:
-            self.store.append_episodes(**batch_arrays(self.pending))
-            self.pending = []
+        if not self.pending:
+            return
+        arrays = batch_arrays(self.pending)
+        if self.store is None:
+            env = str(self.metadata["env"])
+            with create_store(
+                self.path, env=env, metadata=self.metadata, compression=self.compression
+            ) as new:
+                new.append_episodes(**arrays)
+            self.store = open_store(self.path, "a")
+        else:
+            self.store.append_episodes(**arrays)
+        self.pending = []
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
 
 def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSummary:
-    """Collect expert episodes of an environment into a store (see module docstring)."""
+    """Collect expert episodes of an environment into a store (see module docstring).
+
+    Every option, the stores to continue, writability and the free space the new
+    episodes need are checked before the first rollout; a store is created only with
+    its first committed episodes."""
     out = Path(out)
     _check_options(env_name, out, config)
     env = make_env(env_name)
-    steps = config.steps if config.steps is not None else env.info.default_steps
-    env.close()
-    expert_options(env_name, config.expert)  # bad options fail before any store is made
-    if steps < 1:
-        raise InputError(f"--steps: must be positive, got {steps}")
+    try:
+        steps = config.steps if config.steps is not None else env.info.default_steps
+        expert_options(env_name, config.expert)  # bad options fail before any store is made
+        if not 1 <= steps <= MAX_STEPS:
+            raise InputError(f"--steps: must be from 1 to {MAX_STEPS:,}, got {steps}")
+        step_bytes = bytes_per_step(env)
+    finally:
+        env.close()
     per_unit = config.windows if env_name in PLAY_ENVS else 1
     started = time.perf_counter()
     targets = [(out, False)]
     if config.stream_out is not None:
         targets.append((Path(config.stream_out), True))
-    for path, stream in targets:  # check existing stores before creating any
-        if path.exists():
-            _prepare(env_name, path, config, steps, stream).close()
-    with ExitStack() as stores:
-        store = stores.enter_context(_prepare(env_name, out, config, steps))
-        have = store.num_episodes
+    with ExitStack() as stack:
+        sinks = []
+        for path, stream in targets:  # check existing stores before writing anything
+            store = _reopen(env_name, path, config, steps, stream)
+            metadata = _metadata(env_name, config, steps, stream)
+            sinks.append(_Sink(path, store, metadata, config.compression))
+            stack.callback(sinks[-1].close)
+        have = sinks[0].episodes
         if have % per_unit:
             raise InputError(f"{out}: holds {have} episodes, not whole play streams of {per_unit}")
-        sinks = [_Sink(store, have // per_unit)]
-        if config.stream_out is not None:
-            streams = stores.enter_context(
-                _prepare(env_name, Path(config.stream_out), config, steps, stream=True)
-            )
-            sinks.append(_Sink(streams, streams.num_episodes))
+        sinks[0].first_unit = have // per_unit
+        if len(sinks) > 1:
+            sinks[1].first_unit = sinks[1].episodes
         first = min(sink.first_unit for sink in sinks)
         last = max(first, -(-config.episodes // per_unit))
-        last_commit = time.perf_counter()
-        with progress_bar(
-            total=max(0, last - sinks[0].first_unit) * per_unit,
-            desc=f"collect {env_name}",
-            unit="ep",
-        ) as bar:
-            for unit, result in enumerate(_units(env_name, steps, config, first, last), first):
-                sinks[0].add(unit, result.episodes)
-                if result.stream is not None and len(sinks) > 1:
-                    sinks[1].add(unit, [result.stream])
-                if unit >= sinks[0].first_unit:
-                    bar.update(len(result.episodes))
-                if time.perf_counter() - last_commit >= config.commit_seconds:
-                    for sink in sinks:  # windows first: a kill between leaves streams behind
-                        sink.commit()
-                    last_commit = time.perf_counter()
-            for sink in sinks:
-                sink.commit()
-        total = store.num_episodes
-        streams = sinks[-1].store.num_episodes if len(sinks) > 1 else 0
+        for sink, (path, stream) in zip(sinks, targets, strict=True):
+            rows = (last - sink.first_unit) * (1 if stream else per_unit) * steps
+            rows *= config.windows if stream else 1  # a stream holds at least its windows
+            check_space(path, rows * step_bytes, str(sink.compression), sink.store is not None)
+            remove_abandoned_siblings(path)  # what killed writers left beside the store
+        _collect_units(env_name, steps, config, sinks, first, last, per_unit)
+        total = sinks[0].episodes
+        streams = sinks[-1].episodes if len(sinks) > 1 else 0
     stream_path = None if config.stream_out is None else str(config.stream_out)
     seconds = time.perf_counter() - started
     return CollectSummary(
         env_name, str(out), total - have, total, steps, seconds, stream_path, streams
     )
+
+
+def _collect_units(
+    env_name: str,
+    steps: int,
+    config: CollectConfig,
+    sinks: list[_Sink],
+    first: int,
+    last: int,
+    per_unit: int,
+) -> None:
+    """Run units ``first .. last - 1`` and commit their episodes to the sinks."""
+    last_commit = time.perf_counter()
+    with progress_bar(
+        total=max(0, last - sinks[0].first_unit) * per_unit,
+        desc=f"collect {env_name}",
+        unit="ep",
+    ) as bar:
+        for unit, result in enumerate(_units(env_name, steps, config, first, last), first):
+            sinks[0].add(unit, result.episodes)
+            if result.stream is not None and len(sinks) > 1:
+                sinks[1].add(unit, [result.stream])
+            if unit >= sinks[0].first_unit:
+                bar.update(len(result.episodes))
+            if time.perf_counter() - last_commit >= config.commit_seconds:
+                for sink in sinks:  # windows first: a kill between leaves streams behind
+                    sink.commit()
+                last_commit = time.perf_counter()
+        for sink in sinks:
+            sink.commit()
