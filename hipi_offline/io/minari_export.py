@@ -411,6 +411,8 @@ def _dataset_metadata(
     try:
         metadata = _metadata_values(store, plan, labels, dataset_id)
         json.dumps(metadata)
+    except InputError:
+        raise
     except (UnsupportedValue, TypeError, ValueError, RecursionError) as err:
         raise InputError(
             f"{store.path}: an attribute has no JSON form ({one_line(err, 120)}); "
@@ -453,10 +455,14 @@ def _metadata_values(
 
 
 def _label_metadata(label: LabelSet) -> dict[str, Any]:
+    try:
+        attrs = jsonable(dict(label.attrs))
+    except (UnsupportedValue, RecursionError) as err:
+        raise _damaged(label.name, f"an attribute is {err}") from None
     return {
         "candidates": np.asarray(label.candidates, np.float32).tolist(),
         "k": label.k,
-        "attrs": jsonable(dict(label.attrs)),
+        "attrs": attrs,
         "episode_attrs": [f"labels/{label.name}/{key}" for key in _LABEL_ATTRS],
     }
 
