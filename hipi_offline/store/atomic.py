@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import uuid
 from pathlib import Path
+
+from hipi_offline.errors import InputError, ResourceError
 
 _TOKEN = re.compile(r"(\d+)-[0-9a-f]{32}")
 
@@ -108,3 +111,71 @@ def replace_path(source: Path, target: Path) -> None:
         if trash is not None:
             remove_path(trash)
     fsync_path(target.parent)
+
+
+def human_bytes(size: float) -> str:
+    """``size`` bytes as a short text (``1.5 MiB``)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"  # pragma: no cover
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Fail before any work when ``folder`` cannot be written: a missing folder is
+    the user's input (InputError); a read-only file system or a folder without
+    write permission is the environment (ResourceError). Writes nothing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder for {what}; create it first")
+    if os.access(folder, os.W_OK | os.X_OK):
+        return
+    read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    reason = "read-only file system" if read_only else "permission denied"
+    raise ResourceError(f"{folder}: cannot write {what} here ({reason})")
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """A ResourceError (needed vs free) when ``folder``'s file system has less than
+    ``needed`` bytes free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ResourceError(
+            f"{folder}: not enough free space for {what}: needs about {human_bytes(needed)}, "
+            f"{human_bytes(free)} free; free some space or choose another folder"
+        )
+
+
+def special_file_error(path: Path, mode: int) -> InputError:
+    """The one-line error for a path that is neither a regular file nor a folder."""
+    kind = (
+        "a named pipe (FIFO)"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a special file"
+    )
+    return InputError(f"{path}: is {kind}, not a regular file or folder")
+
+
+def check_plain_tree(root: Path, what: str, skip: tuple[str, ...] = ()) -> None:
+    """Refuse a folder tree holding a symbolic link or a special file (a FIFO would
+    hang a read; a link could lead out of the store). Never follows links; ``skip``
+    names top-level entries checked elsewhere."""
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        if folder == str(root):
+            dirs[:] = [d for d in dirs if d not in skip]
+            files = [f for f in files if f not in skip]
+        for name in (*dirs, *files):
+            path = Path(folder) / name
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                raise InputError(
+                    f"{path}: is a symbolic link (to {os.readlink(path)}) inside {what}; "
+                    "stores may not hold links (remove it)"
+                )
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise special_file_error(path, mode)

@@ -9,6 +9,9 @@ Backends are chosen by file suffix and import their library lazily.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -16,6 +19,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from hipi_offline.errors import InputError
+from hipi_offline.store.atomic import check_plain_tree, special_file_error
 
 Compression = Literal["none", "fast", "small"]
 COMPRESSIONS: tuple[str, ...] = ("none", "fast", "small")
@@ -44,6 +48,7 @@ class Backend(Protocol):
     def create(self, name: str, data: np.ndarray, chunk_rows: int, compression: str) -> None: ...
     def resize(self, name: str, rows: int) -> None: ...
     def write(self, name: str, start: int, data: np.ndarray) -> None: ...
+    def clear_data(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -62,11 +67,31 @@ def backend_kind(path: Path) -> str:
 def open_backend(path: Path, mode: Literal["r", "a", "w"]) -> Backend:
     """Open (``r``/``a``) or create (``w``) the backend that the suffix names."""
     kind = backend_kind(path)
-    if mode != "w" and not path.exists():
-        raise InputError(f"{path}: no such store")
+    if mode != "w":
+        check_store_files(path, kind)
     if kind == "hdf5":
         return Hdf5Backend(path, mode)
     return ZarrBackend(path, mode)
+
+
+def check_store_files(path: Path, kind: str) -> None:
+    """Before opening: the path is a regular file (HDF5) or a folder of regular files
+    and folders (Zarr; its label area is checked by ``labels.py``). A FIFO or other
+    special file is refused at once instead of hanging the read."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such store") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot open the store ({err.strerror})") from None
+    if kind == "hdf5" and stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{path}: is a directory, not an HDF5 file")
+    if kind == "zarr" and stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: is a file, not a Zarr store folder")
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        raise special_file_error(path, info.st_mode)
+    if kind == "zarr":
+        check_plain_tree(path, f"the store {path}", skip=("labels",))
 
 
 # what h5py, zarr and their codecs raise on damaged metadata or chunks (a JSON
@@ -102,8 +127,6 @@ class Hdf5Backend:
 
         self.path = path
         self.writable = mode != "r"
-        if mode != "w" and path.is_dir():
-            raise InputError(f"{path}: is a directory, not an HDF5 file")
         try:
             self._file = h5py.File(path, {"r": "r", "a": "r+", "w": "w"}[mode])
         except OSError as err:
@@ -166,6 +189,14 @@ class Hdf5Backend:
 
     def write(self, name: str, start: int, data: np.ndarray) -> None:
         self._file[name][start : start + len(data)] = data
+
+    def clear_data(self) -> None:
+        """Remove every array but ``episodes/ends`` (leftovers of an uncommitted append)."""
+        if "steps" in self._file:
+            del self._file["steps"]
+        for key in list(self._file.get("episodes", {})):
+            if key != "ends":
+                del self._file["episodes"][key]
 
     def close(self) -> None:
         if self._file.id.valid:
@@ -257,6 +288,22 @@ class ZarrBackend:
 
     def write(self, name: str, start: int, data: np.ndarray) -> None:
         self._array(name)[start : start + len(data)] = data
+
+    def clear_data(self) -> None:
+        """Remove every array but ``episodes/ends`` (leftovers of an uncommitted append,
+        whose metadata may be half written: removed as files, not read)."""
+        self._cache.clear()
+        steps = self.path / "steps"
+        if steps.is_dir() and not steps.is_symlink():
+            shutil.rmtree(steps)
+        episodes = self.path / "episodes"
+        for entry in os.scandir(episodes) if episodes.is_dir() else ():
+            if entry.name in ("ends", "zarr.json"):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
 
     def close(self) -> None:
         self._cache.clear()

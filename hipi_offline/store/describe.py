@@ -8,8 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from hipi_offline.errors import InputError, one_line
 from hipi_offline.store.labels import LabelSet, PosteriorSpread
-from hipi_offline.store.store import open_store
+from hipi_offline.store.store import TrajectoryStore, open_store
+
+# what a crafted label set's attributes can make the summary raise
+_SUMMARY_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,18 @@ def summarize_labels(labels: LabelSet, shown: int = 3) -> LabelSummary:
     )
 
 
+def _summary(store: TrajectoryStore, name: str) -> LabelSummary:
+    """One label set's summary; a damaged or crafted set is one InputError naming it."""
+    labels = store.read_labels(name)
+    try:
+        return summarize_labels(labels)
+    except _SUMMARY_ERRORS as err:
+        reason = one_line(str(err) or type(err).__name__, 200)
+        raise InputError(
+            f"labels/{name}: damaged label set ({reason}); relabel with --overwrite"
+        ) from None
+
+
 def describe_store(path: str | Path) -> StoreDescription:
     """Read a store's metadata and label sets (the step data itself is not loaded)."""
     with open_store(path) as store:
@@ -118,5 +134,5 @@ def describe_store(path: str | Path) -> StoreDescription:
             length_stats=stats,
             step_fields={n: (i.shape, str(i.dtype)) for n, i in store.step_fields().items()},
             episode_fields={n: (i.shape, str(i.dtype)) for n, i in store.episode_fields().items()},
-            labels=[summarize_labels(store.read_labels(n)) for n in store.label_names()],
+            labels=[_summary(store, n) for n in store.label_names()],
         )

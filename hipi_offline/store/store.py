@@ -15,6 +15,7 @@ overwritten by the next append, so ``ends`` is written last and is the commit.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,7 +27,14 @@ from typing import Any, Literal
 import numpy as np
 
 from hipi_offline.errors import InputError
-from hipi_offline.store.atomic import remove_abandoned_siblings, remove_path, replace_path, sibling
+from hipi_offline.store.atomic import (
+    check_free_space,
+    check_writable_folder,
+    remove_abandoned_siblings,
+    remove_path,
+    replace_path,
+    sibling,
+)
 from hipi_offline.store.backends import (
     COMPRESSIONS,
     ArrayInfo,
@@ -80,6 +88,7 @@ class TrajectoryStore:
         self.path = path or backend.path
         self.kind = backend.kind
         self._staging = backend.path if staging else None
+        self._overwrite = False
         self._ends: np.ndarray | None = None
 
     # ---------------------------------------------------------------- constructors
@@ -93,20 +102,43 @@ class TrajectoryStore:
         compression: str = "none",
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         overwrite: bool = False,
+        expected_bytes: int = 0,
     ) -> TrajectoryStore:
         """Create an empty store (episodes are added with :meth:`append_episodes`).
 
         The store is built under a hidden temporary name beside ``path`` and moved
         into place when closed without an error (a failed or killed creation leaves
-        any existing store at ``path`` untouched)."""
+        any existing store at ``path`` untouched). Only a hipi-offline store is ever
+        replaced, and only with ``overwrite``; a link or anything else is refused.
+        ``expected_bytes``: the size the caller will write, checked against the free
+        space before anything is written."""
         path = Path(path)
         backend_kind(path)
         if compression not in COMPRESSIONS:
             raise InputError(f"compression: {compression!r} is not one of {COMPRESSIONS}")
-        if path.exists() and not overwrite:
-            raise InputError(f"{path}: already exists; pass overwrite to replace it")
+        _check_replaceable(path, overwrite)
+        check_writable_folder(path.parent, f"the store {path.name}")
         remove_abandoned_siblings(path)
+        check_free_space(path.parent, expected_bytes, f"the store {path.name}")
         staging = sibling(path, "creating")
+        try:
+            backend = cls._start(staging, env, metadata, compression, chunk_rows)
+        except BaseException:
+            remove_path(staging)
+            raise
+        store = cls(backend, path=path, staging=True)
+        store._overwrite = overwrite
+        return store
+
+    @staticmethod
+    def _start(
+        staging: Path,
+        env: str,
+        metadata: Mapping[str, Any] | None,
+        compression: str,
+        chunk_rows: int,
+    ) -> Backend:
+        """Write the empty store's root attributes and ``episodes/ends`` at ``staging``."""
         backend = open_backend(staging, "w")
         attrs = {
             FORMAT_ATTR: FORMAT_VERSION,
@@ -116,11 +148,15 @@ class TrajectoryStore:
             "chunk_rows": int(chunk_rows),
         }
         attrs.update(dict(metadata or {}))
-        backend.set_attrs(attrs)
-        backend.create("episodes/ends", np.zeros(0, np.int64), 4096, "none")
-        if backend.kind == "zarr":
-            ensure_zarr_labels_group(staging)
-        return cls(backend, path=path, staging=True)
+        try:
+            backend.set_attrs(attrs)
+            backend.create("episodes/ends", np.zeros(0, np.int64), 4096, "none")
+            if backend.kind == "zarr":
+                ensure_zarr_labels_group(staging)
+        except BaseException:
+            backend.close()
+            raise
+        return backend
 
     @classmethod
     def open(cls, path: str | Path, mode: Literal["r", "a"] = "r") -> TrajectoryStore:
@@ -141,18 +177,25 @@ class TrajectoryStore:
 
     def close(self, commit: bool = True) -> None:
         """Close the store; a store being created is moved into place (``commit``)
-        or discarded."""
-        self._backend.close()
+        or discarded (also when closing or moving it fails: nothing is left behind)."""
         staging, self._staging = self._staging, None
         if staging is None:
+            self._backend.close()
             return
-        if commit:
-            replace_path(staging, self.path)
-            stale_labels = hdf5_sidecar(self.path)  # an HDF5 store's replaced labels
-            if self.kind == "hdf5" and stale_labels.is_dir():
-                shutil.rmtree(stale_labels)
-        else:
+        try:
+            self._backend.close()
+            if commit:
+                _check_replaceable(self.path, self._overwrite)
+                replace_path(staging, self.path)
+        except BaseException:
             remove_path(staging)
+            raise
+        if not commit:
+            remove_path(staging)
+            return
+        stale_labels = hdf5_sidecar(self.path)  # an HDF5 store's replaced labels
+        if self.kind == "hdf5" and stale_labels.is_dir() and not stale_labels.is_symlink():
+            shutil.rmtree(stale_labels)
 
     def __repr__(self) -> str:
         return (
@@ -161,6 +204,19 @@ class TrajectoryStore:
         )
 
     # ---------------------------------------------------------------- validation
+    def _nothing_committed(self) -> bool:
+        """True for a store without a committed episode: one just created, or one whose
+        first append was killed (its half-written fields are ignored, and removed by
+        the next append, so that the store stays resumable)."""
+        try:
+            ends = self._backend.read("episodes/ends")
+        except InputError:
+            return False
+        if ends.ndim != 1 or ends.dtype.kind not in "iu":
+            return False
+        self._ends = None
+        return len(self._read_ends()) == 0
+
     def _validate(self) -> None:
         attrs = self._backend.attrs()
         if FORMAT_ATTR not in attrs:
@@ -173,12 +229,14 @@ class TrajectoryStore:
                 f"{self.path}: {FORMAT_ATTR}={attrs[FORMAT_ATTR]} is not supported "
                 f"(this version reads {FORMAT_VERSION})"
             )
+        if self._nothing_committed():
+            # a store created but never appended to (or whose first append was
+            # killed) opens (commands that need episodes say so), so appends resume
+            self._ends = np.zeros(0, np.int64)
+            return
         fields = self.step_fields()
         info = self._backend.arrays("episodes").get("episodes/ends")
-        # a store created but never appended to has no step fields yet: it opens
-        # (commands that need episodes say so), so that appends can resume
-        empty = not fields and info is not None and info.shape == (0,)
-        for required in () if empty else REQUIRED_STEP_FIELDS:
+        for required in REQUIRED_STEP_FIELDS:
             if not any(k == required or k.startswith(required + "/") for k in fields):
                 raise InputError(f"{self.path}: required field {required} is missing")
         if info is None:
@@ -381,6 +439,8 @@ class TrajectoryStore:
             "episodes/" + _relative(k, "episodes"): np.asarray(v)
             for k, v in (episodes or {}).items()
         }
+        if self.num_episodes == 0:
+            self._backend.clear_data()  # leftovers of a killed first append
         self._check_append(steps, eps, new_rows, len(lengths_arr))
         old_rows, old_eps = self.num_steps, self.num_episodes
         chunk_rows = int(self.attrs.get("chunk_rows", DEFAULT_CHUNK_ROWS))
@@ -456,6 +516,22 @@ class TrajectoryStore:
                 f"{self.num_episodes}; relabel with --overwrite"
             )
         return labels
+
+
+def _check_replaceable(path: Path, overwrite: bool) -> None:
+    """Creating at ``path``: nothing there, or (with ``overwrite``) a hipi-offline store
+    and, for HDF5, a real label folder beside it."""
+    from hipi_offline.ownership import check_replaceable_store  # (imports this package)
+
+    if not os.path.lexists(path):
+        return
+    if not overwrite:
+        what = "a symbolic link" if path.is_symlink() else "something"
+        raise InputError(f"{path}: {what} already exists there; pass overwrite to replace it")
+    check_replaceable_store(path)
+    sidecar = hdf5_sidecar(path)
+    if backend_kind(path) == "hdf5" and sidecar.is_symlink():
+        raise InputError(f"{sidecar}: is a symbolic link; --overwrite never replaces a link")
 
 
 def open_store(path: str | Path, mode: Literal["r", "a"] = "r") -> TrajectoryStore:

@@ -72,12 +72,35 @@ def synthetic_episodes(
     return step_fields, episode_fields
 
 
+STEP_BYTES = (8 + 6 + 1 + 1) * 4  # observations, actions, speed, height (float32)
+EPISODE_BYTES = (1 + 2) * 4 + 8  # task, goal (float32) and the episode end (int64)
+METADATA_BYTES = 256 * 1024
+
+
+def _rounded(rows: int, chunk: int) -> int:
+    return -(-rows // chunk) * chunk
+
+
+def synthetic_store_bytes(config: SyntheticConfig) -> int:
+    """Bytes the store takes on disk, uncompressed (both backends store whole chunks)."""
+    steps = _rounded(config.episodes * config.steps, config.chunk_rows) * STEP_BYTES
+    return steps + _rounded(config.episodes, 4096) * EPISODE_BYTES + METADATA_BYTES
+
+
+def _check_config(config: SyntheticConfig) -> None:
+    for name in ("episodes", "steps", "chunk_rows", "batch_episodes"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InputError(f"{name}: must be a positive integer, got {value!r}")
+
+
 def make_synthetic_store(
     path: str | Path, config: SyntheticConfig = SyntheticConfig(), overwrite: bool = False
 ) -> Path:
-    """Write the synthetic dataset to ``path`` (.h5/.hdf5 or .zarr) and return the path."""
-    if config.episodes <= 0 or config.steps <= 0:
-        raise InputError("episodes and steps: must be positive")
+    """Write the synthetic dataset to ``path`` (.h5/.hdf5 or .zarr) and return the path.
+    Everything (path, options, writability, free space) is checked before the first
+    byte is written; a failure leaves nothing behind."""
+    _check_config(config)
     rng = np.random.default_rng(config.seed)
     path = Path(path)
     with TrajectoryStore.create(
@@ -87,6 +110,7 @@ def make_synthetic_store(
         compression=config.compression,
         chunk_rows=config.chunk_rows,
         overwrite=overwrite,
+        expected_bytes=synthetic_store_bytes(config),
     ) as store:
         done = 0
         with progress_bar(total=config.episodes, desc="synthetic episodes", unit="ep") as bar:
