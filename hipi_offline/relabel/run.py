@@ -26,6 +26,10 @@ from hipi_offline.store.labels import (
     LabelSet,
     PosteriorSpread,
     check_can_write,
+    check_label_name,
+    check_label_space,
+    label_lock,
+    label_set_bytes,
     write_label_set,
 )
 from hipi_offline.store.store import DEFAULT_CHUNK_ROWS, TrajectoryStore, open_store
@@ -186,15 +190,26 @@ def _original(store: TrajectoryStore, spec: TaskSpec, dim: int) -> tuple[np.ndar
 
 
 def relabel(store_path: str | Path, config: RelabelConfig) -> RelabelSummary:
-    """Compute the posterior over tasks of every episode and write it as a label set."""
+    """Compute the posterior over tasks of every episode and write it as a label set.
+    Options and store are checked first; then the label set's lock is held from before
+    the computation through the commit (a concurrent writer of the set is refused)."""
     if config.method not in METHODS:
         raise InputError(f"--method: expected one of {', '.join(METHODS)}, got {config.method!r}")
     store_path = Path(store_path)
-    name = config.name or config.method
+    name = config.method if config.name is None else config.name
+    check_label_name(name)
     spec = _spec_with_overrides(config)
     device = resolve_device(config.device)
     if config.chunk_steps < 1:
         raise InputError(f"--chunk-steps: must be positive, got {config.chunk_steps}")
+    open_store(store_path).close()  # a missing or damaged store: nothing is created
+    with label_lock(store_path, name):
+        return _relabel_locked(store_path, config, name, spec, device)
+
+
+def _relabel_locked(
+    store_path: Path, config: RelabelConfig, name: str, spec: TaskSpec, device: torch.device
+) -> RelabelSummary:
     started = time.perf_counter()
     with open_store(store_path) as store:
         check_can_write(store_path, name, config.overwrite)
@@ -208,6 +223,9 @@ def relabel(store_path: str | Path, config: RelabelConfig) -> RelabelSummary:
             candidates, log_prior = spec.draw_candidates(config.seed, config.candidates)
         k = len(candidates)
         top_k = _top_k(config.top_k, k)
+        task_size = int(np.prod(candidates.shape[1:]))
+        needed = label_set_bytes(store.num_episodes, k, task_size, top_k)
+        check_label_space(store_path, name, needed)  # before the computation
         if config.method == "original":
             posterior = one_hot_posterior(assigned, k, top_k)
         elif config.method == "random":
