@@ -140,6 +140,7 @@ def _kill_at(proc: subprocess.Popen, word: str, count: int) -> None:
     proc.stdout.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".h5", ".zarr"])
 def test_killed_run_leaves_a_valid_store_of_finished_episodes(
     tmp_path: Path, straight: dict[str, np.ndarray], suffix: str
