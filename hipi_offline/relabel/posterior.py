@@ -8,6 +8,11 @@
 R is read in column tiles, so memory is bounded by N x tile: a first sweep
 gives log Z (per column) and the row normalizers (streamed logsumexp), a second
 gives top-k, entropy and coverage. Everything is float64.
+
+Nothing non-finite leaves :func:`inverse_rl_posterior`: its small outputs (log Z,
+row normalizers, entropy, coverage, top-k) are checked, which catches any NaN or
+inf in R, R / alpha or the scores; only then is R swept again to name the cause
+(:class:`NonFinitePosterior`). A log prior of -inf (zero prior mass) is allowed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+
+from hipi_offline.errors import InputError
 
 Block = Callable[[int, int], Tensor]  # (j0, j1) -> R[:, j0:j1] float64 on the device
 
@@ -36,6 +43,11 @@ class Posterior:
     def __repr__(self) -> str:
         n, k = self.topk_index.shape
         return f"Posterior(N={n}, K={len(self.log_z)}, k={k})"
+
+
+class NonFinitePosterior(InputError):
+    """The posterior would hold NaN or inf; the message names the cause (overflow of
+    the returns, a temperature too small for float64, or overflowing scores)."""
 
 
 def log_partition(returns: Tensor, temperature: float) -> Tensor:
@@ -77,6 +89,7 @@ def inverse_rl_posterior(
         row_norm = torch.logaddexp(row_norm, torch.logsumexp(s, dim=1))
         kept = s if single else None
 
+    zero_mass = log_prior is not None and bool(torch.isneginf(log_prior).any())
     top_k = min(top_k, k)
     best_val = torch.empty(n, 0, dtype=torch.float64, device=device)
     best_idx = torch.empty(n, 0, dtype=torch.int64, device=device)
@@ -85,7 +98,10 @@ def inverse_rl_posterior(
     for j0, j1 in bounds:
         s = kept if kept is not None else scores(j0, j1, block(j0, j1))
         q = torch.exp(s - row_norm[:, None])  # [N, tile]
-        expected_score += (q * s).sum(dim=1)
+        qs = q * s
+        if zero_mass:  # q log q -> 0 where the prior (so q) is 0: 0 * -inf is not NaN
+            qs = torch.where(q > 0, qs, 0.0)
+        expected_score += qs.sum(dim=1)
         coverage[j0:j1] = q.sum(dim=0) / n
         vals, idx = torch.topk(s, min(top_k, j1 - j0), dim=1)  # log q is s minus a row constant
         merged_val = torch.cat([best_val, vals], dim=1)
@@ -95,12 +111,52 @@ def inverse_rl_posterior(
     # H_i = -sum_j q log q = L_i - sum_j q_ij s_ij, since log q_ij = s_ij - L_i
     entropy = row_norm - expected_score
     best_val = best_val - row_norm[:, None]
+    if not _all_finite(log_z, row_norm, entropy, coverage, best_val[:, :1]) or bool(
+        best_val.isnan().any() or best_val.isposinf().any()
+    ):
+        _diagnose(block, bounds, temperature)
     return Posterior(
         log_z=log_z.cpu().numpy(),
         topk_index=best_idx.cpu().numpy(),
         topk_logprob=best_val.cpu().numpy(),
         entropy=entropy.clamp_min(0).cpu().numpy(),
         coverage=coverage.cpu().numpy(),
+    )
+
+
+def _all_finite(*tensors: Tensor) -> bool:
+    """Every entry of every tensor is finite (one small reduction each)."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _diagnose(block: Block, bounds: list[tuple[int, int]], temperature: float) -> None:
+    """Name why the posterior is not finite (called only then): R itself overflowed,
+    R / alpha does, or the scores do; always raises :class:`NonFinitePosterior`."""
+    largest, bad = 0.0, None
+    for j0, j1 in bounds:
+        returns = block(j0, j1)
+        finite = torch.isfinite(returns)
+        if bad is None and not bool(finite.all()):
+            i, j = (~finite).nonzero()[0].tolist()
+            bad = (i, j0 + j, float(returns[i, j]))
+        magnitude = torch.where(finite, returns.abs(), 0.0)
+        largest = max(largest, float(magnitude.max()) if magnitude.numel() else 0.0)
+    if bad is not None:
+        i, j, value = bad
+        raise NonFinitePosterior(
+            f"the returns overflow float64: R = {value} at episode {i}, candidate {j} "
+            f"(largest finite |R| {largest:.6g}); scale down the rewards or the prior"
+        )
+    scaled = largest / temperature
+    least = largest / 1e300
+    if not math.isfinite(scaled):
+        raise NonFinitePosterior(
+            f"temperature {temperature:.6g} is too small for float64: |R| / temperature "
+            f"overflows (largest |R| {largest:.6g}); use a temperature of at least {least:.3g}"
+        )
+    raise NonFinitePosterior(
+        f"the posterior scores overflow float64 (largest |R| / temperature {scaled:.6g}); "
+        f"use a temperature of at least {least:.3g}"
     )
 
 

@@ -14,7 +14,12 @@ is in float64. Two families have exact fast paths:
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -24,11 +29,19 @@ from torch import Tensor
 from hipi_offline.errors import InputError
 from hipi_offline.progress import progress_bar
 from hipi_offline.store.store import TrajectoryStore
-from hipi_offline.tasks.families import LinearFamily, RewardFamily, TargetFamily
+from hipi_offline.tasks.families import (
+    LinearFamily,
+    NonFiniteReward,
+    RewardFamily,
+    TargetFamily,
+)
 from hipi_offline.tasks.spec import TaskSpec
 
 Fields = Mapping[str, Tensor]
 MAX_REWARD_ELEMENTS = 1 << 22  # rows x tasks evaluated at once by the generic path
+# Peak bytes per element of an N x tile block of R, measured (RSS) on CPU: R, the
+# scores, q and q * s of the posterior; the sorted-target buckets and cumsums add more.
+TILE_FACTOR, SORTED_TILE_FACTOR = 5, 8
 
 
 class ReturnAccumulator(Protocol):
@@ -37,10 +50,11 @@ class ReturnAccumulator(Protocol):
 
 
 class GenericAccumulator:
-    """Evaluates the family's reward for every (step, task) pair."""
+    """Evaluates the family's reward for every (step, task) pair; ``tasks`` are the
+    candidates from index ``first`` on (for messages)."""
 
-    def __init__(self, family: RewardFamily, tasks: Tensor, episodes: int) -> None:
-        self.family, self.tasks = family, tasks
+    def __init__(self, family: RewardFamily, tasks: Tensor, episodes: int, first: int = 0) -> None:
+        self.family, self.tasks, self.first = family, tasks, first
         self.returns = torch.zeros(episodes, len(tasks), dtype=torch.float64, device=tasks.device)
 
     def add(self, fields: Fields, episode: Tensor, weight: Tensor | None) -> None:
@@ -48,7 +62,10 @@ class GenericAccumulator:
         step = max(1, MAX_REWARD_ELEMENTS // max(1, len(self.tasks)))
         for a in range(0, rows, step):
             part = {name: value[a : a + step] for name, value in fields.items()}
-            rewards = self.family.reward(part, self.tasks)  # [C, K]
+            try:
+                rewards = self.family.reward(part, self.tasks)  # [C, K]
+            except NonFiniteReward as err:
+                raise err.at_episode(int(episode[a + err.row]), self.first) from None
             if weight is not None:
                 rewards = rewards * weight[a : a + step, None]
             self.returns.index_add_(0, episode[a : a + step], rewards)
@@ -111,13 +128,15 @@ class SortedTargetAccumulator:
         return returns
 
 
-def make_accumulator(family: RewardFamily, tasks: Tensor, episodes: int) -> ReturnAccumulator:
-    """The fastest exact accumulator for a family."""
+def make_accumulator(
+    family: RewardFamily, tasks: Tensor, episodes: int, first: int = 0
+) -> ReturnAccumulator:
+    """The fastest exact accumulator for a family (``tasks`` start at candidate ``first``)."""
     if isinstance(family, LinearFamily):
         return LinearAccumulator(family, tasks.shape[1], episodes, tasks.device)
     if isinstance(family, TargetFamily) and tasks.shape[1] == 1:
         return SortedTargetAccumulator(family, tasks, episodes)
-    return GenericAccumulator(family, tasks, episodes)
+    return GenericAccumulator(family, tasks, episodes, first)
 
 
 def _to_device(name: str, array: np.ndarray, device: torch.device) -> Tensor:
@@ -237,8 +256,133 @@ def returns_tiles(
         shared: ReturnAccumulator | None = None
         for j0, j1 in bounds:
             if shared is None or not linear:
-                acc = make_accumulator(spec.family, tasks[j0:j1], n)
+                acc = make_accumulator(spec.family, tasks[j0:j1], n, j0)
                 shared = accumulate_returns(
                     store, spec, acc, device=device, chunk_steps=chunk_steps, progress=bar.update
                 )
             yield j0, j1, shared.result(tasks[j0:j1])
+
+
+def tile_columns(episodes: int, candidates: int, max_matrix_mb: float) -> int:
+    """Columns of R held at once: all K if N x K float64 fits ``max_matrix_mb``."""
+    return max(1, min(candidates, int(max_matrix_mb * 2**20 // (8 * episodes))))
+
+
+@dataclass(frozen=True)
+class RelabelSizes:
+    """Peak bytes a relabel run needs, by the option that controls each part."""
+
+    candidates: int
+    """Candidate arrays, per-candidate vectors and the N x tile work (``--candidates``)."""
+    top_k: int
+    """The N x k top-k indices and log-probabilities and their merges (``--top-k``)."""
+    chunk: int
+    """Two chunks of step rows in float64 (one is prefetched) (``--chunk-steps``)."""
+    spill: int
+    """Temporary disk for R when it is tiled (N x K float64), else 0."""
+    device_part: int
+    """The part of ``candidates`` + ``chunk`` that lives on the compute device."""
+
+    @property
+    def memory(self) -> int:
+        return self.candidates + self.top_k + self.chunk
+
+    @classmethod
+    def of(
+        cls,
+        store: TrajectoryStore,
+        spec: TaskSpec,
+        method: str,
+        counts: tuple[int, int, int],
+        chunk_steps: int,
+        tile: int,
+    ) -> RelabelSizes:
+        """``counts`` = (K candidates, task dimension, stored top-k)."""
+        k, dim, top_k = counts
+        n = store.num_episodes
+        per_candidate = k * (dim * (8 + 4 + 8) + 6 * 8)  # draws, float32, device copy, vectors
+        if method == "random":  # uniform keys and their argsort (and a tiled index)
+            return cls(per_candidate + n * k * (24 if top_k == k else 16), n * top_k * 16, 0, 0, 0)
+        family = spec.family
+        sorted_target = isinstance(family, TargetFamily) and dim == 1
+        factor = SORTED_TILE_FACTOR if sorted_target else TILE_FACTOR
+        work = n * tile * 8 * factor
+        if not isinstance(family, (LinearFamily, TargetFamily)):
+            work += 4 * 8 * MAX_REWARD_ELEMENTS  # the reward block [rows, tile] and temporaries
+        rows = min(chunk_steps, store.num_steps)
+        info = store.step_fields()
+        row_bytes = 64 + sum(
+            info[f].dtype.itemsize * _columns(info[f].shape) + 16 * _columns(info[f].shape)
+            for f in family.fields
+        )
+        chunk = 2 * rows * row_bytes
+        spill = n * k * 8 if tile < k else 0
+        return cls(per_candidate + work, n * top_k * 48, chunk, spill, work + chunk)
+
+
+def _columns(shape: tuple[int, ...]) -> int:
+    out = 1
+    for size in shape[1:]:
+        out *= size
+    return out
+
+
+def available_memory() -> int | None:
+    """Bytes a new allocation can get: /proc/meminfo's MemAvailable, capped by a cgroup
+    v2 memory limit; else the free physical pages; None where nothing is known."""
+    known = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                known.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit != "max":
+            known.append(max(0, int(limit) - int(used)))
+    except (OSError, ValueError):
+        pass
+    if not known:
+        try:
+            known.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError, AttributeError):
+            return None
+    return min(known)
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.3g} GiB" if size >= 2**30 else f"{size / 2**20:.3g} MiB"
+
+
+def check_fits(sizes: RelabelSizes, device: torch.device, options: Mapping[str, str]) -> None:
+    """InputError, before anything is allocated, when the run cannot fit in memory (or
+    its spill on the temporary disk); it names the option behind the largest part.
+    ``options`` maps candidates/top_k/chunk to how the user set them (``--top-k 50``)."""
+    parts = {"candidates": sizes.candidates, "top_k": sizes.top_k, "chunk": sizes.chunk}
+    culprit = options[max(parts, key=lambda key: parts[key])]
+    fix = f"; lower {culprit.split()[0]}"
+    host = sizes.memory - (sizes.device_part if device.type == "cuda" else 0)
+    available = available_memory()
+    if available is not None and host > available:
+        raise InputError(
+            f"{culprit}: needs about {_gib(host)} of memory but {_gib(available)} is available{fix}"
+        )
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        if sizes.device_part > free:
+            raise InputError(
+                f"{culprit}: needs about {_gib(sizes.device_part)} of GPU memory but "
+                f"{_gib(free)} is free{fix} (or use --device cpu)"
+            )
+    if sizes.spill:
+        folder = tempfile.gettempdir()
+        free = shutil.disk_usage(folder).free
+        if sizes.spill > free:
+            what = options["candidates"]
+            raise InputError(
+                f"{what}: the N x K returns matrix needs {_gib(sizes.spill)} of temporary "
+                f"disk in {folder} but {_gib(free)} is free; lower {what.split()[0]} "
+                "or set TMPDIR to a larger disk"
+            )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -16,12 +15,13 @@ import torch
 
 from hipi_offline.errors import InputError
 from hipi_offline.relabel.posterior import (
+    NonFinitePosterior,
     Posterior,
     inverse_rl_posterior,
     one_hot_posterior,
     uniform_posterior,
 )
-from hipi_offline.relabel.returns import returns_tiles
+from hipi_offline.relabel.returns import RelabelSizes, check_fits, returns_tiles, tile_columns
 from hipi_offline.store.labels import (
     LabelSet,
     PosteriorSpread,
@@ -33,7 +33,7 @@ from hipi_offline.store.labels import (
     write_label_set,
 )
 from hipi_offline.store.store import DEFAULT_CHUNK_ROWS, TrajectoryStore, open_store
-from hipi_offline.tasks.spec import TaskSpec, load_task_spec
+from hipi_offline.tasks.spec import TaskSpec, check_temperature, load_task_spec
 
 Method = Literal["hipi", "no-partition", "random", "original"]
 METHODS: tuple[str, ...] = ("hipi", "no-partition", "random", "original")
@@ -122,9 +122,8 @@ def _top_k(value: int | str, k: int) -> int:
 def _spec_with_overrides(config: RelabelConfig) -> TaskSpec:
     spec = load_task_spec(config.tasks)
     if config.temperature is not None:
-        if not 0 < config.temperature < math.inf:
-            raise InputError(f"--temperature: must be positive, got {config.temperature}")
-        spec = replace(spec, temperature=float(config.temperature))
+        temperature = check_temperature(config.temperature, "--temperature")
+        spec = replace(spec, temperature=temperature)
     return spec
 
 
@@ -138,7 +137,7 @@ def _hipi_posterior(
     top_k: int,
 ) -> Posterior:
     n, k = store.num_episodes, len(candidates)
-    tile = max(1, min(k, int(config.max_matrix_mb * 2**20 // (8 * n))))
+    tile = tile_columns(n, k, config.max_matrix_mb)
     tiles = returns_tiles(
         store, spec, candidates, device=device, chunk_steps=config.chunk_steps, tile=tile
     )
@@ -167,6 +166,24 @@ def _hipi_posterior(
             k,
             **options,
         )
+
+
+def _check_sizes(
+    store: TrajectoryStore, spec: TaskSpec, config: RelabelConfig, dim: int, device: torch.device
+) -> None:
+    """Refuse, naming the option, a run whose memory or spill cannot fit."""
+    k = spec.candidate_count(config.candidates)
+    top_k = _top_k(config.top_k, k)
+    tile = tile_columns(store.num_episodes, k, config.max_matrix_mb)
+    counts = (k, dim, top_k)
+    sizes = RelabelSizes.of(store, spec, config.method, counts, config.chunk_steps, tile)
+    given = config.candidates is not None
+    options = {
+        "candidates": f"--candidates {k}" if given else f"candidates {k} (in {spec.origin})",
+        "top_k": f"--top-k {config.top_k}",
+        "chunk": f"--chunk-steps {config.chunk_steps}",
+    }
+    check_fits(sizes, device, options)
 
 
 def _original(store: TrajectoryStore, spec: TaskSpec, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,6 +237,7 @@ def _relabel_locked(
             candidates, assigned = _original(store, spec, dim)
             log_prior = None
         else:
+            _check_sizes(store, spec, config, dim, device)  # before anything is allocated
             candidates, log_prior = spec.draw_candidates(config.seed, config.candidates)
         k = len(candidates)
         top_k = _top_k(config.top_k, k)
@@ -231,7 +249,12 @@ def _relabel_locked(
         elif config.method == "random":
             posterior = uniform_posterior(store.num_episodes, k, top_k, config.seed)
         else:
-            posterior = _hipi_posterior(store, spec, candidates, log_prior, config, device, top_k)
+            try:
+                posterior = _hipi_posterior(
+                    store, spec, candidates, log_prior, config, device, top_k
+                )
+            except NonFinitePosterior as err:  # nothing non-finite is committed
+                raise InputError(f"{spec.origin} ({spec.family.name} family): {err}") from None
         n, steps = store.num_episodes, store.num_steps
     labels = LabelSet(
         name=name,

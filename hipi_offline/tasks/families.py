@@ -319,7 +319,31 @@ class CustomFamily:
                 f"function: {self.function} returned {shape}, expected a tensor of shape "
                 f"({rows}, {tasks.shape[0]})"
             )
-        return out.to(tasks.dtype)
+        out = out.to(tasks.dtype)
+        if not bool(torch.isfinite(out).all()):  # one reduction over the user's output
+            raise NonFiniteReward(self.function, out)
+        return out
+
+
+class NonFiniteReward(InputError):
+    """A custom reward function returned NaN or inf; ``row`` (of the rows passed in)
+    and ``task`` (column) locate the first such value."""
+
+    def __init__(self, function: str, out: Tensor) -> None:
+        bad = (~torch.isfinite(out)).flatten().nonzero()[0].item()
+        self.function, self.row, self.task = function, bad // out.shape[1], bad % out.shape[1]
+        self.kind = "NaN" if bool(out.flatten()[bad].isnan()) else "inf"
+        super().__init__(
+            f"function: {function} returned {self.kind} (row {self.row}, task {self.task})"
+        )
+
+    def at_episode(self, episode: int, first_task: int = 0) -> InputError:
+        """The same error, naming the episode (which the reward function does not see)
+        and the candidate (the tasks passed in start at candidate ``first_task``)."""
+        return InputError(
+            f"function: {self.function} returned {self.kind} for episode {episode}, "
+            f"candidate {first_task + self.task}; the reward must be finite"
+        )
 
 
 def load_function(target: str) -> RewardFn:
@@ -375,7 +399,10 @@ def _dims(value: Any, where: str) -> tuple[int, ...] | None:
 def _number(value: Any, where: str, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(f"{where}: expected a number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise InputError(f"{where}: too large for float64") from None
     if value != value or value in (float("inf"), float("-inf")) or (positive and value <= 0):
         raise InputError(f"{where}: expected a {'positive ' if positive else ''}finite number")
     return value

@@ -19,6 +19,10 @@ import numpy as np
 
 from hipi_offline.errors import InputError
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # candidates are stored as float32
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32
+NORMAL_REACH = 8.0  # normal draws are checked to stay in float32 up to this many std
+
 
 class Prior(Protocol):
     dim: int
@@ -35,12 +39,27 @@ def _vector(value: Any, where: str, length: int | None = None) -> np.ndarray:
     for item in value:
         if isinstance(item, bool) or not isinstance(item, (int, float)):
             raise InputError(f"{where}: expected numbers, got {item!r}")
-    array = np.asarray(value, dtype=np.float64)
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except OverflowError:
+        raise InputError(f"{where}: a number is too large for float64") from None
     if not np.isfinite(array).all():
         raise InputError(f"{where}: must be finite, got {value!r}")
+    check_float32(array, where)
     if length is not None and len(array) != length:
         raise InputError(f"{where}: expected {length} numbers, got {len(array)}")
     return array
+
+
+def check_float32(array: np.ndarray, where: str) -> None:
+    """InputError unless every entry fits float32, the dtype candidates are stored in."""
+    big = np.abs(array) > FLOAT32_MAX
+    if big.any():
+        value = float(array.reshape(-1)[int(np.argmax(big.reshape(-1)))])
+        raise InputError(
+            f"{where}: {value:.6g} is outside the float32 range (|x| <= {FLOAT32_MAX:.6g}) "
+            "in which candidates are stored"
+        )
 
 
 def _keys(value: Any, where: str, required: set[str], optional: set[str] = frozenset()) -> dict:
@@ -139,7 +158,8 @@ class CategoricalPrior:
             match = np.flatnonzero(np.all(np.isclose(self.tasks, task, atol=1e-6), axis=1))
             if len(match) == 0:
                 raise InputError(f"{where}[{j}]: {task.tolist()} is not one of the prior's tasks")
-            out[j] = math.log(self.probs[match].sum())
+            mass = float(self.probs[match].sum())
+            out[j] = math.log(mass) if mass > 0 else -math.inf  # -inf: never sampled, q = 0
         return out
 
 
@@ -164,6 +184,11 @@ def parse_prior(value: Any, where: str = "prior") -> Prior:
         std = _vector(body["std"], f"{at}.std", len(mean))
         if np.any(std <= 0):
             raise InputError(f"{at}.std: must be positive")
+        if np.any(np.abs(mean) + NORMAL_REACH * std > FLOAT32_MAX):
+            raise InputError(
+                f"{at}: draws overflow float32 (|mean| + {NORMAL_REACH:g} std must stay "
+                f"<= {FLOAT32_MAX:.6g}); narrow the prior"
+            )
         return NormalPrior(mean, std)
     if kind == "sphere":
         body = _keys(body, at, {"dim"}, {"radius"})
@@ -172,6 +197,11 @@ def parse_prior(value: Any, where: str = "prior") -> Prior:
             raise InputError(f"{at}.dim: expected a positive integer, got {dim!r}")
         if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius > 0:
             raise InputError(f"{at}.radius: expected a positive number, got {radius!r}")
+        if not FLOAT32_TINY <= radius <= FLOAT32_MAX:
+            raise InputError(
+                f"{at}.radius: {radius!r} is outside the float32 range "
+                f"[{FLOAT32_TINY:.6g}, {FLOAT32_MAX:.6g}] in which candidates are stored"
+            )
         return SpherePrior(dim, float(radius))
     if kind == "categorical":
         body = _keys(body, at, {"tasks"}, {"probs"})
