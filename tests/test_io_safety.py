@@ -340,6 +340,7 @@ def test_export_overwrite_replaces_only_an_earlier_export(tmp_path: Path) -> Non
     refused(
         tmp_path, "export", "minari", store, tmp_path / "link", "--overwrite", needles=("link",)
     )
+    refused(tmp_path, "export", "minari", store, tmp_path / "link", needles=("link",))
     refused(tmp_path, "export", "minari", store, tmp_path / "ex", needles=("--overwrite",))
     (tmp_path / "ex" / "data" / "old.txt").write_text("stale")
     succeeds("export", "minari", store, tmp_path / "ex", "--overwrite")
@@ -377,7 +378,7 @@ def test_import_overwrite_replaces_only_a_store(tmp_path: Path) -> None:
     os.symlink(tmp_path / "plain.h5", tmp_path / "link.h5")
     refused(tmp_path, "import", "d4rl", src, tmp_path / "link.h5", "--overwrite", needles=("link",))
     os.symlink(tmp_path / "missing.h5", tmp_path / "dangling.h5")
-    refused(tmp_path, "import", "d4rl", src, tmp_path / "dangling.h5", needles=("exists",))
+    refused(tmp_path, "import", "d4rl", src, tmp_path / "dangling.h5", needles=("link",))
     store = labeled_store(tmp_path / "s.h5")
     refused(tmp_path, "import", "d4rl", src, store, needles=("--overwrite",))
     succeeds("import", "d4rl", src, store, "--overwrite")
@@ -530,3 +531,75 @@ def test_fifo_source_is_refused_without_hanging(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("error:") == 1 and "special file" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.hdf5"]
+
+
+# ---------------------------------------------------------------- kill -9
+CHILD = """
+import sys
+from pathlib import Path
+import hipi_offline.io.common as common
+import hipi_offline.io.minari_export as export
+from hipi_offline.io import export_minari, import_d4rl
+
+def pause(original):
+    def wrapped(*args, **kwargs):
+        result = original(*args, **kwargs)
+        print("written", flush=True)
+        sys.stdin.readline()  # blocks until the test kills us
+        return result
+    return wrapped
+
+what, src, dest = sys.argv[1:4]
+if what == "import":
+    common.TrajectoryStore.append_episodes = pause(common.TrajectoryStore.append_episodes)
+    import_d4rl(src, dest, overwrite=True, batch_steps=4)
+else:
+    export._write_episode = pause(export._write_episode)
+    export_minari(src, dest, overwrite=True)
+"""
+
+
+def kill_after_first_write(what: str, src: Path, dest: Path) -> None:
+    """Run an import/export in a child, kill -9 it once it has written data."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, what, str(src), str(dest)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "written"  # blocks until the first write
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+
+
+def visible(folder: Path) -> set[str]:
+    return {name for name in os.listdir(folder) if not name.startswith(".")}
+
+
+@pytest.mark.parametrize("replace_existing", [False, True])
+def test_killed_import_and_export_leave_nothing_that_blocks_a_rerun(
+    tmp_path: Path, replace_existing: bool
+) -> None:
+    """A kill -9 after data was written leaves no visible destination (or the old
+    one intact); the rerun succeeds and removes the hidden temporaries."""
+    src = d4rl_source(tmp_path)
+    labeled = labeled_store(tmp_path / "s.h5")
+    store, exported = tmp_path / "o.h5", tmp_path / "ex"
+    if replace_existing:
+        succeeds("import", "d4rl", src, store)
+        succeeds("export", "minari", labeled, exported)
+    names = visible(tmp_path)
+    kill_after_first_write("import", src, store)
+    kill_after_first_write("export", labeled, exported)
+    assert visible(tmp_path) == names
+    if replace_existing:
+        with open_store(store) as opened:
+            assert opened.lengths.tolist() == LENGTHS
+        assert marker_kind(exported) == "minari-export"
+    succeeds("import", "d4rl", src, store, "--overwrite")
+    succeeds("export", "minari", labeled, exported, "--overwrite")
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")], "leftovers"

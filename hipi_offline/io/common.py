@@ -45,13 +45,23 @@ def check_store_destination(
     HDF5 label folder."""
     kind = backend_kind(dest)
     check_disjoint(src, dest, also=also)
-    if dest.exists() or dest.is_symlink():
+    refuse_link(dest)
+    if dest.exists():
         if not overwrite:
             raise InputError(f"{dest}: already exists; pass --overwrite to replace it")
         check_replaceable_store(dest)
     check_parent(dest)
     if kind == "hdf5":
         _check_label_folder(src, dest)
+
+
+def refuse_link(dest: Path) -> None:
+    """A destination that is a symbolic link is never written through or replaced."""
+    if dest.is_symlink():
+        raise InputError(
+            f"{dest}: is a symbolic link; hipi-offline never replaces a link "
+            "(remove it or choose another destination)"
+        )
 
 
 def _check_label_folder(src: Path, dest: Path) -> None:

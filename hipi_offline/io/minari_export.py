@@ -45,6 +45,7 @@ from hipi_offline.io.common import (
     check_parent,
     episode_batches,
     jsonable,
+    refuse_link,
     rows_per_batch,
     staged_folder,
 )
@@ -98,7 +99,8 @@ def check_export_destination(store_path: Path, dest: Path, overwrite: bool) -> N
     existing one without ``overwrite``, and with it anything but an earlier export."""
     hdf5 = store_path.suffix.lower() in (".h5", ".hdf5")
     check_disjoint(store_path, dest, also=(hdf5_sidecar(store_path),) if hdf5 else ())
-    if dest.exists() or dest.is_symlink():
+    refuse_link(dest)
+    if dest.exists():
         if not overwrite:
             raise InputError(f"{dest}: already exists; pass --overwrite to replace it")
         check_replaceable_folder(dest, EXPORT_KIND)
