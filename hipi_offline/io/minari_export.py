@@ -21,6 +21,10 @@ reads when DEST is ``$MINARI_DATASETS_PATH/ID``. Per episode ``episode_{i}``:
   ``labels/<name>/entropy``. Minari returns these, nested at the slashes, from
   ``dataset.storage.get_episode_metadata([i])``.
 
+The folder holds the marker ``.hipi-offline`` (kind ``minari-export``): ``--overwrite``
+replaces only such a folder, and never the store itself, its label folder or a
+folder that contains them.
+
 The metadata holds the spaces (Box with infinite/dtype bounds, MultiBinary for
 bool), the fill-in flags and, under ``hipi_labels``, each label set's
 candidates, k and attrs.
@@ -115,7 +119,13 @@ def _checked_labels(store: TrajectoryStore, name: str) -> LabelSet:
         raise
     except (OSError, KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
         raise _damaged(name, one_line(err, 120)) from None
-    n, shapes = store.num_episodes, {}
+    _check_label_arrays(labels, name, store.num_episodes)
+    return labels
+
+
+def _check_label_arrays(labels: LabelSet, name: str, n: int) -> None:
+    """Numeric arrays of matching shapes; top-k indices into the candidates."""
+    shapes = {}
     for key in ("candidates", "topk_index", "topk_logprob", "entropy"):
         value = np.asarray(getattr(labels, key))
         if value.dtype.kind not in "iuf":
@@ -133,7 +143,6 @@ def _checked_labels(store: TrajectoryStore, name: str) -> LabelSet:
     top = np.asarray(labels.topk_index)
     if top.dtype.kind not in "iu" or top.size and (top.min() < 0 or top.max() >= count):
         raise _damaged(name, f"topk_index is not an index into the {count} candidates")
-    return labels
 
 
 def _damaged(name: str, reason: str) -> InputError:
