@@ -42,8 +42,12 @@ _INPUT_ERRNOS = frozenset(
 
 
 def one_line(text: str, limit: int = 300) -> str:
-    """Collapse whitespace and cut to ``limit`` characters (error lines stay short)."""
-    text = " ".join(str(text).split())
+    """Collapse whitespace, shorten very long words (paths) in the middle so that the
+    reason after them survives, and cut to ``limit`` characters."""
+    words = [
+        word if len(word) <= 120 else f"{word[:50]}…{word[-50:]}" for word in str(text).split()
+    ]
+    text = " ".join(words)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
