@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -249,3 +251,147 @@ def test_discrete_task_names_and_unknown_name(desk_runs, tmp_path: Path) -> None
     path.write_text("tasks: [fly_away]\n")
     with pytest.raises(InputError, match="fly_away"):
         evaluate([hipi], EvalConfig(tasks=str(path), steps=5, progress=False))
+
+
+def _unwritable(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder this process cannot write in: mode 0o555, and for root (who writes
+    anyway) os.access is made to say so, as on a read-only file system."""
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        import hipi_offline.collect.space as space
+
+        real = os.access
+
+        def access(path: object, mode: int, *args: object, **kwargs: object) -> bool:
+            if Path(str(path)) == folder and mode & os.W_OK:
+                return False
+            return real(path, mode, *args, **kwargs)
+
+        monkeypatch.setattr(space.os, "access", access)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("case", "message", "code"),
+    [
+        ("json-dir", "--json: ", 2),
+        ("json-parent-file", "--json: folder", 2),
+        ("json-no-parent", "--json: folder", 2),
+        ("json-unwritable", "--json: folder", 1),
+        ("video-dir", "--video: ", 2),
+        ("video-unwritable", "--video: folder", 1),
+        ("rollouts-file", "--save-rollouts: ", 2),
+        ("rollouts-foreign-store", "--save-rollouts", 2),
+        ("rollouts-unwritable", "--save-rollouts: folder", 1),
+        ("seed-negative", "--seed", 2),
+        ("seed-huge", "--seed", 2),
+    ],
+)
+def test_outputs_and_seeds_are_checked_before_any_rollout(
+    cheetah_runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, message: str, code
+) -> None:
+    hipi, _ = cheetah_runs
+    (tmp_path / "afile").write_text("not a folder\n")
+    (tmp_path / "film.gif").mkdir()
+    rollouts = tmp_path / "roll"
+    rollouts.mkdir()
+    (rollouts / "0-hipi.h5").write_text("someone's notes\n")
+    args = {
+        "json-dir": ["--json", str(tmp_path)],
+        "json-parent-file": ["--json", str(tmp_path / "afile" / "x.json")],
+        "json-no-parent": ["--json", str(tmp_path / "no" / "x.json")],
+        "json-unwritable": ["--json", str(_unwritable(tmp_path / "ro", monkeypatch) / "x.json")]
+        if case == "json-unwritable"
+        else [],
+        "video-dir": ["--video", str(tmp_path / "film.gif")],
+        "video-unwritable": ["--video", str(_unwritable(tmp_path / "ro", monkeypatch) / "x.png")]
+        if case == "video-unwritable"
+        else [],
+        "rollouts-file": ["--save-rollouts", str(tmp_path / "afile")],
+        "rollouts-foreign-store": ["--save-rollouts", str(rollouts)],
+        "rollouts-unwritable": ["--save-rollouts", str(_unwritable(tmp_path / "ro", monkeypatch))]
+        if case == "rollouts-unwritable"
+        else [],
+        "seed-negative": ["--seed", "-1"],
+        "seed-huge": ["--seed", str(2**70)],
+    }[case]
+    import hipi_offline.evaluate.run as run_module
+
+    rolled = []
+    monkeypatch.setattr(run_module, "run_job", lambda job: rolled.append(job) or [])
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    result = CliRunner().invoke(
+        app, ["evaluate", str(hipi), "--no-progress", "--episodes", "2", *args]
+    )
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == code, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert message in lines[0]
+    assert rolled == []  # failed before the first rollout
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_save_rollouts_replaces_only_its_own_stores(cheetah_runs, tmp_path: Path) -> None:
+    hipi, _ = cheetah_runs
+    config = replace(QUICK, episodes=2, steps=5, save_rollouts=tmp_path / "roll")
+    evaluate([hipi], config)
+    evaluate([hipi], config)  # a hipi-offline store of the same name: replaced
+    with open_store(tmp_path / "roll" / "0-hipi.h5") as store:
+        assert store.num_episodes == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tasks: [[1.0], [2.0, 3.0]]", "tasks[1]"),
+        ("tasks: [[1.0], [[2.0]]]", "tasks[1]"),
+        ("tasks: [true]", "numbers"),
+        ("tasks: [.inf]", "NaN or inf"),
+        ("tasks: [1e39]", "float32"),
+        ("tasks: {a: 1}", "a list"),
+        ("tasks: hello", "a list"),
+        ("tasks: 3", "a list"),
+        ("tasks: [1.0, [2.0, 3.0]]", "tasks[1]"),
+        ("tasks: [1e-3, oops]", "tasks[1] holds 'oops'"),
+        ("a: &a [1.0, 1.0]\ntasks: [*a, *a]", "rows of 1"),
+    ],
+)
+def test_ragged_and_odd_task_files(cheetah_runs, tmp_path: Path, text: str, message: str) -> None:
+    hipi, _ = cheetah_runs
+    path = tmp_path / "t.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=re.escape(message)) as info:
+        evaluate([hipi], replace(QUICK, tasks=str(path)))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_task_files_json_npy_and_sizes(cheetah_runs, tmp_path: Path) -> None:
+    hipi, _ = cheetah_runs
+    cases = {
+        "big.json": ("[1" + "0" * 400 + "]", "beyond float range"),
+        "inf.json": ("[1e400]", "NaN or inf"),
+        "nan.json": ("[NaN]", "NaN or inf"),
+        "ragged.json": ("[[1], [1, 2]]", "tasks[1]"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError, match=re.escape(message)):
+            evaluate([hipi], replace(QUICK, tasks=str(tmp_path / name)))
+    np.save(tmp_path / "obj.npy", np.array([[1.0], "x"], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "text.npy", np.array(["a", "b"]))
+    np.save(tmp_path / "wide.npy", np.zeros((3, 2), np.float32))
+    np.save(tmp_path / "many.npy", np.zeros((200_001, 1), np.float32))
+    for name, message in [
+        ("obj.npy", "not numbers"),
+        ("text.npy", "not numbers"),
+        ("wide.npy", "rows of 1"),
+        ("many.npy", "more than"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            evaluate([hipi], replace(QUICK, tasks=str(tmp_path / name)))
+    big = tmp_path / "huge.yaml"
+    with big.open("w") as f:
+        f.write("tasks: [" + "1.0, " * (4 << 20) + "1.0]\n")
+    with pytest.raises(InputError, match="larger than"):
+        evaluate([hipi], replace(QUICK, tasks=str(big)))

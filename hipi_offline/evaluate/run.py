@@ -20,8 +20,15 @@ from typing import Any
 import numpy as np
 
 from hipi_offline.bc.policy import load_policy
-from hipi_offline.envs.base import env_task_spec
-from hipi_offline.errors import InputError
+from hipi_offline.collect.episodes import check_seed
+from hipi_offline.collect.run import MAX_WORKERS
+from hipi_offline.envs.base import TaskEnv, env_task_spec, gl_message, gl_unavailable
+from hipi_offline.errors import InputError, ResourceError
+from hipi_offline.evaluate.outputs import (
+    check_output_file,
+    check_rollouts_folder,
+    rollout_store_names,
+)
 from hipi_offline.evaluate.report import RunResult, report_json, report_lines
 from hipi_offline.evaluate.rollout import (
     EpisodeOutcome,
@@ -117,9 +124,8 @@ def evaluate(runs: Sequence[str | Path], config: EvalConfig) -> Evaluation:
         raise InputError(f"--steps: must be positive, got {steps}")
     plans = plan_episodes(spec, config.tasks, config.episodes, config.seed)
     video = Path(config.video) if config.video else None
-    if video is not None:
-        check_video_path(video)
     methods = [describe_policy(p) for p in policies]
+    _check_outputs(config, runs, methods, env)
     render = set(config.render_episodes) | ({0} if video else set())
     every = max(1, round(1.0 / (VIDEO_FPS * info.control_dt)))
     jobs = [
@@ -179,13 +185,35 @@ def evaluate(runs: Sequence[str | Path], config: EvalConfig) -> Evaluation:
 
 
 def _check(config: EvalConfig) -> None:
-    if config.workers < 1:
-        raise InputError(f"--workers: must be positive, got {config.workers}")
+    """Options that need no policy or environment."""
+    check_seed(config.seed)
+    if not 1 <= config.workers <= MAX_WORKERS:
+        raise InputError(f"--workers: must be from 1 to {MAX_WORKERS}, got {config.workers}")
     if config.group_size < 1:
         raise InputError(f"group_size: must be positive, got {config.group_size}")
-    for name, value in (("--json", config.json_path), ("--save-rollouts", config.save_rollouts)):
-        if value is not None and not Path(value).parent.exists():
-            raise InputError(f"{name}: folder {Path(value).parent} does not exist")
+    if config.json_path is not None:
+        check_output_file(Path(config.json_path), "--json")
+    if config.video:
+        check_video_path(Path(config.video))
+    if config.save_rollouts is not None:
+        check_rollouts_folder(Path(config.save_rollouts), [])
+
+
+def _check_outputs(config: EvalConfig, runs: list[str], methods: list[str], env: TaskEnv) -> None:
+    """Every output, before the first rollout: writable, not a folder or special file,
+    not an input; stores in ``--save-rollouts`` replaced only if hipi-offline made
+    them; and, for ``--video``, a GL library that renders."""
+    if config.json_path is not None:
+        check_output_file(Path(config.json_path), "--json", runs)
+    if config.video:
+        for path in video_paths(Path(config.video), methods):
+            check_output_file(path, "--video", runs)
+        problem = gl_unavailable()
+        if problem is not None:
+            raise ResourceError(gl_message(problem))
+        env.render(width=16, height=16)  # a GL library that loads may still fail here
+    if config.save_rollouts is not None:
+        check_rollouts_folder(Path(config.save_rollouts), methods)
 
 
 def save_rollouts(
@@ -194,10 +222,12 @@ def save_rollouts(
     """Write each run's rollouts as a store in ``folder`` (replacing older ones)."""
     from hipi_offline.store.store import create_store
 
+    check_rollouts_folder(folder, [r.method for r in results])
     folder.mkdir(exist_ok=True)
     paths = []
-    for i, result in enumerate(results):
-        path = folder / f"{i}-{result.method}.h5"
+    names = rollout_store_names([r.method for r in results])
+    for name, result in zip(names, results, strict=True):
+        path = folder / name
         arrays = [o.arrays for o in result.outcomes]
         steps = {name: np.concatenate([a[name] for a in arrays]) for name in arrays[0]}
         metadata = {"evaluated_run": result.run, "evaluation": json.dumps(header)}

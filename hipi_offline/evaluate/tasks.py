@@ -7,6 +7,7 @@ state, same action noise), so methods are compared on paired episodes.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,66 +67,132 @@ def plan_episodes(
     return [EpisodePlan(e, listed[e % len(listed)], seed) for e in range(count)]
 
 
+MAX_EPISODES = 1_000_000
+"""Episodes per run accepted by ``--episodes``."""
+
+
 def _check_episodes(count: int) -> None:
-    if count < 1:
-        raise InputError(f"--episodes: must be positive, got {count}")
+    if not 1 <= count <= MAX_EPISODES:
+        raise InputError(f"--episodes: must be from 1 to {MAX_EPISODES:,}, got {count}")
+
+
+MAX_TASKS = 100_000
+"""Tasks a task file may list."""
+MAX_TASK_FILE_BYTES = 16 << 20
+"""Largest YAML/JSON task file read (a task list is small)."""
 
 
 def read_task_file(path: Path, spec: TaskSpec) -> np.ndarray:
     """Tasks float32 [M, D] from a YAML/JSON list (or a ``tasks:`` key) or a .npy array.
 
-    Rows are task vectors; for discrete families also task names or indices."""
+    Rows are task vectors; for discrete families also task names or indices. Every
+    malformed file (ragged rows, non-numbers, NaN, another dimension, no tasks, too
+    many, a pickled .npy) is one InputError line naming the file."""
+    where = f"--tasks: {path}"
     if not path.is_file():
         raise InputError(f"--tasks: {path} is neither 'prior' nor an existing file")
     if path.suffix == ".npy":
-        try:
-            raw: Any = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise InputError(f"--tasks: {path}: not a readable .npy array ({err})") from None
-    else:
-        try:
-            text = path.read_text()
-            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
-            reason = " ".join(str(err).split())[:160]
-            raise InputError(f"--tasks: {path}: cannot be parsed ({reason})") from None
-        if isinstance(raw, dict):
-            if "tasks" not in raw:
-                raise InputError(f"--tasks: {path}: a mapping needs a 'tasks' list")
-            raw = raw["tasks"]
-    return _task_rows(raw, spec, f"--tasks: {path}")
+        return _task_rows(_read_npy(path, spec.prior.dim, where), spec, where)
+    if path.stat().st_size > MAX_TASK_FILE_BYTES:
+        raise InputError(f"{where}: larger than {MAX_TASK_FILE_BYTES >> 20} MiB; list fewer tasks")
+    try:
+        text = path.read_text()
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError) as err:
+        reason = " ".join(str(err).split())[:160]
+        raise InputError(f"{where}: cannot be parsed ({reason})") from None
+    if isinstance(raw, dict):
+        if "tasks" not in raw:
+            raise InputError(f"{where}: a mapping needs a 'tasks' list")
+        raw = raw["tasks"]
+    return _task_rows(raw, spec, where)
+
+
+def _read_npy(path: Path, dim: int, where: str) -> np.ndarray:
+    """A numeric .npy array, its header checked before loading (no pickles)."""
+    try:
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, OSError, SyntaxError, TypeError) as err:
+        raise InputError(f"{where}: not a readable .npy array ({err})") from None
+    if dtype.kind not in "iuf":
+        raise InputError(f"{where}: holds {dtype} values, not numbers (int or float arrays only)")
+    if int(np.prod(shape)) > MAX_TASKS * max(dim, 1):
+        raise InputError(f"{where}: shape {shape} lists more than {MAX_TASKS:,} tasks")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise InputError(f"{where}: not a readable .npy array ({err})") from None
 
 
 def _task_rows(raw: Any, spec: TaskSpec, where: str) -> np.ndarray:
-    if raw is None or (isinstance(raw, list) and not raw) or np.size(raw) == 0:
+    if raw is None or (isinstance(raw, (list, np.ndarray)) and len(raw) == 0):
         raise InputError(f"{where}: lists no tasks")
     dim = spec.prior.dim
     names = spec.task_names
-    if names is not None and isinstance(raw, list) and all(isinstance(t, (str, int)) for t in raw):
-        eye = np.eye(len(names), dtype=np.float32)
-        rows = []
-        for i, item in enumerate(raw):
-            if isinstance(item, str) and item in names:
-                rows.append(eye[names.index(item)])
-            elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item < len(names):
-                rows.append(eye[item])
-            else:
-                raise InputError(
-                    f"{where}: tasks[{i}]: {item!r} is not a task name or index "
-                    f"(have {', '.join(names)})"
-                )
-        return np.stack(rows)
-    try:
-        array = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: tasks must be numbers, got {raw!r:.80}") from None
+    if isinstance(raw, np.ndarray):
+        array = raw.astype(np.float64)
+    else:
+        if not isinstance(raw, list):
+            raise InputError(f"{where}: tasks must be a list, got {type(raw).__name__}")
+        if len(raw) > MAX_TASKS:
+            raise InputError(f"{where}: lists {len(raw):,} tasks, more than {MAX_TASKS:,}")
+        if names is not None and all(isinstance(t, (str, int)) for t in raw):
+            return _named_rows(raw, names, where)
+        array = np.array([_row(item, i, dim, where) for i, item in enumerate(raw)], np.float64)
     if dim == 1 and array.ndim == 1:
         array = array.reshape(-1, 1)
     if array.ndim != 2 or array.shape[1] != dim:
         raise InputError(f"{where}: tasks must be rows of {dim} numbers, got shape {array.shape}")
     if not np.isfinite(array).all():
         raise InputError(f"{where}: tasks contain NaN or inf")
+    if not (np.abs(array) <= np.finfo(np.float32).max).all():
+        raise InputError(f"{where}: tasks hold values beyond float32's range")
     return array.astype(np.float32)
+
+
+def _named_rows(raw: list[Any], names: Sequence[str], where: str) -> np.ndarray:
+    """One-hot rows of a discrete family's tasks given by name or index."""
+    eye = np.eye(len(names), dtype=np.float32)
+    rows = []
+    for i, item in enumerate(raw):
+        if isinstance(item, str) and item in names:
+            rows.append(eye[list(names).index(item)])
+        elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item < len(names):
+            rows.append(eye[item])
+        else:
+            raise InputError(
+                f"{where}: tasks[{i}]: {item!r:.60} is not a task name or index "
+                f"(have {', '.join(names)})"
+            )
+    return np.stack(rows)
+
+
+def _row(item: Any, index: int, dim: int, where: str) -> list[float]:
+    """One task row of ``dim`` numbers (a bare number when ``dim`` is 1)."""
+    values = [item] if dim == 1 and not isinstance(item, list) else item
+    if not isinstance(values, list) or len(values) != dim:
+        raise InputError(
+            f"{where}: tasks must be rows of {dim} numbers; tasks[{index}] is {item!r:.60}"
+        )
+    return [_number(v, index, where) for v in values]
+
+
+def _number(value: Any, index: int, where: str) -> float:
+    """A number (YAML reads ``1e-3`` as text: numeric text counts as a number)."""
+    bad = f"{where}: tasks must be numbers; tasks[{index}] holds {value!r:.60}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InputError(bad)
+    try:
+        return float(value)
+    except OverflowError:
+        raise InputError(f"{where}: tasks[{index}] holds a number beyond float range") from None
+    except ValueError:
+        raise InputError(bad) from None
 
 
 def task_is_feasible(spec: TaskSpec, env: Any, task: np.ndarray) -> bool:
