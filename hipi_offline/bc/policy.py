@@ -292,9 +292,16 @@ def check_policy_tensors(
 ) -> None:
     """Refuse checkpoint tensors that do not fit the network ``spec`` describes (names,
     shapes, floating types), before any real network is built."""
+    present = {k: v for k, v in tensors.items() if k.startswith("policy.")}
+    described = parameter_count(**spec)
+    held = sum(v.numel() for v in present.values())
+    if described > held:
+        raise InputError(
+            f"{where}: its run description asks for a network of {described:,} parameters, "
+            f"the checkpoint holds {held:,} values; it is damaged"
+        )
     with torch.device("meta"):
         expected = {f"policy.{k}": v.shape for k, v in BCNetwork(**spec).state_dict().items()}
-    present = {k: v for k, v in tensors.items() if k.startswith("policy.")}
     for key in sorted(set(expected) | set(present)):
         if key not in present or key not in expected:
             what = "lacks" if key not in present else "has an unexpected"

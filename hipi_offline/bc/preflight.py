@@ -26,8 +26,8 @@ TRAIN_COPIES = 6
 """Weights, gradients, AdamW's two moments and the foreach update's temporaries."""
 RNG_BYTES = 2 * 5056
 """The sampler's and torch's generator states in a checkpoint."""
-MARGIN = 1 << 20
-"""Room for config.json, metrics.csv and the marker besides a checkpoint."""
+MARGIN = 64 << 10
+"""Room for the marker, the lock and file-system overhead besides the estimates."""
 
 
 def _gib(nbytes: float) -> str:

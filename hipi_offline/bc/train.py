@@ -87,7 +87,7 @@ from hipi_offline.bc.rundir import (
     start_point,
     truncate_metrics,
 )
-from hipi_offline.errors import InputError, one_line
+from hipi_offline.errors import InputError, describe_os_error, one_line
 from hipi_offline.progress import progress_bar
 from hipi_offline.relabel.run import resolve_device
 from hipi_offline.store.labels import LabelSet
@@ -394,6 +394,16 @@ def _save(
     return path
 
 
+def _write_error(err: OSError, path: Path, resumable_at: int) -> Exception:
+    """The one-line error of a failed write of ``path`` (a full disk names no file),
+    with the step the run can be resumed from."""
+    known = describe_os_error(OSError(err.errno, err.strerror, str(path)))
+    hint = ""
+    if resumable_at:
+        hint = f"; the run can be resumed from step {resumable_at} with --resume"
+    return type(known)(f"{known}{hint}")
+
+
 def _tensorboard_writer(run_dir: Path, purge_step: int) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -518,7 +528,11 @@ def train_bc(store_path: str | Path, config: BCConfig) -> TrainSummary:
                 run = start.description
             store_scope.close()
             if resumed is None:
-                atomic_write_bytes(run_dir / "config.json", json.dumps(run, indent=2).encode())
+                description = json.dumps(run, indent=2).encode()
+                try:
+                    atomic_write_bytes(run_dir / "config.json", description)
+                except OSError as err:
+                    raise _write_error(err, run_dir / "config.json", 0) from None
             return _train(
                 run_dir, config, run, data, labels, candidates, norm, start, resumed, device, stack
             )
@@ -612,6 +626,7 @@ def _train(
     final_loss = None
     last_checkpoint = start_at.checkpoint
     timed_steps = 0  # steps of the window trained by this process (for the rate)
+    saved = start  # step of the last committed checkpoint
     started = window_start = time.perf_counter()
     cpu_started = time.thread_time()
     for step in range(start, config.steps):
@@ -635,8 +650,11 @@ def _train(
             now = time.perf_counter()
             rate = timed_steps * config.batch_size / max(now - window_start, 1e-9)
             grad = f"{float(window.norm) / window.steps:.6g}" if config.grad_clip > 0 else ""
-            metrics.write(f"{done},{final_loss:.9g},{lr:.9g},{rate:.1f},{grad}\n")
-            metrics.flush()
+            try:
+                metrics.write(f"{done},{final_loss:.9g},{lr:.9g},{rate:.1f},{grad}\n")
+                metrics.flush()
+            except OSError as err:
+                raise _write_error(err, metrics_path, saved) from None
             if writer is not None:
                 writer.add_scalar("train/loss", final_loss, done)
                 writer.add_scalar("train/lr", lr, done)
@@ -646,7 +664,11 @@ def _train(
             timed_steps, window_start = 0, now
         if done % config.checkpoint_every == 0 or done == config.steps:
             tensors = _checkpoint_tensors(network, optimizer, generator, candidates, window)
-            last_checkpoint = _save(run_dir, done, tensors, run, config.keep_checkpoints)
+            try:
+                last_checkpoint = _save(run_dir, done, tensors, run, config.keep_checkpoints)
+            except OSError as err:
+                raise _write_error(err, checkpoint_path(run_dir, done), saved) from None
+            saved = done
     seconds = time.perf_counter() - started
     cpu_seconds = time.thread_time() - cpu_started
     trained = config.steps - start
