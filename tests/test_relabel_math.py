@@ -140,6 +140,16 @@ def assert_matches_reference(labels: LabelSet, post: Any, *, logprob_rtol: float
     np.testing.assert_allclose(labels.coverage, post.coverage, atol=1e-6, err_msg="coverage")
 
 
+def clear_ranks(log_q: np.ndarray, k: int, gap: float = 1e-6) -> np.ndarray:
+    """Boolean [N, k]: ranks of the top-k whose candidate is not tied (within ``gap``)
+    with the one ranked before or after it, so any correct top-k puts it there."""
+    ordered = -np.sort(-log_q, axis=1)
+    padded = np.pad(ordered, ((0, 0), (1, 1)), constant_values=(np.inf, -np.inf))
+    before = padded[:, :k] - padded[:, 1 : k + 1]
+    after = padded[:, 1 : k + 1] - padded[:, 2 : k + 2]
+    return (before > gap) & (after > gap)
+
+
 def assert_same_labels(a: LabelSet, b: LabelSet) -> None:
     for key in ("candidates", "log_z", "topk_index", "topk_logprob", "entropy", "coverage"):
         np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
@@ -413,11 +423,15 @@ def test_tiled_returns_match_untiled(small_store, tmp_path, monkeypatch, family,
     np.testing.assert_array_equal(tiled.candidates, whole.candidates)
     np.testing.assert_allclose(tiled.log_z, whole.log_z, rtol=0, atol=1e-10)
     np.testing.assert_allclose(tiled.topk_logprob, whole.topk_logprob, rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(tiled.topk_index, whole.topk_index)
     np.testing.assert_allclose(tiled.entropy, whole.entropy, rtol=0, atol=1e-6)
     np.testing.assert_allclose(tiled.coverage, whole.coverage, rtol=0, atol=1e-10)
     returns = ref.returns_matrix(fields, lengths, tiled.candidates, reward, 0.97, "all")
-    assert_matches_reference(tiled, ref.posterior(returns, 0.5))
+    post = ref.posterior(returns, 0.5)
+    assert_matches_reference(tiled, post)
+    # Tiles round R differently in the last bits: the order may differ only among ties.
+    clear = clear_ranks(post.log_q, tiled.k)
+    assert clear.mean() > 0.5  # continuous returns: ties are rare
+    np.testing.assert_array_equal(tiled.topk_index[clear], whole.topk_index[clear])
 
 
 # ------------------------------------------------------------------ 4. HDF5 vs Zarr

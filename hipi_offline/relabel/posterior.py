@@ -27,6 +27,7 @@ from torch import Tensor
 
 from hipi_offline.errors import InputError
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # top-k log-probabilities are stored as float32
 Block = Callable[[int, int], Tensor]  # (j0, j1) -> R[:, j0:j1] float64 on the device
 
 
@@ -111,6 +112,8 @@ def inverse_rl_posterior(
     # H_i = -sum_j q log q = L_i - sum_j q_ij s_ij, since log q_ij = s_ij - L_i
     entropy = row_norm - expected_score
     best_val = best_val - row_norm[:, None]
+    # log q below float32's range is q = 0: -inf now, so the float32 label set is exact
+    best_val = best_val.masked_fill(best_val < -FLOAT32_MAX, -math.inf)
     if not _all_finite(log_z, row_norm, entropy, coverage, best_val[:, :1]) or bool(
         best_val.isnan().any() or best_val.isposinf().any()
     ):

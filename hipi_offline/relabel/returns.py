@@ -41,7 +41,8 @@ Fields = Mapping[str, Tensor]
 MAX_REWARD_ELEMENTS = 1 << 22  # rows x tasks evaluated at once by the generic path
 # Peak bytes per element of an N x tile block of R, measured (RSS) on CPU: R, the
 # scores, q and q * s of the posterior; the sorted-target buckets and cumsums add more.
-TILE_FACTOR, SORTED_TILE_FACTOR = 5, 8
+TILE_FACTOR, SORTED_TILE_FACTOR = 6, 10
+BASE_BYTES = 64 * 2**20  # the run's own buffers (store reads, torch workspaces), measured
 
 
 class ReturnAccumulator(Protocol):
@@ -285,7 +286,7 @@ class RelabelSizes:
 
     @property
     def memory(self) -> int:
-        return self.candidates + self.top_k + self.chunk
+        return BASE_BYTES + self.candidates + self.top_k + self.chunk
 
     @classmethod
     def of(
