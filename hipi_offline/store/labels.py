@@ -259,7 +259,11 @@ def _zarr_version(store_path: Path, name: str) -> Path | None:
     folder = store_path / "labels" / ".sets" / version.group(0)
     found = _lstat(folder)
     if found is not None and not stat.S_ISDIR(found.st_mode):
-        raise InputError(f"{folder}: is not a label-set folder (a link or a file); remove it")
+        what = "a symbolic link" if stat.S_ISLNK(found.st_mode) else "not a folder"
+        raise InputError(
+            f"{entry}: its version {folder} is {what}; links are never followed "
+            "(remove it yourself)"
+        )
     return folder
 
 
