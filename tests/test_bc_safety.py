@@ -158,6 +158,18 @@ def test_other_kinds_links_and_files_are_refused(store: Path, tmp_path: Path):
         assert snapshot(tmp_path) == before
 
 
+def test_run_folder_inside_or_around_the_store_is_refused(store: Path, tmp_path: Path):
+    inside = store / "run"
+    result = cli("train-bc", store, "--out", inside, "--steps", 5, *SMALL_ARGS, code=2)
+    assert "lies inside the source" in result.stderr
+    holder = tmp_path / "holder"
+    holder.mkdir()
+    copy = shutil.copy(store, holder / "s.h5")
+    result = cli("train-bc", copy, "--out", holder, "--steps", 5, *SMALL_ARGS, code=2)
+    assert "contains the source" in result.stderr
+    assert sorted(p.name for p in holder.iterdir()) == ["s.h5"]
+
+
 def test_crafted_run_folder_with_linked_entries_is_refused(finished: Path, store: Path, tmp_path):
     run = copy_run(finished, tmp_path / "run")
     victim = tmp_path / "victim"

@@ -566,9 +566,12 @@ def policy_from_tensors(
     run: Mapping[str, Any],
     device: torch.device | str = "cpu",
     seed: int = 0,
+    where: str = "checkpoint",
 ) -> Policy:
-    spec = check_run(run, "checkpoint")
-    check_policy_tensors(tensors, spec, "checkpoint")
+    """The policy of checkpoint tensors and their run description, both checked first
+    (``where`` names the checkpoint in errors)."""
+    spec = check_run(run, where)
+    check_policy_tensors(tensors, spec, where)
     network = BCNetwork(**spec)
     state = {k[len("policy.") :]: v for k, v in tensors.items() if k.startswith("policy.")}
     try:
@@ -590,6 +593,4 @@ def load_policy(path: str | Path, device: str = "auto", seed: int = 0) -> Policy
 
     checkpoint = resolve_checkpoint(path)
     tensors, step, run = read_checkpoint(checkpoint)
-    spec = check_run(run, str(checkpoint))
-    check_policy_tensors(tensors, spec, str(checkpoint))
-    return policy_from_tensors(tensors, step, run, resolve_device(device), seed)
+    return policy_from_tensors(tensors, step, run, resolve_device(device), seed, str(checkpoint))

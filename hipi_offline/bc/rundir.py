@@ -210,7 +210,7 @@ class RunFolder:
         self.path = path
         self.created: list[Path] = []
         """Folders this invocation created, outermost first."""
-        self.marked = False
+        self.had_marker = False
 
     def open(self, stack: contextlib.ExitStack) -> None:
         """Create the folder (and missing parents) and lock it."""
@@ -222,13 +222,13 @@ class RunFolder:
         for folder in reversed(missing):
             folder.mkdir()
             self.created.append(folder)
+        self.had_marker = marker_kind(self.path) == RUN_KIND
         _lock(self.path, stack)
 
     def mark(self) -> None:
         """Write the run-folder marker unless it is there."""
         if marker_kind(self.path) != RUN_KIND:
             write_marker(self.path, RUN_KIND)
-            self.marked = True
 
     def discard_if_unused(self) -> None:
         """After a failure: unless a checkpoint was committed, remove what this run
@@ -236,8 +236,7 @@ class RunFolder:
         with contextlib.suppress(OSError):
             if list_checkpoints(self.path):
                 return
-            created = bool(self.created) and self.created[-1] == self.path
-            remove_own(self.path, everything=created or self.marked)
+            remove_own(self.path, everything=not self.had_marker)
             for folder in reversed(self.created):
                 folder.rmdir()
 

@@ -88,6 +88,7 @@ from hipi_offline.bc.rundir import (
     truncate_metrics,
 )
 from hipi_offline.errors import InputError, describe_os_error, one_line
+from hipi_offline.ownership import check_disjoint
 from hipi_offline.progress import progress_bar
 from hipi_offline.relabel.run import resolve_device
 from hipi_offline.store.labels import LabelSet
@@ -479,6 +480,7 @@ def train_bc(store_path: str | Path, config: BCConfig) -> TrainSummary:
     store_path = Path(store_path)
     run_dir = Path(config.out)
     device = resolve_device(config.device)
+    check_disjoint(store_path, run_dir)
     check_destination(run_dir, config)
     with contextlib.ExitStack() as stack:
         if config.threads:
