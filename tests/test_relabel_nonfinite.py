@@ -441,3 +441,26 @@ def test_memory_estimate_bounds_the_measured_peak(tmp_path: Path, tasks: str):
     assert measured > matrix  # the run really held R
     assert measured <= estimate, (measured, estimate)
     assert estimate <= 4 * measured, (measured, estimate)
+
+
+def test_original_method_top_k_needs_no_n_by_k_index():
+    """``original`` with one distinct task per episode (K = N): the top-k indices are
+    built in O(N x k) memory (they were an N x K tile: 200 MB here)."""
+    import tracemalloc
+
+    from hipi_offline.relabel.posterior import one_hot_posterior
+
+    n = 5000
+    assigned = np.random.default_rng(0).permutation(n)
+    tracemalloc.start()
+    try:
+        posterior = one_hot_posterior(assigned, n, 4)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5 * 2**20, peak
+    np.testing.assert_array_equal(posterior.topk_index[:, 0], assigned)
+    rest = posterior.topk_index[:, 1:]
+    expected = np.array([[j for j in range(n) if j != a][:3] for a in assigned[:50]])
+    np.testing.assert_array_equal(rest[:50], expected)
+    assert not (rest == assigned[:, None]).any()

@@ -187,10 +187,9 @@ def one_hot_posterior(assigned: np.ndarray, k: int, top_k: int) -> Posterior:
     n, top_k = len(assigned), min(top_k, k)
     index = np.empty((n, top_k), dtype=np.int64)
     index[:, 0] = assigned
-    if top_k > 1:
-        others = np.tile(np.arange(k), (n, 1))
-        others = others[others != assigned[:, None]].reshape(n, k - 1)
-        index[:, 1:] = others[:, : top_k - 1]
+    if top_k > 1:  # then the lowest other indices: j-th of range(k) without a is j + (j >= a)
+        rank = np.arange(top_k - 1)[None, :]
+        index[:, 1:] = rank + (rank >= assigned[:, None])
     logprob = np.full((n, top_k), -np.inf)
     logprob[:, 0] = 0.0
     return Posterior(
