@@ -633,3 +633,39 @@ def test_create_store_checks_free_space(tiny_disk):
     with pytest.raises(ResourceError, match="not enough free space"):
         create_store(tiny_disk / "x.zarr", expected_bytes=10 << 20)
     assert list(tiny_disk.iterdir()) == []
+
+
+APPEND = r"""
+import sys
+import numpy as np
+from hipi_offline.errors import ResourceError
+from hipi_offline.store import open_store
+from hipi_offline.store.synthetic import synthetic_episodes
+
+steps, episodes = synthetic_episodes(100, 200, np.random.default_rng(2))
+with open_store(sys.argv[1], "a") as store:
+    try:
+        store.append_episodes(steps, [200] * 100, episodes)
+    except ResourceError as err:
+        print("error:", err)
+"""
+
+
+def test_hdf5_append_checks_room_for_its_copy(tiny_disk):
+    """An HDF5 append works on a copy of the file: when the copy fits but the new rows
+    do not, the append is refused before h5py writes (which used to crash)."""
+    store = small_store(tiny_disk, "h5", ())
+    fill(tiny_disk, store.stat().st_size + 256 * 1024)
+    before = snapshot(tiny_disk)
+    proc = subprocess.run(
+        [sys.executable, "-c", APPEND, str(store)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "not enough free space for appending to runner.h5" in proc.stdout, proc.stdout
+    assert snapshot(tiny_disk) == before
+    with open_store(store) as s:
+        assert s.num_episodes == 12

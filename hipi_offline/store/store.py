@@ -54,6 +54,7 @@ FORMAT_VERSION = 1
 FORMAT_ATTR = "hipi_offline_format"
 REQUIRED_STEP_FIELDS = ("steps/observations", "steps/actions")
 DEFAULT_CHUNK_ROWS = 65536
+APPEND_OVERHEAD_BYTES = 256 * 1024
 _FIELD_NAME = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 
 
@@ -407,7 +408,10 @@ class TrajectoryStore:
         lengths: Sequence[int],
         episodes: Mapping[str, np.ndarray] | None,
     ) -> None:
-        """HDF5 is not crash-safe in place: append to a copy, then replace the file."""
+        """HDF5 is not crash-safe in place: append to a copy, then replace the file.
+        The free space for the copy is checked first (h5py may crash the process when
+        the disk fills under it)."""
+        self._check_append_space(steps, episodes)
         self._backend.close()
         remove_abandoned_siblings(self.path)
         work = sibling(self.path, "append")
@@ -423,6 +427,17 @@ class TrajectoryStore:
         finally:
             remove_path(work)
             self._backend = open_backend(self.path, "a")
+
+    def _check_append_space(
+        self, steps: Mapping[str, np.ndarray], episodes: Mapping[str, np.ndarray] | None
+    ) -> None:
+        """Room for a copy of the file, the new rows, and one fresh chunk per field."""
+        chunk_rows = int(self.attrs.get("chunk_rows", DEFAULT_CHUNK_ROWS))
+        arrays = [np.asarray(v) for v in [*steps.values(), *(episodes or {}).values()]]
+        rows = sum(a.nbytes for a in arrays)
+        chunks = sum(a.itemsize * int(np.prod(a.shape[1:])) * chunk_rows for a in arrays)
+        needed = os.path.getsize(self.path) + rows + chunks + APPEND_OVERHEAD_BYTES
+        check_free_space(self.path.parent, needed, f"appending to {self.path.name}")
 
     def _append(
         self,
