@@ -260,11 +260,13 @@ class _Statvfs:
         self.f_flag = real.f_flag | (os.ST_RDONLY if rdonly else 0)
         self.f_frsize = 1
         self.f_bavail = real.f_bavail * real.f_frsize if free is None else free
+        self.f_blocks = real.f_blocks * real.f_frsize
+        self.f_bfree = self.f_bavail
 
 
 @pytest.mark.parametrize(
     ("fault", "needle"),
-    [({"rdonly": True}, "read-only file system"), ({"free": 4096}, "free on its file system")],
+    [({"rdonly": True}, "read-only file system"), ({"free": 4096}, "of free space")],
 )
 def test_unwritable_or_full_destination_is_found_before_loading_data(
     store: Path, tmp_path: Path, monkeypatch, fault: dict, needle: str
@@ -277,7 +279,7 @@ def test_unwritable_or_full_destination_is_found_before_loading_data(
     def no_loading(*args, **kwargs):
         raise AssertionError("the data was loaded before the destination was checked")
 
-    monkeypatch.setattr(preflight.os, "statvfs", statvfs)
+    monkeypatch.setattr(os, "statvfs", statvfs)
     monkeypatch.setattr(train_module, "load_working_set", no_loading)
     out = tmp_path / "parent" / "run"
     with pytest.raises(ResourceError, match=needle):

@@ -259,8 +259,6 @@ def _unwritable(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     folder.chmod(0o555)
     if os.access(folder, os.W_OK):
-        import hipi_offline.collect.space as space
-
         real = os.access
 
         def access(path: object, mode: int, *args: object, **kwargs: object) -> bool:
@@ -268,7 +266,7 @@ def _unwritable(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                 return False
             return real(path, mode, *args, **kwargs)
 
-        monkeypatch.setattr(space.os, "access", access)
+        monkeypatch.setattr(os, "access", access)
     return folder
 
 

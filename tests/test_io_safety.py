@@ -464,7 +464,7 @@ def fake_free(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
         usage = real(path)
         return type(usage)(usage.total, usage.used, free)
 
-    monkeypatch.setattr(common.shutil, "disk_usage", disk_usage)
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
 
 
 @pytest.mark.parametrize("fmt", sorted(SOURCES))
@@ -489,7 +489,7 @@ def test_free_space_prediction_counts_the_data(tmp_path: Path, monkeypatch: pyte
         f["actions"] = rng.standard_normal((40_000, 2))
         f["terminals"] = np.arange(40_000) % 100 == 99
     fake_free(monkeypatch, common.FREE_SPACE_MARGIN + 8_000_000)
-    refused(tmp_path, "import", "d4rl", src, tmp_path / "o.h5", code=1, needles=("MB",))
+    refused(tmp_path, "import", "d4rl", src, tmp_path / "o.h5", code=1, needles=("MiB",))
     store = labeled_store(tmp_path / "s.zarr", episodes=4)
     with open_store(store) as opened:
         size = sum(

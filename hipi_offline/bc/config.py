@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from hipi_offline.errors import InputError, one_line
+from hipi_offline.preflight import check_seed
 
 HEADS: tuple[str, ...] = ("gaussian", "deterministic")
 SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "silu", "tanh")
-SEED_LIMIT = 2**63
-"""Seeds lie in [0, SEED_LIMIT): numpy refuses negative seeds, torch ones of 2**64 and up."""
 INT_LIMIT = 2**63
 """Step counts, sizes and intervals stay below this (torch's int64)."""
 MAX_LAYERS = 256
@@ -149,9 +148,7 @@ def check_config(config: BCConfig) -> None:
     positive_int(config.keep_checkpoints, "--keep-checkpoints", allow_zero=True)
     positive_int(config.task_embedding, "--task-embedding", allow_zero=True)
     positive_int(config.threads, "--threads", allow_zero=True, high=MAX_THREADS + 1)
-    seed = config.seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
-        raise InputError(f"--seed: expected an integer from 0 to 2**63 - 1, got {seed!r}")
+    check_seed(config.seed)
     hidden = config.hidden
     if (
         not hidden

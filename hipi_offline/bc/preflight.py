@@ -9,8 +9,6 @@ is loaded, instead of a failed allocation or a full disk after the computation.
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,10 @@ import torch
 
 from hipi_offline.bc.config import BCConfig
 from hipi_offline.bc.policy import parameter_count
-from hipi_offline.errors import InputError, ResourceError
+from hipi_offline.errors import InputError
+from hipi_offline.preflight import available_memory as host_memory
+from hipi_offline.preflight import check_free_space, existing_ancestor
+from hipi_offline.preflight import check_writable as check_folder_writable
 
 FLOAT = 4
 """Bytes of a float32."""
@@ -58,17 +59,7 @@ def available_memory(device: torch.device) -> int | None:
             return int(torch.cuda.mem_get_info(device)[0])
         except (RuntimeError, AssertionError):
             return None
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        return None
+    return host_memory()
 
 
 def batch_bytes(spec: dict[str, Any], batch_size: int, top_k: int) -> int:
@@ -131,35 +122,9 @@ def description_bytes(spec: dict[str, Any], extra_text: int) -> int:
     return 16_384 + 32 * numbers + 2 * extra_text
 
 
-def existing_ancestor(run_dir: Path) -> Path:
-    """``run_dir`` or its nearest existing parent (where its entries will be written)."""
-    folder = Path(os.path.abspath(run_dir))
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
-
-
 def check_writable(run_dir: Path, needed: int) -> None:
     """Refuse an ``--out`` that cannot be written (read-only file system, no
     permission) or lacks ``needed`` free bytes, before anything is computed."""
-    folder = existing_ancestor(run_dir)
-    if not folder.is_dir():
-        raise InputError(f"--out {run_dir}: {folder} is a file, not a folder; choose another --out")
-    if hasattr(os, "statvfs"):
-        stats = os.statvfs(folder)
-        if stats.f_flag & getattr(os, "ST_RDONLY", 1):
-            raise ResourceError(
-                f"--out {run_dir}: {folder} is on a read-only file system; choose another --out"
-            )
-        free = stats.f_bavail * stats.f_frsize
-    else:  # pragma: no cover - not POSIX
-        free = math.inf
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ResourceError(
-            f"--out {run_dir}: {folder} is not writable (permission denied); choose another --out"
-        )
-    if free < needed:
-        raise ResourceError(
-            f"--out {run_dir}: {_gib(free)} free on its file system, a checkpoint of this run "
-            f"needs about {_gib(needed)}; free some space or choose another --out"
-        )
+    what = f"--out {run_dir}"
+    check_folder_writable(existing_ancestor(run_dir), what)
+    check_free_space(run_dir, needed, f"{what} (a checkpoint of this run)")

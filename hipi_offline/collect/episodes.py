@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from hipi_offline.envs.base import TaskEnv, env_task_spec, make_env
-from hipi_offline.errors import InputError
 from hipi_offline.experts.base import Expert, make_expert
 from hipi_offline.tasks.spec import TaskSpec
 
@@ -25,19 +24,6 @@ class Episode:
 
     def __repr__(self) -> str:
         return f"Episode(steps={len(self.actions)}, fields={sorted(self.fields)})"
-
-
-MAX_SEED = 2**63 - 1
-"""Largest seed accepted (seeds are stored as int64 attributes)."""
-
-
-def check_seed(seed: object, option: str = "--seed") -> int:
-    """A seed from 0 to :data:`MAX_SEED`, or a one-line InputError naming ``option``."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise InputError(f"{option}: must be an integer from 0 to {MAX_SEED}, got {seed!r}")
-    if not 0 <= int(seed) <= MAX_SEED:
-        raise InputError(f"{option}: must be from 0 to {MAX_SEED} (2**63 - 1), got {seed}")
-    return int(seed)
 
 
 def unit_seeds(seed: int, unit: int) -> np.random.SeedSequence:

@@ -19,7 +19,6 @@ from hipi_offline.collect.episodes import (
     Episode,
     UnitResult,
     batch_arrays,
-    check_seed,
     close_workers,
     run_unit,
 )
@@ -28,6 +27,7 @@ from hipi_offline.envs.base import make_env
 from hipi_offline.errors import InputError, one_line
 from hipi_offline.experts.base import make_expert
 from hipi_offline.parallel import ordered_map
+from hipi_offline.preflight import check_seed
 from hipi_offline.progress import progress_bar
 from hipi_offline.store.atomic import remove_abandoned_siblings
 from hipi_offline.store.backends import COMPRESSIONS

@@ -3,14 +3,13 @@ folder and room for the episodes to come (predicted from episodes x steps x fiel
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from hipi_offline.envs.base import TaskEnv
-from hipi_offline.errors import InputError, ResourceError
+from hipi_offline.errors import InputError
+from hipi_offline.preflight import check_free_space, check_writable
 from hipi_offline.store.backends import backend_kind
 
 MAX_STEPS = 10**8
@@ -33,18 +32,6 @@ def check_target(path: Path, option: str) -> None:
         raise InputError(f"{option}: {path} is a special file, not a store")
 
 
-def check_writable(folder: Path, option: str) -> None:
-    """Refuse a folder this process cannot write in (ResourceError, one line)."""
-    if os.access(folder, os.W_OK | os.X_OK):
-        return
-    try:
-        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only = False
-    reason = "is on a read-only file system" if read_only else "is not writable (permission)"
-    raise ResourceError(f"{option}: folder {folder} {reason}; choose another place")
-
-
 def bytes_per_step(env: TaskEnv) -> int:
     """Bytes one stored step takes uncompressed: observation, action and step fields."""
     info = env.info
@@ -53,10 +40,6 @@ def bytes_per_step(env: TaskEnv) -> int:
     fields = env.step(action).fields
     size = 4 * (info.observation_dim + info.action_dim)
     return size + sum(np.asarray(value).nbytes for value in fields.values())
-
-
-def _megabytes(count: int) -> str:
-    return f"{count / 2**20:,.1f} MiB"
 
 
 def check_space(
@@ -74,10 +57,4 @@ def check_space(
     need = new_bytes + MARGIN_BYTES
     if backend_kind(path) == "hdf5":
         need += new_bytes + (path.stat().st_size if existing else 0)
-    free = shutil.disk_usage(folder).free
-    if need > free:
-        raise ResourceError(
-            f"{option}: {path} needs about {_megabytes(need)} of free space for the new "
-            f"episodes, {folder} has {_megabytes(free)}; free some space or collect fewer "
-            "episodes or steps"
-        )
+    check_free_space(folder, need, f"{option} {path} (the new episodes)")

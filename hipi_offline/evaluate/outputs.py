@@ -8,9 +8,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from hipi_offline.collect.space import check_writable
 from hipi_offline.errors import InputError
 from hipi_offline.ownership import check_replaceable_store
+from hipi_offline.preflight import check_writable
 
 
 def _same(a: Path, b: Path) -> bool:

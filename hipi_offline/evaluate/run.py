@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from hipi_offline.bc.policy import load_policy
-from hipi_offline.collect.episodes import check_seed
 from hipi_offline.collect.run import MAX_WORKERS
 from hipi_offline.envs.base import TaskEnv, env_task_spec, gl_message, gl_unavailable
 from hipi_offline.errors import InputError, ResourceError
@@ -41,6 +40,7 @@ from hipi_offline.evaluate.rollout import (
 from hipi_offline.evaluate.tasks import plan_episodes
 from hipi_offline.evaluate.video import check_video_path, video_paths, write_video
 from hipi_offline.parallel import ordered_map
+from hipi_offline.preflight import check_seed
 from hipi_offline.progress import progress_bar
 from hipi_offline.store.atomic import atomic_write_bytes
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -13,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from hipi_offline.errors import InputError, ResourceError, one_line
+from hipi_offline import preflight
+from hipi_offline.errors import InputError, one_line
 from hipi_offline.ownership import check_disjoint, check_replaceable_store
+from hipi_offline.preflight import check_writable, existing_ancestor
 from hipi_offline.progress import progress_bar
 from hipi_offline.store import TrajectoryStore, create_store
 from hipi_offline.store.atomic import remove_abandoned_siblings, remove_path, replace_path, sibling
@@ -89,39 +90,15 @@ def inside(path: Path, folder: Path) -> bool:
     return target == root or root in target.parents
 
 
-def existing_ancestor(path: Path) -> Path:
-    """The nearest folder above ``path`` that exists (``.`` for a relative name)."""
-    parent = Path(os.path.abspath(path)).parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    return parent
-
-
 def check_parent(dest: Path) -> None:
     """DEST's nearest existing ancestor must be a writable folder."""
-    parent = existing_ancestor(dest)
-    if not parent.is_dir():
-        raise InputError(f"{dest}: {parent} is not a directory")
-    flags = os.statvfs(parent).f_flag
-    if flags & os.ST_RDONLY:
-        raise ResourceError(f"{parent}: read-only file system; choose another destination")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{parent}: permission denied; choose a destination you can write")
+    check_writable(existing_ancestor(dest.parent), str(dest))
 
 
 def check_free_space(dest: Path, needed: int) -> None:
-    """ResourceError when the filesystem of DEST has less than ``needed`` bytes free."""
-    parent = existing_ancestor(dest)
-    free = shutil.disk_usage(parent).free
-    if needed + FREE_SPACE_MARGIN > free:
-        raise ResourceError(
-            f"{dest}: needs about {_mb(needed + FREE_SPACE_MARGIN)} but {parent} has "
-            f"{_mb(free)} free; free some space or choose another destination"
-        )
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1e6:,.1f} MB"
+    """ResourceError when the filesystem of DEST has less than ``needed`` bytes free
+    (plus a margin for metadata)."""
+    preflight.check_free_space(dest, needed + FREE_SPACE_MARGIN, str(dest))
 
 
 def dataset_bytes(datasets: Iterable[Any]) -> int:

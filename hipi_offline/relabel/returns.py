@@ -14,12 +14,10 @@ is in float64. Two families have exact fast paths:
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -27,6 +25,7 @@ import torch
 from torch import Tensor
 
 from hipi_offline.errors import InputError
+from hipi_offline.preflight import available_memory
 from hipi_offline.progress import progress_bar
 from hipi_offline.store.store import TrajectoryStore
 from hipi_offline.tasks.families import (
@@ -326,31 +325,6 @@ def _columns(shape: tuple[int, ...]) -> int:
     for size in shape[1:]:
         out *= size
     return out
-
-
-def available_memory() -> int | None:
-    """Bytes a new allocation can get: /proc/meminfo's MemAvailable, capped by a cgroup
-    v2 memory limit; else the free physical pages; None where nothing is known."""
-    known = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                known.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
-        if limit != "max":
-            known.append(max(0, int(limit) - int(used)))
-    except (OSError, ValueError):
-        pass
-    if not known:
-        try:
-            known.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (OSError, ValueError, AttributeError):
-            return None
-    return min(known)
 
 
 def _gib(size: int) -> str:
