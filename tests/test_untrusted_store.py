@@ -669,3 +669,23 @@ def test_hdf5_append_checks_room_for_its_copy(tiny_disk):
     assert snapshot(tiny_disk) == before
     with open_store(store) as s:
         assert s.num_episodes == 12
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_store_creation_removes_only_its_own_leftovers(tmp_path, kind):
+    """A killed creation's staging copy (our name, dead pid) is removed by the next
+    creation; the user's files that merely look alike are not."""
+    out = tmp_path / f"out.{kind}"
+    suffix = out.suffix
+    ours = tmp_path / f".{out.name}.creating-{token(dead_pid())}{suffix}"
+    ours.write_bytes(b"half a store")
+    alike = [
+        tmp_path / f".{out.name}.backup-{token(dead_pid())}{suffix}",
+        tmp_path / f".{out.name}.notes",
+        tmp_path / f".{out.name}.creating-{token(dead_pid())}.txt",
+    ]
+    for path in alike:
+        path.write_text("the user's")
+    result = cli("make-synthetic", out, "--episodes", 3, "--steps", 5)
+    assert result.exit_code == 0, result.output
+    assert not ours.exists() and all(path.exists() for path in alike)

@@ -40,19 +40,31 @@ def abandoned(name: str) -> bool:
     return False
 
 
+SIBLING_PURPOSES = ("creating", "append", "old")
+
+
 def sibling(path: Path, purpose: str) -> Path:
-    """A hidden temporary path beside ``path`` with the same suffix."""
+    """A hidden temporary path beside ``path`` with the same suffix (``purpose`` is
+    one of :data:`SIBLING_PURPOSES`, which :func:`remove_abandoned_siblings` knows)."""
+    assert purpose in SIBLING_PURPOSES, purpose
     return path.with_name(f".{path.name}.{purpose}-{writer_token()}{path.suffix}")
 
 
 def remove_abandoned_siblings(path: Path) -> None:
-    """Delete the temporaries that killed writers left beside ``path``."""
+    """Delete the temporaries that killed writers left beside ``path`` (only names
+    :func:`sibling` makes, of processes that no longer run; links are unlinked, never
+    followed)."""
     if not path.parent.is_dir():
         return
-    prefix = f".{path.name}."
+    purposes = "|".join(SIBLING_PURPOSES)
+    ours = re.compile(  # exactly the names that :func:`sibling` makes
+        re.escape(f".{path.name}.")
+        + rf"(?:{purposes})-(?P<token>\d+-[0-9a-f]{{32}})"
+        + re.escape(path.suffix)
+    )
     for leftover in path.parent.iterdir():
-        name = leftover.name
-        if name.startswith(prefix) and _TOKEN.search(name) and abandoned(name):
+        found = ours.fullmatch(leftover.name)
+        if found and abandoned(found["token"]):
             remove_path(leftover)
 
 
