@@ -71,8 +71,8 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
     free = shutil.disk_usage(where).free
     if free < needed:
         raise ResourceError(
-            f"{what}: needs about {human_bytes(needed)} of free space, {where} has "
-            f"{human_bytes(free)}; free some space or choose another place"
+            f"not enough free space for {what}: needs about {human_bytes(needed)}, {where} "
+            f"has {human_bytes(free)} free; free some space or choose another place"
         )
 
 

@@ -8,8 +8,6 @@ the label set is read back afterwards.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -20,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from disk import snapshot
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -42,20 +41,6 @@ candidates: 16
 
 
 # ------------------------------------------------------------------ helpers
-def snapshot(root: Path) -> dict[str, tuple[str, str]]:
-    """Every file (sha256), folder and symlink (target) under ``root``."""
-    out: dict[str, tuple[str, str]] = {}
-    for folder, dirs, files in os.walk(root):
-        for name in [*dirs, *files]:
-            path = Path(folder) / name
-            rel = str(path.relative_to(root))
-            if path.is_symlink():
-                out[rel] = ("link", os.readlink(path))
-            elif path.is_dir():
-                out[rel] = ("dir", "")
-            else:
-                out[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
-    return out
 
 
 def labels_equal(a, b) -> bool:

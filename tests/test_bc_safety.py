@@ -21,7 +21,6 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from typer.testing import CliRunner
 
-import hipi_offline.bc.preflight as preflight
 import hipi_offline.bc.train as train_module
 from cli.main import app
 from hipi_offline.bc import BCConfig, load_policy, train_bc
@@ -266,7 +265,7 @@ class _Statvfs:
 
 @pytest.mark.parametrize(
     ("fault", "needle"),
-    [({"rdonly": True}, "read-only file system"), ({"free": 4096}, "of free space")],
+    [({"rdonly": True}, "read-only file system"), ({"free": 4096}, "not enough free space")],
 )
 def test_unwritable_or_full_destination_is_found_before_loading_data(
     store: Path, tmp_path: Path, monkeypatch, fault: dict, needle: str

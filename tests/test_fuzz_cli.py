@@ -11,7 +11,6 @@ fewer cases run, the same ones on every machine up to that point).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from disk import snapshot
 
 from cli.main import main
 from hipi_offline.relabel import RelabelConfig, relabel
@@ -91,22 +91,6 @@ def run_cli(args: list[str]) -> Outcome:
     finally:
         sys.argv = saved
     return Outcome(code, out.getvalue(), err.getvalue(), crash)
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file (sha256), folder and link (target) under ``root``."""
-    out: dict[str, str] = {}
-    for folder, dirs, files in os.walk(root):
-        for name in [*dirs, *files]:
-            path = Path(folder) / name
-            rel = str(path.relative_to(root))
-            if path.is_symlink():
-                out[rel] = "link:" + os.readlink(path)
-            elif path.is_dir():
-                out[rel] = "dir"
-            else:
-                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -4,7 +4,6 @@ destination that cannot hold the result is refused before anything is written.""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+from disk import snapshot
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -31,22 +31,6 @@ LENGTHS = [4, 3, 5]
 
 
 # ---------------------------------------------------------------- helpers
-def snapshot(root: Path) -> dict[str, tuple[str, str]]:
-    """Every file (sha256), folder and symlink (target) under ``root``."""
-    out: dict[str, tuple[str, str]] = {}
-    for folder, dirs, files in os.walk(root):
-        for name in [*dirs, *files]:
-            path = Path(folder) / name
-            rel = str(path.relative_to(root))
-            if path.is_symlink():
-                out[rel] = ("link", os.readlink(path))
-            elif path.is_dir():
-                out[rel] = ("dir", "")
-            elif path.is_file():
-                out[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
-            else:
-                out[rel] = ("special", "")
-    return out
 
 
 def cli(*args: object) -> Any:

@@ -11,7 +11,6 @@ permitted.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import select
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from disk import snapshot
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -40,22 +40,6 @@ WAIT = 300.0  # bound on any wait for another process's signal (generous under l
 
 
 # ------------------------------------------------------------------ helpers
-def snapshot(root: Path) -> dict[str, tuple[str, str]]:
-    """Every file (sha256), folder and symlink (target) under ``root``, links unfollowed."""
-    out: dict[str, tuple[str, str]] = {}
-    for folder, dirs, files in os.walk(root):
-        for name in [*dirs, *files]:
-            path = Path(folder) / name
-            rel = str(path.relative_to(root))
-            if path.is_symlink():
-                out[rel] = ("link", os.readlink(path))
-            elif path.is_dir():
-                out[rel] = ("dir", "")
-            elif path.is_file():
-                out[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
-            else:
-                out[rel] = ("special", "")
-    return out
 
 
 def cli(*args: object):
@@ -689,3 +673,60 @@ def test_store_creation_removes_only_its_own_leftovers(tmp_path, kind):
     result = cli("make-synthetic", out, "--episodes", 3, "--steps", 5)
     assert result.exit_code == 0, result.output
     assert not ours.exists() and all(path.exists() for path in alike)
+
+
+# ------------------------------------------------------------------ replacing an HDF5 store
+def _labeled_h5(tmp_path: Path) -> Path:
+    path = tmp_path / "s.h5"
+    make_synthetic_store(path, SyntheticConfig(episodes=4, steps=8, seed=3))
+    relabel(path, RelabelConfig(tasks="synthetic-velocity", candidates=8))
+    return path
+
+
+def test_replacing_an_hdf5_store_never_leaves_old_labels_on_new_data(tmp_path: Path) -> None:
+    path = _labeled_h5(tmp_path)
+    make_synthetic_store(path, SyntheticConfig(episodes=4, steps=8, seed=4), overwrite=True)
+    with open_store(path) as store:
+        assert store.label_names() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
+
+
+def test_a_failed_replacement_keeps_the_old_store_and_its_labels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hipi_offline.store.store as store_module
+
+    path = _labeled_h5(tmp_path)
+    before = snapshot(tmp_path)
+
+    def fail(source: Path, target: Path) -> None:
+        assert not hdf5_sidecar(path).exists()  # the old labels were moved aside first
+        raise OSError(28, "No space left on device", str(target))
+
+    monkeypatch.setattr(store_module, "replace_path", fail)
+    with pytest.raises(OSError):
+        make_synthetic_store(path, SyntheticConfig(episodes=4, steps=8, seed=4), overwrite=True)
+    assert snapshot(tmp_path) == before
+
+
+def test_labels_retired_by_a_killed_replacement_are_removed_by_the_next_writer(
+    tmp_path: Path,
+) -> None:
+    path = _labeled_h5(tmp_path)
+    script = (
+        "import os, signal, sys\n"
+        "import hipi_offline.store.store as m\n"
+        "from hipi_offline.store.synthetic import SyntheticConfig, make_synthetic_store\n"
+        "def killed(source, target):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "m.replace_path = killed\n"
+        f"make_synthetic_store({str(path)!r}, SyntheticConfig(episodes=4, steps=8, seed=4),"
+        " overwrite=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL
+    with open_store(path) as store:  # the old store, intact, without its labels
+        assert store.num_episodes == 4 and store.label_names() == []
+    assert any(p.name.startswith(".s.h5.labels.old-") for p in tmp_path.iterdir())
+    make_synthetic_store(path, SyntheticConfig(episodes=4, steps=8, seed=5), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]

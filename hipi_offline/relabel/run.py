@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from hipi_offline.errors import InputError
+from hipi_offline.preflight import check_seed
 from hipi_offline.relabel.posterior import (
     NonFinitePosterior,
     Posterior,
@@ -212,6 +213,7 @@ def relabel(store_path: str | Path, config: RelabelConfig) -> RelabelSummary:
     the computation through the commit (a concurrent writer of the set is refused)."""
     if config.method not in METHODS:
         raise InputError(f"--method: expected one of {', '.join(METHODS)}, got {config.method!r}")
+    check_seed(config.seed)
     store_path = Path(store_path)
     name = config.method if config.name is None else config.name
     check_label_name(name)

@@ -13,7 +13,7 @@ import stat
 import uuid
 from pathlib import Path
 
-from hipi_offline.errors import InputError, ResourceError
+from hipi_offline.errors import InputError
 
 _TOKEN = re.compile(r"(\d+)-[0-9a-f]{32}")
 
@@ -123,40 +123,6 @@ def replace_path(source: Path, target: Path) -> None:
         if trash is not None:
             remove_path(trash)
     fsync_path(target.parent)
-
-
-def human_bytes(size: float) -> str:
-    """``size`` bytes as a short text (``1.5 MiB``)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"  # pragma: no cover
-
-
-def check_writable_folder(folder: Path, what: str) -> None:
-    """Fail before any work when ``folder`` cannot be written: a missing folder is
-    the user's input (InputError); a read-only file system or a folder without
-    write permission is the environment (ResourceError). Writes nothing."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: no such folder for {what}; create it first")
-    if os.access(folder, os.W_OK | os.X_OK):
-        return
-    read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    reason = "read-only file system" if read_only else "permission denied"
-    raise ResourceError(f"{folder}: cannot write {what} here ({reason})")
-
-
-def check_free_space(folder: Path, needed: int, what: str) -> None:
-    """A ResourceError (needed vs free) when ``folder``'s file system has less than
-    ``needed`` bytes free."""
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise ResourceError(
-            f"{folder}: not enough free space for {what}: needs about {human_bytes(needed)}, "
-            f"{human_bytes(free)} free; free some space or choose another folder"
-        )
 
 
 def special_file_error(path: Path, mode: int) -> InputError:

@@ -35,12 +35,11 @@ from typing import Any
 import numpy as np
 
 from hipi_offline.errors import InputError, describe_os_error
+from hipi_offline.preflight import check_free_space, check_writable
 from hipi_offline.store.atomic import (
     abandoned,
     atomic_write_bytes,
-    check_free_space,
     check_plain_tree,
-    check_writable_folder,
     fsync_path,
     special_file_error,
     writer_token,
@@ -214,15 +213,15 @@ def prepare_label_area(store_path: Path) -> tuple[Path, list[Path]]:
         if backend_kind(store_path) == "hdf5":
             area, created = hdf5_sidecar(store_path), []
             if not _real_folder(area):
-                check_writable_folder(area.parent, "label sets")
+                check_writable(area.parent, "label sets")
                 area.mkdir()
                 created.append(area)
         else:
-            check_writable_folder(store_path, "label sets")
+            check_writable(store_path, "label sets")
             area, created = store_path / "labels", ensure_zarr_labels_group(store_path)
     except OSError as err:
         raise describe_os_error(err) from None
-    check_writable_folder(area, "label sets")
+    check_writable(area, "label sets")
     return area, created
 
 

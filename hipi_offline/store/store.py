@@ -27,9 +27,8 @@ from typing import Any, Literal
 import numpy as np
 
 from hipi_offline.errors import InputError
+from hipi_offline.preflight import check_free_space, check_writable
 from hipi_offline.store.atomic import (
-    check_free_space,
-    check_writable_folder,
     remove_abandoned_siblings,
     remove_path,
     replace_path,
@@ -118,8 +117,9 @@ class TrajectoryStore:
         if compression not in COMPRESSIONS:
             raise InputError(f"compression: {compression!r} is not one of {COMPRESSIONS}")
         _check_replaceable(path, overwrite)
-        check_writable_folder(path.parent, f"the store {path.name}")
+        check_writable(path.parent, f"the store {path.name}")
         remove_abandoned_siblings(path)
+        remove_abandoned_siblings(hdf5_sidecar(path))
         check_free_space(path.parent, expected_bytes, f"the store {path.name}")
         staging = sibling(path, "creating")
         try:
@@ -183,20 +183,33 @@ class TrajectoryStore:
         if staging is None:
             self._backend.close()
             return
+        retired: Path | None = None
         try:
             self._backend.close()
             if commit:
                 _check_replaceable(self.path, self._overwrite)
+                retired = self._retire_old_labels()
                 replace_path(staging, self.path)
         except BaseException:
             remove_path(staging)
+            if retired is not None:  # not replaced: the old store keeps its labels
+                os.rename(retired, hdf5_sidecar(self.path))
             raise
+        if retired is not None:
+            remove_path(retired)
         if not commit:
             remove_path(staging)
-            return
-        stale_labels = hdf5_sidecar(self.path)  # an HDF5 store's replaced labels
-        if self.kind == "hdf5" and stale_labels.is_dir() and not stale_labels.is_symlink():
-            shutil.rmtree(stale_labels)
+
+    def _retire_old_labels(self) -> Path | None:
+        """Move an HDF5 store's label sets aside before the store is replaced, so that a
+        kill at any moment never leaves the old labels on the new data (at worst the
+        old store is left without its labels; the hidden folder is removed later)."""
+        labels = hdf5_sidecar(self.path)
+        if self.kind != "hdf5" or labels.is_symlink() or not labels.is_dir():
+            return None
+        retired = sibling(labels, "old")
+        os.rename(labels, retired)
+        return retired
 
     def __repr__(self) -> str:
         return (

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hipi_offline.errors import InputError
+from hipi_offline.preflight import check_seed
 from hipi_offline.progress import progress_bar
 from hipi_offline.store.store import DEFAULT_CHUNK_ROWS, TrajectoryStore
 
@@ -92,6 +93,7 @@ def _check_config(config: SyntheticConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise InputError(f"{name}: must be a positive integer, got {value!r}")
+    check_seed(config.seed)
 
 
 def make_synthetic_store(
