@@ -30,7 +30,7 @@ from hipi_offline.relabel import RelabelConfig, relabel
 from hipi_offline.store.synthetic import SyntheticConfig, make_synthetic_store
 
 SEED = 20261201
-CASES = 40
+CASES = 80
 SECONDS = 60.0
 NASTY_NUMBERS = (
     "0", "-1", "-0", "1e309", "nan", "inf", "-inf", "1e-320", "2e9", "1000000000",
@@ -366,21 +366,17 @@ def _checkpoint(rng: np.random.Generator, root: Path) -> tuple[str, list[str]]:
     return what, args
 
 
-@pytest.mark.slow
 def test_fuzz_options(base: Path) -> None:
     fuzz("options", _options, base)
 
 
-@pytest.mark.slow
 def test_fuzz_task_specs(base: Path) -> None:
     fuzz("spec", _spec, base)
 
 
-@pytest.mark.slow
 def test_fuzz_damaged_stores(base: Path) -> None:
     fuzz("store", _store, base)
 
 
-@pytest.mark.slow
 def test_fuzz_damaged_checkpoints(base: Path) -> None:
     fuzz("checkpoint", _checkpoint, base)

@@ -228,8 +228,9 @@ def load_yaml_bounded(text: str) -> Any:
     no recursive aliases, and string mapping keys. Every failure is one InputError line."""
     if len(text) > MAX_SPEC_BYTES:
         raise InputError(f"task spec larger than {MAX_SPEC_BYTES} bytes")
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # its reader refuses control characters here
         node = loader.get_single_node()
         if node is None:
             return None
@@ -244,7 +245,8 @@ def load_yaml_bounded(text: str) -> Any:
     except (ValueError, OverflowError) as err:  # e.g. a timestamp 2020-13-45
         raise InputError(f"malformed YAML ({err})") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 _STR = "tag:yaml.org,2002:str"
@@ -296,7 +298,7 @@ def _expanded(
 
 def _build(data: Mapping[str, Any], text: str, origin: str) -> TaskSpec:
     family_name = data.get("family")
-    if family_name not in FAMILY_KEYS:
+    if not isinstance(family_name, str) or family_name not in FAMILY_KEYS:
         raise InputError(f"family: unknown family {family_name!r} (use {', '.join(FAMILY_KEYS)})")
     required, optional = FAMILY_KEYS[family_name]
     unknown = sorted(set(data) - COMMON_KEYS - required - optional)
