@@ -119,9 +119,10 @@ def check_replaceable_store(path: Path, option: str = "--overwrite") -> None:
     if not (path.is_dir() or path.is_file()):
         raise InputError(f"{path}: is a special file, not a store; {option} refuses to replace it")
     if not is_hipi_store(path):
-        what = f"a folder that {_contents(path)}" if path.is_dir() else "a file"
+        what = f"a folder ({_contents(path)})" if path.is_dir() else "a file"
         raise InputError(
-            f"{path}: is {what}, not a hipi-offline store; {option} refuses to replace it"
+            f"{path}: is {what}, not a hipi-offline store; {option} never replaces it "
+            "(choose another destination or remove it yourself)"
         )
 
 

@@ -553,10 +553,9 @@ def _check_replaceable(path: Path, overwrite: bool) -> None:
 
     if not os.path.lexists(path):
         return
+    check_replaceable_store(path)  # a link or anything but a store: never replaced
     if not overwrite:
-        what = "a symbolic link" if path.is_symlink() else "something"
-        raise InputError(f"{path}: {what} already exists there; pass overwrite to replace it")
-    check_replaceable_store(path)
+        raise InputError(f"{path}: already exists; pass --overwrite to replace it")
     sidecar = hdf5_sidecar(path)
     if backend_kind(path) == "hdf5" and sidecar.is_symlink():
         raise InputError(f"{sidecar}: is a symbolic link; --overwrite never replaces a link")
