@@ -402,12 +402,23 @@ def test_available_memory_is_known_and_plausible():
 
 
 PEAK = """
-import resource, sys
+import sys
 import torch
 from hipi_offline.relabel import RelabelConfig, relabel
 from hipi_offline.relabel.returns import RelabelSizes, tile_columns
 from hipi_offline.store import open_store
 from hipi_offline.tasks import load_task_spec
+
+
+def high_water():
+    # VmHWM: this process image's peak RSS. Unlike getrusage's ru_maxrss it is not
+    # inherited from a large parent (pytest) across fork and exec.
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
 torch.set_num_threads(1)
 store, tasks, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
 spec = load_task_spec(tasks)
@@ -415,9 +426,9 @@ with open_store(store) as s:
     n = s.num_episodes
     dim = spec.task_dim(s.step_fields())
     sizes = RelabelSizes.of(s, spec, "hipi", (k, dim, 32), 65536, tile_columns(n, k, 2048.0))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = high_water()
 relabel(store, RelabelConfig(tasks=tasks, name="p", candidates=k, device="cpu"))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = high_water()
 print(peak - base, sizes.memory, n * k * 8)
 """
 

@@ -43,6 +43,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from hipi_offline.bc.budget import (
+    MARGIN,
+    check_memory,
+    check_writable,
+    checkpoint_bytes,
+    description_bytes,
+    network_spec,
+)
 from hipi_offline.bc.config import BCConfig, check_config
 from hipi_offline.bc.data import (
     ACTIONS,
@@ -67,14 +75,6 @@ from hipi_offline.bc.policy import (
     list_checkpoints,
     read_checkpoint,
     write_checkpoint,
-)
-from hipi_offline.bc.preflight import (
-    MARGIN,
-    check_memory,
-    check_writable,
-    checkpoint_bytes,
-    description_bytes,
-    network_spec,
 )
 from hipi_offline.bc.rundir import (
     METRICS_HEADER,

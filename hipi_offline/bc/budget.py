@@ -1,4 +1,4 @@
-"""Checks a train-bc run makes before it writes anything: whether the network and a
+"""A train-bc run's budget, checked before it writes anything: whether the network and a
 minibatch fit in memory, and whether ``--out`` is writable with room for a checkpoint.
 
 The estimates are deliberately coarse (a few bytes per value, with the optimizer's
