@@ -358,6 +358,7 @@ def new_temporaries(store: Path, stale: set[Path]) -> bool:
 
 
 # ------------------------------------------------------------------ random kills
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_sigkill_during_relabel(zygote: Zygote, big_stores, kind: str):
     store, old, new, duration = big_stores(kind)
@@ -480,6 +481,7 @@ def crash_points(trace: list[str], rng: np.random.Generator, sample: int = 10) -
     return sorted(near | {int(i) for i in picked})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_crash_at_file_system_calls(zygote: Zygote, small_stores, kind: str):
     store = small_stores[kind]

@@ -272,6 +272,7 @@ def _train_args(store: Path, out: Path, steps: int) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(two_task: Path, tmp_path: Path):
     steps = 2500
     straight, killed = tmp_path / "straight", tmp_path / "killed"

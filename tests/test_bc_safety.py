@@ -476,6 +476,7 @@ def _limit_file_size(limit: int):
     return apply
 
 
+@pytest.mark.slow
 def test_checkpoint_that_cannot_be_written_leaves_nothing_behind(store: Path, tmp_path: Path):
     """A process that may write files of at most 32 KiB: config.json fits, the first
     checkpoint does not. One error line, exit code 1, no temporaries, no run folder;

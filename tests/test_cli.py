@@ -280,6 +280,7 @@ def _command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "cli.main"]
 
 
+@pytest.mark.slow
 def test_console_script_pipeline(tmp_path: Path):
     """The installed command in a subprocess: exit codes and streams as a user sees them."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

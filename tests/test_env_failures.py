@@ -97,6 +97,7 @@ def test_without_gl_simulation_works_and_video_is_one_line(
     assert not video.exists() and not (tmp_path / "e.json").exists()
 
 
+@pytest.mark.slow
 def test_collect_prints_no_settotalmass_warning(tmp_path: Path) -> None:
     """dm_control logs MuJoCo's deprecation of the cheetah model's ``settotalmass``
     each time the model is compiled; a collect with two workers shows it zero times."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from hipi_offline.collect import CollectConfig, collect
@@ -24,6 +25,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
 
 
+@pytest.mark.slow
 def test_cheetah_posterior_mean_tracks_the_commanded_speed(tmp_path: Path) -> None:
     store = tmp_path / "cheetah.h5"
     collect("cheetah", store, CollectConfig(episodes=8, steps=100, seed=1, workers=2))
@@ -36,6 +38,7 @@ def test_cheetah_posterior_mean_tracks_the_commanded_speed(tmp_path: Path) -> No
     assert np.abs(posterior_mean - commanded).mean() < 0.5
 
 
+@pytest.mark.slow
 def test_quadruped_commanded_weights_rank_in_the_top_decile(tmp_path: Path) -> None:
     """Candidates: 90 prior draws plus the commanded weight vectors of the episodes;
     each episode's own commanded vector should be among its 10 % most probable."""

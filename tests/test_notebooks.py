@@ -20,6 +20,7 @@ def test_there_are_notebooks() -> None:
     assert NOTEBOOKS, "notebooks/ holds no .ipynb"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Execute in a fresh python3 kernel in an empty folder, on the tiny defaults; the
