@@ -60,14 +60,19 @@ def _contents(folder: Path, limit: int = 3) -> str:
     return f"holds {shown}" + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def check_replaceable_folder(path: Path, kind: str, option: str = "--overwrite") -> None:
-    """Refuse to replace ``path`` unless it is absent or a ``kind`` folder we made."""
-    path = Path(path)
+def _absent(path: Path, option: str) -> bool:
+    """True when nothing is at ``path``; a link there (even a dangling one) is refused."""
     if path.is_symlink():
         raise InputError(
             f"{path}: is a symbolic link; {option} never replaces a link (remove it yourself)"
         )
-    if not path.exists():
+    return not path.exists()
+
+
+def check_replaceable_folder(path: Path, kind: str, option: str = "--overwrite") -> None:
+    """Refuse to replace ``path`` unless it is absent or a ``kind`` folder we made."""
+    path = Path(path)
+    if _absent(path, option):
         return
     if not path.is_dir():
         raise InputError(
@@ -110,11 +115,7 @@ def is_hipi_store(path: Path) -> bool:
 def check_replaceable_store(path: Path, option: str = "--overwrite") -> None:
     """Refuse to replace ``path`` unless it is absent or a hipi-offline store."""
     path = Path(path)
-    if path.is_symlink():
-        raise InputError(
-            f"{path}: is a symbolic link; {option} never replaces a link (remove it yourself)"
-        )
-    if not path.exists():
+    if _absent(path, option):
         return
     if not (path.is_dir() or path.is_file()):
         raise InputError(f"{path}: is a special file, not a store; {option} refuses to replace it")

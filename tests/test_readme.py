@@ -71,48 +71,27 @@ def test_every_command_accepts_no_progress(command: str) -> None:
     assert "--no-progress" in result.output
 
 
+def _cli_without_bar_switch(*args: str) -> subprocess.CompletedProcess[str]:
+    """``hipi-offline ARGS`` in a subprocess whose environment does not hide bars."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_no_progress_hides_the_bars(tmp_path: Path) -> None:
-    store = tmp_path / "s.h5"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "make-synthetic",
-            str(store),
-            "--episodes",
-            "5",
-            "--steps",
-            "20",
-            "--no-progress",
-        ],
-        cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "%|" not in done.stderr
-    relabeled = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "relabel",
-            str(store),
-            "--tasks",
-            "synthetic-velocity",
-            "--no-progress",
-        ],
-        cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert relabeled.returncode == 0, relabeled.stderr
-    assert "%|" not in relabeled.stderr
+    store = str(tmp_path / "s.h5")
+    for args in (
+        ("make-synthetic", store, "--episodes", "5", "--steps", "20"),
+        ("relabel", store, "--tasks", "synthetic-velocity"),
+    ):
+        done = _cli_without_bar_switch(*args, "--no-progress")
+        assert done.returncode == 0, done.stderr
+        assert "%|" not in done.stderr
 
 
 @pytest.mark.slow
