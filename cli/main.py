@@ -86,7 +86,10 @@ def collect(
     ] = None,
     expert: Annotated[
         list[str] | None,
-        typer.Option(help="Expert option NAME=VALUE, repeatable (MPPI: samples=32, ...)."),
+        typer.Option(
+            help="The expert's name (quadruped: trot, the default, or mppi) and its "
+            "options NAME=VALUE, repeatable: --expert mppi --expert samples=32."
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:

@@ -33,24 +33,27 @@ def unit_seeds(seed: int, unit: int) -> np.random.SeedSequence:
 
 ExpertOptions = tuple[tuple[str, Any], ...]
 """Options of an environment's expert as sorted (name, value) pairs (hashable)."""
+ExpertChoice = tuple[str | None, ExpertOptions]
+"""An expert's name (None: the environment's default) and its options."""
+DEFAULT_EXPERT: ExpertChoice = (None, ())
 
 
 class _Worker:
     """Per-process cache of the environment, its expert and its task spec."""
 
-    def __init__(self, env_name: str, options: ExpertOptions = ()) -> None:
+    def __init__(self, env_name: str, expert: ExpertChoice = DEFAULT_EXPERT) -> None:
         self.env: TaskEnv = make_env(env_name)
-        self.expert: Expert = make_expert(env_name, **dict(options))
+        self.expert: Expert = make_expert(env_name, expert[0], **dict(expert[1]))
         self.spec: TaskSpec = env_task_spec(self.env)
 
 
-_WORKERS: dict[tuple[str, ExpertOptions], _Worker] = {}
+_WORKERS: dict[tuple[str, ExpertChoice], _Worker] = {}
 
 
-def _worker(env_name: str, options: ExpertOptions = ()) -> _Worker:
-    if (env_name, options) not in _WORKERS:
-        _WORKERS[env_name, options] = _Worker(env_name, options)
-    return _WORKERS[env_name, options]
+def _worker(env_name: str, expert: ExpertChoice = DEFAULT_EXPERT) -> _Worker:
+    if (env_name, expert) not in _WORKERS:
+        _WORKERS[env_name, expert] = _Worker(env_name, expert)
+    return _WORKERS[env_name, expert]
 
 
 def _run_commanded(worker: _Worker, task: np.ndarray, steps: int, seed: int) -> Episode:
@@ -75,11 +78,11 @@ def _run_commanded(worker: _Worker, task: np.ndarray, steps: int, seed: int) -> 
 
 
 def commanded_unit(
-    env_name: str, steps: int, seed: int, unit: int, options: ExpertOptions = ()
+    env_name: str, steps: int, seed: int, unit: int, expert: ExpertChoice = DEFAULT_EXPERT
 ) -> list[Episode]:
-    """One episode of the expert (with ``options``) commanded a task drawn from the
+    """One episode of the expert (name and options) commanded a task drawn from the
     environment's prior."""
-    worker = _worker(env_name, options)
+    worker = _worker(env_name, expert)
     task_seq, env_seq = unit_seeds(seed, unit).spawn(2)
     task = worker.spec.prior.sample(1, np.random.default_rng(task_seq))[0].astype(np.float32)
     env_seed = int(env_seq.generate_state(1)[0])
@@ -87,7 +90,12 @@ def commanded_unit(
 
 
 def play_unit(
-    env_name: str, steps: int, seed: int, unit: int, windows: int, options: ExpertOptions = ()
+    env_name: str,
+    steps: int,
+    seed: int,
+    unit: int,
+    windows: int,
+    expert: ExpertChoice = DEFAULT_EXPERT,
 ) -> list[Episode]:
     """``windows`` windows of ``steps`` steps cut from one play stream, each ending at
     the completion of a sub-task and labeled with that sub-task.
@@ -107,12 +115,17 @@ def play_unit(
     Episode fields: ``task`` (sub-task index), ``stream`` (the unit), ``window``
     (0, 1, ... in stream order) and ``stream_offset`` (stream row of the first step).
     """
-    stream, ends = play_recording(env_name, steps, seed, unit, windows, options)
+    stream, ends = play_recording(env_name, steps, seed, unit, windows, expert)
     return play_windows(stream, ends, steps)
 
 
 def play_recording(
-    env_name: str, steps: int, seed: int, unit: int, windows: int, options: ExpertOptions = ()
+    env_name: str,
+    steps: int,
+    seed: int,
+    unit: int,
+    windows: int,
+    expert: ExpertChoice = DEFAULT_EXPERT,
 ) -> tuple[Episode, list[int]]:
     """The play stream of a unit from its first row to its last window's end, as one
     episode, and the stream rows where its windows end (see :func:`play_unit`).
@@ -122,7 +135,7 @@ def play_recording(
     """
     from hipi_offline.experts.desk_play import PlayStream
 
-    worker = _worker(env_name, options)
+    worker = _worker(env_name, expert)
     stream_seed = int(unit_seeds(seed, unit).generate_state(1)[0])
     stream = PlayStream(worker.env, worker.expert, stream_seed)
     limit = 20 * windows * steps + 5000  # a script that stops completing sub-tasks
@@ -190,15 +203,15 @@ class UnitResult:
 PLAY_ENVS = {"desk"}
 
 
-def run_unit(args: tuple[str, int, int, int, int, bool, ExpertOptions]) -> UnitResult:
+def run_unit(args: tuple[str, int, int, int, int, bool, ExpertChoice]) -> UnitResult:
     """Picklable entry point for worker processes:
-    (env, steps, seed, unit, windows, keep the play stream, expert options)."""
-    env_name, steps, seed, unit, windows, keep_stream, options = args
+    (env, steps, seed, unit, windows, keep the play stream, expert name and options)."""
+    env_name, steps, seed, unit, windows, keep_stream, expert = args
     _single_thread()
     if env_name in PLAY_ENVS:
-        stream, ends = play_recording(env_name, steps, seed, unit, windows, options)
+        stream, ends = play_recording(env_name, steps, seed, unit, windows, expert)
         return UnitResult(play_windows(stream, ends, steps), stream if keep_stream else None)
-    return UnitResult(commanded_unit(env_name, steps, seed, unit, options))
+    return UnitResult(commanded_unit(env_name, steps, seed, unit, expert))
 
 
 def _single_thread() -> None:

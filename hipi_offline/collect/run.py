@@ -17,6 +17,8 @@ from typing import Any
 from hipi_offline.collect.episodes import (
     PLAY_ENVS,
     Episode,
+    ExpertChoice,
+    ExpertOptions,
     UnitResult,
     batch_arrays,
     close_workers,
@@ -25,7 +27,7 @@ from hipi_offline.collect.episodes import (
 from hipi_offline.collect.space import MAX_STEPS, bytes_per_step, check_space, check_target
 from hipi_offline.envs.base import make_env
 from hipi_offline.errors import InputError, one_line
-from hipi_offline.experts.base import make_expert
+from hipi_offline.experts.base import default_expert, make_expert, unnamed_expert
 from hipi_offline.parallel import ordered_map
 from hipi_offline.preflight import check_seed
 from hipi_offline.progress import progress_bar
@@ -53,8 +55,9 @@ class CollectConfig:
     compression: str = "none"
     """Compression of a new store: none, fast or small."""
     expert: tuple[str, ...] = ()
-    """Options of the expert as ``NAME=VALUE`` (MPPI: ``samples=32``, ``horizon=15``,
-    ...; see ``hipi_offline.experts.mppi.MppiConfig``); recorded in the store."""
+    """The expert: at most one bare name (quadruped: ``trot``, the default, or
+    ``mppi``) and its options as ``NAME=VALUE`` (trot: ``noise=0.1``; MPPI:
+    ``samples=32``, ...; see datasets/README.md); recorded in the store."""
     stream_out: str | Path | None = None
     """Play environments (desk): also store each whole play stream, from its start to
     its last window's end, as one episode of this second store, with the step field
@@ -97,8 +100,7 @@ def _metadata(
     }
     if env_name in PLAY_ENVS:
         expected["collect_windows"] = config.windows
-    if config.expert:
-        expected["collect_expert"] = " ".join(sorted(config.expert))
+    expected["collect_expert"] = expert_label(*expert_choice(env_name, config.expert))
     if stream:
         expected["collect_stream"] = True
     return expected
@@ -116,8 +118,13 @@ def _reopen(
     store = open_store(out, "a")
     attrs = store.attrs
     try:
-        if not config.expert and attrs.get("collect_expert"):
-            raise InputError(f"{out}: was collected with --expert {attrs['collect_expert']}")
+        recorded = recorded_expert(env_name, attrs.get("collect_expert"))
+        if recorded != expected["collect_expert"]:
+            again = " ".join(f"--expert {item}" for item in recorded.split())
+            raise InputError(
+                f"{out}: was collected with the expert {recorded!r}, not "
+                f"{expected['collect_expert']!r}; give {again} to resume, or another --out"
+            )
         if not stream and attrs.get("collect_stream"):
             raise InputError(f"{out}: holds whole play streams; give it as --stream-out")
         for key, value in expected.items():
@@ -136,9 +143,9 @@ def _units(
     env_name: str, steps: int, config: CollectConfig, first: int, last: int
 ) -> Iterator[UnitResult]:
     keep_stream = config.stream_out is not None
-    options = expert_options(env_name, config.expert)
+    expert = expert_choice(env_name, config.expert)
     jobs = [
-        (env_name, steps, config.seed, u, config.windows, keep_stream, options)
+        (env_name, steps, config.seed, u, config.windows, keep_stream, expert)
         for u in range(first, last)
     ]
     try:
@@ -147,25 +154,56 @@ def _units(
         close_workers()  # this process's environments, when it ran the units itself
 
 
-def expert_options(env_name: str, pairs: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
-    """``NAME=VALUE`` strings as sorted (name, value) pairs, values parsed as int, float
-    or text; checked by building the expert (one line naming the option)."""
+def expert_choice(env_name: str, items: tuple[str, ...]) -> ExpertChoice:
+    """``--expert`` items as (name, sorted (option, value) pairs): at most one bare
+    name (default: the environment's default expert) and ``NAME=VALUE`` options,
+    values parsed as int, float or text; checked by building the expert (one line
+    naming the option)."""
+    name: str | None = None
     parsed: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        if not sep or not name.strip():
-            raise InputError(f"--expert: expected NAME=VALUE, got {pair!r}")
-        if name in parsed:
-            raise InputError(f"--expert {name}: given twice")
-        parsed[name] = _value(text.strip())
-    if parsed:
-        try:
-            make_expert(env_name, **parsed)
-        except InputError as err:
-            raise InputError(f"--expert {err}") from None
-        except (TypeError, ValueError) as err:
-            raise InputError(f"--expert: {env_name} expert: {one_line(str(err))}") from None
-    return tuple(sorted(parsed.items()))
+    for item in items:
+        option, sep, text = item.partition("=")
+        if not sep:
+            if name is not None:
+                raise InputError(f"--expert: names two experts, {name!r} and {item!r}")
+            name = item.strip()
+            if not name:
+                raise InputError("--expert: expected an expert's name or NAME=VALUE, got ''")
+            continue
+        if not option.strip():
+            raise InputError(f"--expert: expected NAME=VALUE, got {item!r}")
+        if option in parsed:
+            raise InputError(f"--expert {option}: given twice")
+        parsed[option] = _value(text.strip())
+    name = name if name is not None else default_expert(env_name)
+    try:
+        make_expert(env_name, name, **parsed)
+    except InputError as err:
+        message = str(err)
+        raise InputError(
+            message if message.startswith("--expert") else f"--expert {message}"
+        ) from None
+    except (TypeError, ValueError) as err:
+        raise InputError(f"--expert: {env_name} expert: {one_line(str(err))}") from None
+    return name, tuple(sorted(parsed.items()))
+
+
+def expert_label(name: str | None, options: ExpertOptions) -> str:
+    """The store's ``collect_expert``: the name, then the options (``mppi samples=32``)."""
+    return " ".join([str(name), *(f"{key}={value}" for key, value in options)])
+
+
+def recorded_expert(env_name: str, label: object) -> str:
+    """The expert label of a store, in today's form: stores collected before experts
+    had names hold only options (or nothing), which were the unnamed expert's."""
+    text = label if isinstance(label, str) else ""
+    tokens = text.split()
+    if not tokens or "=" in tokens[0]:
+        tokens.insert(0, unnamed_expert(env_name))
+    options = sorted(
+        (key, _value(value)) for key, _, value in (t.partition("=") for t in tokens[1:])
+    )
+    return expert_label(tokens[0], tuple(options))
 
 
 def _value(text: str) -> Any:
@@ -259,7 +297,7 @@ def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSum
     env = make_env(env_name)
     try:
         steps = config.steps if config.steps is not None else env.info.default_steps
-        expert_options(env_name, config.expert)  # bad options fail before any store is made
+        expert_choice(env_name, config.expert)  # bad options fail before any store is made
         if not 1 <= steps <= MAX_STEPS:
             raise InputError(f"--steps: must be from 1 to {MAX_STEPS:,}, got {steps}")
         step_bytes = bytes_per_step(env)

@@ -179,6 +179,16 @@ class TaskEnv(Protocol):
     def close(self) -> None: ...
 
 
+def velocity_along_command(
+    env: TaskEnv, fields: Mapping[str, np.ndarray], task: np.ndarray
+) -> np.ndarray | None:
+    """[T] velocity along the task's commanded direction for T steps' fields, for an
+    environment whose tasks command a direction (its ``velocity_along_command``
+    method); None for other environments and for tasks without a direction."""
+    method = getattr(env, "velocity_along_command", None)
+    return None if method is None else method(fields, task)
+
+
 _REGISTRY: dict[str, Callable[..., TaskEnv]] = {}
 
 

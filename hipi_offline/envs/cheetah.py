@@ -19,6 +19,7 @@ these fields, never here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -124,6 +125,15 @@ class CheetahEnv:
             "physics/qpos": states[..., self._qpos],
             "physics/qvel": states[..., self._qvel],
         }
+
+    def velocity_along_command(
+        self, fields: Mapping[str, np.ndarray], task: np.ndarray
+    ) -> np.ndarray | None:
+        """[T] the forward speed signed by the commanded target's direction (a target
+        of 0 counts as forward) of T steps' fields."""
+        target = float(np.asarray(task, np.float64).reshape(-1)[0])
+        speed = np.asarray(fields["infos/speed"], np.float64)
+        return -speed if target < 0 else speed
 
     def render(self, width: int = 320, height: int = 240) -> np.ndarray:
         return render_physics(self.physics, width, height, camera_id=0)

@@ -36,6 +36,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from hipi_offline.envs.base import (
@@ -148,6 +150,19 @@ class QuadrupedEnv:
             "physics/qvel": qvel.copy(),
             "physics/act": act.copy(),
         }
+
+    def velocity_along_command(
+        self, fields: Mapping[str, np.ndarray], task: np.ndarray
+    ) -> np.ndarray | None:
+        """[T] the torso's world velocity along the task's direction (its x and y
+        weights, normalized) of T steps' fields; None when the task has no direction."""
+        direction = np.asarray(task, np.float64).reshape(-1)[list(self.heading_task_dims)]
+        norm = float(np.linalg.norm(direction))
+        if norm == 0.0:
+            return None
+        vx = np.asarray(fields["infos/velocity_x"], np.float64)
+        vy = np.asarray(fields["infos/velocity_y"], np.float64)
+        return (vx * direction[0] + vy * direction[1]) / norm
 
     def observation(self) -> np.ndarray:
         """The 88 documented entries; float32."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,26 +25,67 @@ class Expert(Protocol):
         ...
 
 
-_EXPERTS: dict[str, Callable[..., Expert]] = {}
+@dataclass(frozen=True)
+class ExpertEntry:
+    """One registered expert of an environment."""
+
+    factory: Callable[..., Expert]
+    default: bool
+    """The environment's expert when none is named."""
+    unnamed: bool
+    """The expert of stores collected before experts had names (``collect_expert``
+    then held only options, or nothing)."""
 
 
-def register_expert(env_name: str) -> Callable[[Callable[..., Expert]], Callable[..., Expert]]:
-    """Decorator adding the expert constructor of an environment."""
+_EXPERTS: dict[str, dict[str, ExpertEntry]] = {}
+
+
+def register_expert(
+    env_name: str, name: str, *, default: bool = False, unnamed: bool = False
+) -> Callable[[Callable[..., Expert]], Callable[..., Expert]]:
+    """Decorator adding an expert constructor ``name`` to an environment."""
 
     def add(factory: Callable[..., Expert]) -> Callable[..., Expert]:
-        _EXPERTS[env_name] = factory
+        _EXPERTS.setdefault(env_name, {})[name] = ExpertEntry(factory, default, unnamed)
         return factory
 
     return add
 
 
-def make_expert(env_name: str, **options: Any) -> Expert:
-    """The expert of a registered environment."""
+def expert_names(env_name: str) -> list[str]:
+    """The experts of an environment, its default first."""
     import hipi_offline.experts  # noqa: F401  (registers the built-in experts)
 
-    if env_name not in _EXPERTS:
+    entries = _EXPERTS.get(env_name, {})
+    return sorted(entries, key=lambda name: (not entries[name].default, name))
+
+
+def _entry(env_name: str, name: str | None, flag: str) -> tuple[str, ExpertEntry]:
+    names = expert_names(env_name)
+    if not names:
         raise InputError(f"ENV: no expert for environment {env_name!r}")
-    return _EXPERTS[env_name](**options)
+    entries = _EXPERTS[env_name]
+    if name is None:
+        chosen = [n for n in names if getattr(entries[n], flag)] or names
+        return chosen[0], entries[chosen[0]]
+    if name not in entries:
+        raise InputError(f"--expert {name}: not an expert of {env_name} (have: {', '.join(names)})")
+    return name, entries[name]
+
+
+def default_expert(env_name: str) -> str:
+    """The name of an environment's default expert."""
+    return _entry(env_name, None, "default")[0]
+
+
+def unnamed_expert(env_name: str) -> str:
+    """The expert that collected an environment's stores before experts had names."""
+    return _entry(env_name, None, "unnamed")[0]
+
+
+def make_expert(env_name: str, name: str | None = None, **options: Any) -> Expert:
+    """Expert ``name`` (default: the environment's default) of a registered environment."""
+    return _entry(env_name, name, "default")[1].factory(**options)
 
 
 def unknown_options(expert: str, options: Iterable[str], known: Iterable[str]) -> None:

@@ -301,7 +301,7 @@ class DeskPlay:
         return bool(remaining @ np.asarray(BLOCK_AXES[name]) < 0.01)
 
 
-@register_expert("desk")
+@register_expert("desk", "play", default=True, unnamed=True)
 def make_desk_play(**options: Any) -> DeskPlay:
     """The desk's scripted play expert; option ``noise`` (action noise, 0 to 1)."""
     unknown_options("desk", options, ["noise"])

@@ -382,13 +382,13 @@ def _noise_levels(value: Any) -> tuple[float, ...]:
     return tuple(levels)
 
 
-@register_expert("cheetah")
+@register_expert("cheetah", "mppi", default=True, unnamed=True)
 def cheetah_expert(**options: Any) -> MppiExpert:
     """MPPI for the cheetah's target velocities (options override :data:`CHEETAH`)."""
     return MppiExpert(mppi_config(CHEETAH, options))
 
 
-@register_expert("quadruped")
+@register_expert("quadruped", "mppi", unnamed=True)
 def quadruped_expert(**options: Any) -> MppiExpert:
     """MPPI for the quadruped's linear tasks (options override :data:`QUADRUPED`)."""
     return MppiExpert(mppi_config(QUADRUPED, options))
