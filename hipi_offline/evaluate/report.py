@@ -1,5 +1,6 @@
 """Scores of evaluated runs: mean return, standard error, confidence intervals,
-success rates, paired differences; as a table and as JSON."""
+success rates, paired differences, and the mean velocity along the commanded
+direction for tasks that command one; as a table and as JSON."""
 
 from __future__ import annotations
 
@@ -62,6 +63,23 @@ class RunResult:
         """float64 [episodes] in episode order."""
         return np.array([o.episode_return for o in self.outcomes])
 
+    @property
+    def velocities(self) -> np.ndarray:
+        """float64 [n] mean velocity along the command of the episodes that have one
+        (tasks with a direction), in episode order."""
+        values = [o.velocity_along_command for o in self.outcomes]
+        return np.array([v for v in values if v is not None], dtype=np.float64)
+
+    def velocity_summary(self) -> tuple[float, float, int] | None:
+        """(mean, standard error, episodes) of the per-episode velocity along the
+        command over the episodes that have one (the error is NaN for one episode);
+        None when no episode has one."""
+        values = self.velocities
+        if not len(values):
+            return None
+        mean, stderr, _ = mean_interval(values)
+        return mean, stderr, len(values)
+
     def success_by_task(self) -> dict[str, float] | None:
         """Discrete families: success rate per task name (tasks evaluated only)."""
         if self.success_rate is None:
@@ -87,12 +105,23 @@ class RunResult:
             n = len(self.outcomes)
             data["success_stderr"] = math.sqrt(rate * (1 - rate) / n)
             data["success_by_task"] = self.success_by_task()
+        velocity = self.velocity_summary()
+        data["velocity_along_command"] = (
+            None
+            if velocity is None
+            else {
+                "mean": velocity[0],
+                "stderr": _finite_or_none(velocity[1]),
+                "episodes": velocity[2],
+            }
+        )
         data["per_episode"] = [
             {
                 "episode": o.index,
                 "task": task_label(self.spec, o.task),
                 "env_seed": o.env_seed,
                 "return": o.episode_return,
+                "velocity_along_command": o.velocity_along_command,
                 **({} if o.success is None else {"success": bool(o.success)}),
             }
             for o in self.outcomes
@@ -123,6 +152,23 @@ def report_json(results: list[RunResult], header: dict[str, Any]) -> dict[str, A
     return document
 
 
+VELOCITY_COLUMN = "velocity along command (m/s)"
+VELOCITY_WIDTH = len(VELOCITY_COLUMN)
+
+
+def velocity_cell(result: RunResult) -> str:
+    """The table cell of a run's velocity along the command: mean ± standard error,
+    with the number of episodes that have one when some do not; "-" when none has."""
+    summary = result.velocity_summary()
+    if summary is None:
+        return "-"
+    mean, stderr, count = summary
+    cell = f"{mean:+.3f} ± {stderr:.3f}"
+    if count < len(result.outcomes):
+        cell += f" ({count}/{len(result.outcomes)} ep)"
+    return cell
+
+
 def report_lines(results: list[RunResult], header: dict[str, Any]) -> list[str]:
     """A plain-text table, one row per run (paired difference to the first run)."""
     tasks = header["tasks"]
@@ -131,13 +177,19 @@ def report_lines(results: list[RunResult], header: dict[str, Any]) -> list[str]:
         f"{tasks}, seed {header['seed']}, {'sampled' if header['sample'] else 'mean'} actions"
     ]
     discrete = results[0].success_rate is not None
-    head = f"{'method':<16} {'mean return':>12} {'± stderr':>10} {'95% CI':>22}"
+    velocity = any(r.velocity_summary() is not None for r in results)
+    head = f"{'method':<16}"
+    head += f" {VELOCITY_COLUMN:>{VELOCITY_WIDTH}}" if velocity else ""
+    head += f" {'mean return':>12} {'± stderr':>10} {'95% CI':>22}"
     head += f" {'success':>9}" if discrete else ""
     head += f" {'vs first (paired)':>20}  run"
     lines.append(head)
     for i, r in enumerate(results):
         ci = f"[{r.ci95[0]:.2f}, {r.ci95[1]:.2f}]"
-        row = f"{r.method:<16} {r.mean_return:>12.3f} {r.stderr:>10.3f} {ci:>22}"
+        row = f"{r.method:<16}"
+        if velocity:
+            row += f" {velocity_cell(r):>{VELOCITY_WIDTH}}"
+        row += f" {r.mean_return:>12.3f} {r.stderr:>10.3f} {ci:>22}"
         if discrete:
             row += f" {r.success_rate:>9.3f}"
         if i:

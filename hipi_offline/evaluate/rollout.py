@@ -1,6 +1,8 @@
 """Policy rollouts in lockstep: one batched policy call per control step for a group
 of environments, each scored by the task family's reward (the function relabeling
-sums), so evaluation returns equal offline returns of the same rollout.
+sums), so evaluation returns equal offline returns of the same rollout. Episodes of
+tasks that command a direction also get their mean velocity along it, from the same
+step fields.
 
 Episodes are grouped into fixed groups of ``group_size`` by index, whatever the
 number of worker processes, and the policy runs on one CPU thread: the numbers
@@ -18,7 +20,13 @@ import numpy as np
 import torch
 
 from hipi_offline.bc.policy import Policy, load_policy
-from hipi_offline.envs.base import TaskEnv, env_task_spec, make_env, transition_rewards
+from hipi_offline.envs.base import (
+    TaskEnv,
+    env_task_spec,
+    make_env,
+    transition_rewards,
+    velocity_along_command,
+)
 from hipi_offline.errors import InputError
 from hipi_offline.evaluate.tasks import MAX_RESET_ATTEMPTS, EpisodePlan, task_is_feasible
 from hipi_offline.tasks.families import DiscreteFamily
@@ -52,6 +60,9 @@ class EpisodeOutcome:
     episode_return: float
     success: bool | None
     """Discrete families: the task was achieved (return >= 1); else None."""
+    velocity_along_command: float | None = None
+    """Mean over the episode's steps of the velocity along the task's commanded
+    direction (m/s); None when the environment or the task commands no direction."""
     frames: np.ndarray | None = None
     """uint8 [F, H, W, 3] when the episode was rendered."""
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -73,6 +84,19 @@ def episode_return(
     elif spec.gamma != 1.0:
         rewards = rewards * np.power(spec.gamma, np.arange(len(rewards), dtype=np.float64))
     return float(rewards.sum())
+
+
+def mean_velocity_along_command(
+    env: TaskEnv, fields: Mapping[str, np.ndarray], task: np.ndarray
+) -> float | None:
+    """The float64 mean over one episode's steps of the velocity along the task's
+    commanded direction, from the episode's step fields; None when the environment
+    or the task commands no direction."""
+    velocity = velocity_along_command(env, fields, task)
+    if velocity is None:
+        return None
+    velocity = np.asarray(velocity, np.float64).reshape(-1)
+    return float(velocity.mean()) if len(velocity) else None
 
 
 _POLICIES: dict[tuple[str, float], Policy] = {}
@@ -181,6 +205,7 @@ def _run_job(job: RolloutJob) -> list[EpisodeOutcome]:
                 env_seed=starts[b][1],
                 episode_return=value,
                 success=(value >= 1.0) if discrete else None,
+                velocity_along_command=mean_velocity_along_command(envs[b], fields, plan.task),
                 frames=np.stack(frames[b]) if rendered[b] else None,
                 arrays={k: v[b] for k, v in stacked.items()} if job.keep_arrays else {},
             )
