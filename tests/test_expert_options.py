@@ -1,4 +1,5 @@
-"""Expert options through collect (``--expert NAME=VALUE``) and the planner's model copy."""
+"""Expert names and options through collect (``--expert NAME``, ``--expert NAME=VALUE``)
+and the planner's model copy."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from hipi_offline.collect import CollectConfig, collect
 from hipi_offline.collect.episodes import unit_seeds
-from hipi_offline.collect.run import expert_options
+from hipi_offline.collect.run import expert_choice, recorded_expert
 from hipi_offline.envs import make_env
 from hipi_offline.errors import InputError
 from hipi_offline.experts import make_expert
@@ -28,17 +29,22 @@ def _actions(path: Path) -> np.ndarray:
 
 
 def test_options_are_parsed_and_checked() -> None:
-    assert expert_options("cheetah", ("samples=16", "noise=0.3")) == (
-        ("noise", 0.3),
-        ("samples", 16),
+    assert expert_choice("cheetah", ("samples=16", "noise=0.3")) == (
+        "mppi",
+        (("noise", 0.3), ("samples", 16)),
     )
+    assert expert_choice("quadruped", ()) == ("trot", ())
+    assert expert_choice("quadruped", ("mppi", "samples=8")) == ("mppi", (("samples", 8),))
+    assert expert_choice("quadruped", ("noise=0.1", "trot")) == ("trot", (("noise", 0.1),))
     for bad, message in [
-        (("samples",), "NAME=VALUE"),
+        (("samples",), "--expert samples: not an expert of cheetah (have: mppi)"),
+        (("mppi", "trot"), "names two experts"),
+        (("",), "expected an expert's name"),
         (("colour=red",), "colour"),
         (("samples=1",), "samples=1: must be an integer from 2"),
     ]:
-        with pytest.raises(InputError, match=message):
-            expert_options("cheetah", bad)
+        with pytest.raises(InputError, match=re.escape(message)):
+            expert_choice("cheetah", bad)
 
 
 @pytest.mark.parametrize(
@@ -57,7 +63,16 @@ def test_options_are_parsed_and_checked() -> None:
         ("cheetah", "replan=30", "--expert replan=30: must be below horizon=30"),
         ("cheetah", "knots=40", "--expert knots=40: must be at most horizon"),
         ("cheetah", "=3", "NAME=VALUE"),
-        ("quadruped", "colour=1", "--expert colour: not an option"),
+        ("quadruped", "colour=1", "--expert colour: not an option of the trot expert"),
+        ("quadruped", "speed=2", "--expert speed=2: must be a finite number from 0 to 1"),
+        ("quadruped", "speed=fast", "--expert speed='fast': must be auto or a number"),
+        ("quadruped", "posture=0.5", "--expert posture=0.5: must be a finite number from -0.2"),
+        ("quadruped", "frequency=0", "--expert frequency=0: must be a finite number from 0.1"),
+        ("quadruped", "noise=nan", "--expert noise=nan: must be a finite number"),
+        ("quadruped", "stride=abc", "--expert stride='abc'"),
+        ("quadruped", "lead=9", "--expert lead=9"),
+        ("quadruped", "attitude=-1", "--expert attitude=-1"),
+        ("quadruped", "lift=2", "--expert lift=2"),
         ("desk", "noise=abc", "--expert noise='abc'"),
         ("desk", "noise=-0.1", "--expert noise=-0.1"),
         ("desk", "speed=2", "--expert speed: not an option of the desk expert"),
@@ -65,15 +80,15 @@ def test_options_are_parsed_and_checked() -> None:
 )
 def test_bad_expert_options_are_one_line_naming_the_option(env, pair, message) -> None:
     with pytest.raises(InputError, match=re.escape(message)) as info:
-        expert_options(env, (pair,))
+        expert_choice(env, (pair,))
     assert "\n" not in str(info.value)
 
 
 def test_noise_levels_and_duplicates() -> None:
-    assert expert_options("cheetah", ("noise=0.4,0.15",)) == (("noise", "0.4,0.15"),)
+    assert expert_choice("cheetah", ("noise=0.4,0.15",)) == ("mppi", (("noise", "0.4,0.15"),))
     assert make_expert("cheetah", noise="0.4,0.15").config.noise == (0.4, 0.15)
     with pytest.raises(InputError, match="given twice"):
-        expert_options("cheetah", ("samples=8", "samples=9"))
+        expert_choice("cheetah", ("samples=8", "samples=9"))
 
 
 def test_expert_options_reach_the_expert_and_the_store(tmp_path: Path) -> None:
@@ -99,13 +114,13 @@ def test_expert_options_reach_the_expert_and_the_store(tmp_path: Path) -> None:
     env.close()
     np.testing.assert_array_equal(np.stack(actions), _actions(small))
     # resuming needs the same options
-    with pytest.raises(InputError, match="--expert samples=8"):
+    with pytest.raises(InputError, match="--expert mppi --expert samples=8"):
         collect("cheetah", small, CollectConfig(episodes=2, steps=STEPS, seed=1))
-    with pytest.raises(InputError, match="collect_expert"):
+    with pytest.raises(InputError, match="was collected with the expert"):
         collect(
             "cheetah", small, CollectConfig(episodes=2, steps=STEPS, seed=1, expert=("samples=9",))
         )
-    with pytest.raises(InputError, match="collect_expert"):
+    with pytest.raises(InputError, match="was collected with the expert"):
         collect(
             "cheetah", plain, CollectConfig(episodes=2, steps=STEPS, seed=1, expert=("samples=8",))
         )
@@ -118,13 +133,40 @@ def test_cli_expert_option(tmp_path: Path) -> None:
     result = runner.invoke(app, [*base, "--expert", "samples=8", "--expert", "horizon=10"])
     assert result.exit_code == 0, result.output
     with open_store(out) as store:
-        assert store.attrs["collect_expert"] == "horizon=10 samples=8"
+        assert store.attrs["collect_expert"] == "mppi horizon=10 samples=8"
     for bad in ("colour=red", "horizon=abc", "samples=nan"):
         result = runner.invoke(app, [*base, "--expert", bad])
         lines = result.output.strip().splitlines()
         assert result.exit_code == 2 and len(lines) == 1, result.output
         assert lines[0].startswith(f"error: --expert {bad.split('=')[0]}")
+    result = runner.invoke(app, [*base, "--expert", "walker"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        "error: --expert walker: not an expert of cheetah (have: mppi)"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]
+
+
+def test_stores_from_before_expert_names_resume_with_their_expert(tmp_path: Path) -> None:
+    """A store whose collect_expert holds only options, or nothing, was collected by
+    the environment's unnamed (then only) expert: MPPI for the quadruped."""
+    assert recorded_expert("quadruped", None) == "mppi"
+    assert recorded_expert("quadruped", "samples=32") == "mppi samples=32"
+    assert recorded_expert("quadruped", "horizon=10 samples=08") == "mppi horizon=10 samples=8"
+    assert recorded_expert("quadruped", "trot noise=0.1") == "trot noise=0.1"
+    assert recorded_expert("desk", "") == "play"
+    store = tmp_path / "old.h5"
+    collect("quadruped", store, CollectConfig(episodes=1, steps=3, seed=1, expert=("mppi",)))
+    import h5py
+
+    with h5py.File(store, "a") as file:  # as collected before experts had names
+        del file.attrs["collect_expert"]
+    with pytest.raises(InputError, match="collected with the expert 'mppi', not 'trot'"):
+        collect("quadruped", store, CollectConfig(episodes=2, steps=3, seed=1))
+    config = CollectConfig(episodes=2, steps=3, seed=1, expert=("mppi",))
+    collect("quadruped", store, config)
+    with open_store(store) as reopened:
+        assert reopened.num_episodes == 2
 
 
 def test_planner_model_is_a_copy_with_sensors_off_when_unused() -> None:

@@ -128,7 +128,7 @@ def _reopen(
         if not stream and attrs.get("collect_stream"):
             raise InputError(f"{out}: holds whole play streams; give it as --stream-out")
         for key, value in expected.items():
-            if attrs.get(key) != value:
+            if key != "collect_expert" and attrs.get(key) != value:
                 raise InputError(
                     f"{out}: was collected with {key}={attrs.get(key)!r}, not {value!r}; "
                     "use the same options to resume, or another --out"

@@ -1,7 +1,7 @@
 """Trot: a gait generator for the quadruped that walks in any direction, fast.
 
-A central pattern generator moves the diagonal leg pairs (front-left with back-right,
-front-right with back-left) half a cycle apart. Each toe follows, in the torso frame,
+The diagonal leg pairs (front-left with back-right, front-right with back-left) move
+half a cycle apart. At cycle phase ``phase`` each toe is displaced, in the torso frame,
 
 * along the commanded direction ``u`` (the task's world direction rotated into the
   torso frame every step): ``-stride * speed * cos(phase)``, backwards on the ground
@@ -13,10 +13,18 @@ front-right with back-left) half a cycle apart. Each toe follows, in the torso f
 Toe displacements become actuator targets through each leg's Jacobian of the toe
 position with respect to its (yaw, lift, extend) targets at the neutral stance, computed
 from the model's kinematics and tendons. The actuators are position servos behind a
-first-order filter (time constant 0.1 s); the action inverts that filter exactly for
-one control step, from the activations in the observation, so the legs reach their
-targets in time (clipped to the action bounds). The body's symmetry lets it walk in
-any direction without turning.
+first-order filter (time constant 0.1 s); the action inverts that filter for one
+control step, from the activations in the observation, so the legs reach their
+targets in time (clipped to the action bounds).
+
+**The phase is read from the observation, not kept by a clock.** Each step the
+expert finds the phase whose targets are nearest to the actuator activations in the
+observation (a grid of 72 phases, refined by a parabola), and aims at the targets
+``advance`` radians further on. So the expert is a function of the observation and
+the task alone: a policy cloned from it sees everything that decides its action, and
+a perturbed gait resumes from where its legs are rather than from where a clock
+says they should be. The body's symmetry lets it walk in any direction without
+turning.
 
 **Which gait for which task.** ``quadruped-linear`` rewards are linear in the step
 features (velocity x and y, height, upright, minus the mean squared action), so each
@@ -26,11 +34,10 @@ levels x 4 postures; ``reset`` picks the gait whose features score best for the 
 "Walk +x" walks at full speed, "stand tall" stands on extended legs, "stay still
 cheaply" stands at the neutral posture with actions near zero. ``speed`` and
 ``posture`` options fix the gait instead. :func:`measure_gait_table` re-measures the
-table (``python -m hipi_offline.experts.trot``).
+table (``python benchmarks/expert_quality.py --gait-table``).
 
-The expert reads only the observation and its own cycle clock; it is deterministic
-(``noise`` > 0 adds seeded Gaussian action noise). It costs about 0.1 ms per step,
-against about 0.5 ms for the environment's step itself.
+The expert is deterministic (``noise`` > 0 adds seeded Gaussian action noise). It
+costs about 0.2 ms per step, against about 0.5 ms for the environment's step itself.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ LEGS = ("front_left", "front_right", "back_right", "back_left")
 """Leg names in the actuator order (yaw, lift, extend per leg)."""
 PAIR_PHASE = np.array([0.0, math.pi, 0.0, math.pi])
 """Cycle offset of each leg: diagonal pairs move together, half a cycle apart."""
+PHASES = np.linspace(0.0, 2.0 * math.pi, 72, endpoint=False)
+"""The grid on which the phase is read from the activations."""
 OBS_ACTIVATIONS = slice(32, 44)
 """Actuator activations in the quadruped's observation (end of egocentric_state)."""
 OBS_ROTATION = slice(78, 87)
@@ -67,14 +76,15 @@ neutral stance (negative: legs extended, torso higher)."""
 class TrotConfig:
     """The gait's shape and how it is chosen."""
 
-    frequency: float = 3.0
-    """Cycles per second."""
+    advance: float = 0.6
+    """Radians by which each step's targets lead the phase read from the activations
+    (the cycle's pace: about 2 cycles per second at the default)."""
     stride: float = 0.4
     """Amplitude (m) of the toe's travel along the direction at full speed."""
     lift: float = 0.4
     """Toe lift (m) in the air at full speed."""
-    lead: float = 1.0
-    """Radians by which lifting leads the forward swing (the servos lag)."""
+    lead: float = -0.5
+    """Radians by which lifting leads the forward swing (negative: it lags)."""
     attitude: float = 1.0
     """Gain of the attitude feedback (toe height per metre of corner drop)."""
     speed: float | None = None
@@ -88,10 +98,10 @@ class TrotConfig:
     actuator's half-range (0: none)."""
 
 
-_SHAPE = ("frequency", "stride", "lift", "lead", "attitude")
+_SHAPE = ("advance", "stride", "lift", "lead", "attitude")
 """Options that change the gait itself (and so the gait table)."""
 _RANGES = {  # (low, high)
-    "frequency": (0.1, 10.0),
+    "advance": (0.01, math.pi),
     "stride": (0.0, 1.0),
     "lift": (0.0, 1.0),
     "lead": (-math.pi, math.pi),
@@ -101,26 +111,26 @@ _RANGES = {  # (low, high)
 
 GAIT_TABLE = {
     # (speed, posture): (velocity along the direction, height, upright, -mean a^2)
-    (0.0, -0.15): (0.000, 0.609, 1.000, -0.035),
-    (0.25, -0.15): (0.44, 0.584, 1.000, -0.104),
-    (0.5, -0.15): (1.15, 0.568, 0.998, -0.225),
-    (0.75, -0.15): (1.80, 0.564, 0.996, -0.338),
-    (1.0, -0.15): (1.84, 0.569, 0.992, -0.458),
-    (0.0, -0.08): (0.000, 0.535, 1.000, -0.010),
-    (0.25, -0.08): (0.49, 0.509, 1.000, -0.087),
-    (0.5, -0.08): (1.12, 0.493, 0.998, -0.216),
-    (0.75, -0.08): (1.80, 0.490, 0.997, -0.334),
-    (1.0, -0.08): (2.02, 0.494, 0.995, -0.432),
-    (0.0, 0.0): (0.000, 0.454, 1.000, -0.000),
-    (0.25, 0.0): (0.47, 0.426, 1.000, -0.085),
-    (0.5, 0.0): (1.02, 0.417, 0.999, -0.223),
-    (0.75, 0.0): (1.64, 0.421, 0.997, -0.341),
-    (1.0, 0.0): (2.00, 0.429, 0.995, -0.428),
-    (0.0, 0.06): (0.000, 0.396, 1.000, -0.006),
-    (0.25, 0.06): (0.32, 0.378, 1.000, -0.095),
-    (0.5, 0.06): (0.73, 0.380, 0.999, -0.237),
-    (0.75, 0.06): (1.19, 0.390, 0.997, -0.386),
-    (1.0, 0.06): (1.25, 0.390, 0.995, -0.448),
+    (0.0, -0.15): (0.0, 0.609, 1.0, -0.031),
+    (0.25, -0.15): (0.41, 0.581, 1.0, -0.145),
+    (0.5, -0.15): (1.252, 0.563, 0.998, -0.225),
+    (0.75, -0.15): (1.706, 0.56, 0.996, -0.306),
+    (1.0, -0.15): (1.51, 0.641, 0.978, -0.467),
+    (0.0, -0.08): (0.0, 0.535, 1.0, -0.009),
+    (0.25, -0.08): (0.37, 0.506, 1.0, -0.133),
+    (0.5, -0.08): (1.148, 0.489, 0.998, -0.235),
+    (0.75, -0.08): (1.622, 0.487, 0.996, -0.311),
+    (1.0, -0.08): (2.047, 0.503, 0.993, -0.436),
+    (0.0, 0.0): (0.0, 0.454, 1.0, -0.0),
+    (0.25, 0.0): (0.32, 0.423, 1.0, -0.133),
+    (0.5, 0.0): (0.812, 0.419, 0.998, -0.247),
+    (0.75, 0.0): (1.306, 0.426, 0.996, -0.364),
+    (1.0, 0.0): (1.612, 0.431, 0.994, -0.449),
+    (0.0, 0.06): (0.0, 0.396, 1.0, -0.005),
+    (0.25, 0.06): (0.244, 0.367, 1.0, -0.14),
+    (0.5, 0.06): (0.5, 0.377, 0.998, -0.28),
+    (0.75, 0.06): (1.112, 0.385, 0.995, -0.428),
+    (1.0, 0.06): (1.336, 0.39, 0.993, -0.567),
 }
 """Mean step features of each gait of the default shape over the second half of
 150-step episodes, commanded world directions 0 and 45 degrees (episode seeds 0 and
@@ -217,7 +227,6 @@ class TrotExpert:
         task = np.asarray(task, np.float64).reshape(-1)
         self._direction = task[list(DIRECTION_DIMS)]
         self.gait = self.choose_gait(task)
-        self._tick = 0
         self._rng = np.random.default_rng(seed)
 
     def choose_gait(self, task: np.ndarray) -> tuple[float, float]:
@@ -244,30 +253,46 @@ class TrotExpert:
         best = max(scored, key=lambda row: row[0])  # the first of equals: slower, taller
         return best[1], best[2]
 
-    def act(self, env: TaskEnv, observation: np.ndarray) -> np.ndarray:
+    def targets(self, phases: np.ndarray, along: np.ndarray, drop: np.ndarray) -> np.ndarray:
+        """[P, 12] actuator targets at phases [P] for the direction ``along`` [2]
+        (torso frame) and the corners' drops [4]."""
         cfg = self.config
         speed, posture = self.gait
+        leg_phase = phases[:, None] + PAIR_PHASE  # [P, 4]
+        shift = np.empty((len(phases), 4, 3))
+        shift[..., :2] = (-cfg.stride * speed * np.cos(leg_phase))[..., None] * along
+        shift[..., 2] = (
+            cfg.lift * speed * np.maximum(0.0, np.sin(leg_phase + cfg.lead))
+            + posture
+            + cfg.attitude * drop
+        )
+        return np.einsum("lij,plj->pli", self._inverse, shift).reshape(len(phases), -1)
+
+    def read_phase(self, activations: np.ndarray, along: np.ndarray, drop: np.ndarray) -> float:
+        """The phase whose (clipped) targets are nearest to the activations."""
+        grid = np.clip(self.targets(PHASES, along, drop), self._low, self._high)
+        error = np.square(grid - activations).sum(axis=1)
+        best = int(np.argmin(error))
+        before, here, after = error[best - 1], error[best], error[(best + 1) % len(PHASES)]
+        curvature = before - 2.0 * here + after
+        offset = 0.5 * (before - after) / curvature if curvature > 1e-12 else 0.0
+        return float(PHASES[best] + np.clip(offset, -0.5, 0.5) * (PHASES[1] - PHASES[0]))
+
+    def act(self, env: TaskEnv, observation: np.ndarray) -> np.ndarray:
+        del env  # everything the expert reads is in the observation
+        cfg = self.config
         obs = np.asarray(observation, np.float64)
         rotation = obs[OBS_ROTATION].reshape(3, 3)
         heading = rotation.T @ np.array([self._direction[0], self._direction[1], 0.0])
         norm = math.hypot(heading[0], heading[1])
         along = heading[:2] / norm if norm > 1e-9 else np.zeros(2)
-        up = rotation.T[:, 2]  # world z in the torso frame
-        phase = 2.0 * math.pi * cfg.frequency * self._tick * env.info.control_dt + PAIR_PHASE
-        shift = np.empty((4, 3))
-        shift[:, :2] = (-cfg.stride * speed * np.cos(phase))[:, None] * along
-        corner_drop = self._neutral[:, :2] @ up[:2]
-        shift[:, 2] = (
-            cfg.lift * speed * np.maximum(0.0, np.sin(phase + cfg.lead))
-            + posture
-            + cfg.attitude * corner_drop
-        )
-        target = np.einsum("lij,lj->li", self._inverse, shift).reshape(-1)
+        drop = self._neutral[:, :2] @ rotation.T[:2, 2]  # world z in the torso frame
         activations = obs[OBS_ACTIVATIONS]
+        phase = self.read_phase(activations, along, drop) if self.gait[0] > 0 else 0.0
+        target = self.targets(np.array([phase + cfg.advance]), along, drop)[0]
         action = (target - self._decay * activations) / (1.0 - self._decay)
         if cfg.noise:
             action = action + self._rng.standard_normal(action.shape) * cfg.noise * self._half
-        self._tick += 1
         return np.clip(action, self._low, self._high).astype(np.float32)
 
 
@@ -299,7 +324,7 @@ def measure_gait_table(
                     direction = np.array([math.cos(radians), math.sin(radians)])
                     task = np.array([direction[0], direction[1], 0.0, 0.0, 0.0])
                     rows.append(_walk(env, expert, task, steps, int(angle), direction))
-                table[speed, posture] = tuple(np.round(np.mean(rows, axis=0), 3))
+                table[speed, posture] = tuple(round(float(x), 3) for x in np.mean(rows, axis=0))
         return table
     finally:
         env.close()
@@ -360,8 +385,3 @@ def _auto_or(name: str, value: Any, low: float, high: float) -> float | None:
 def quadruped_trot(**options: Any) -> TrotExpert:
     """The trot gait for the quadruped's linear tasks (options: :class:`TrotConfig`)."""
     return TrotExpert(trot_config(options))
-
-
-if __name__ == "__main__":  # re-measure the gait table of the default shape
-    for key, value in measure_gait_table().items():
-        print(f"    {key}: {value},")
