@@ -193,6 +193,13 @@ def train_bc(
     task_embedding: Annotated[
         int, typer.Option(help="Discrete tasks: learned embedding size (0: one-hot as is).")
     ] = 0,
+    body_frame_task: Annotated[
+        bool,
+        typer.Option(
+            help="Also give the policy the task's direction in the body frame "
+            "(environments whose observation holds the body's rotation: quadruped)."
+        ),
+    ] = False,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 3e-4,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
     schedule: Annotated[str, typer.Option(help="cosine, linear or constant.")] = "cosine",
@@ -223,6 +230,7 @@ def train_bc(
             activation=activation,
             head=head,
             task_embedding=task_embedding,
+            body_frame_task=body_frame_task,
             lr=lr,
             weight_decay=weight_decay,
             schedule=schedule,

@@ -35,9 +35,17 @@ def _gib(nbytes: float) -> str:
     return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**28 else f"{nbytes / 2**20:,.1f} MiB"
 
 
-def network_spec(config: BCConfig, obs_dim: int, act_dim: int, task_dim: int) -> dict[str, Any]:
-    """The network arguments (the run description's ``network``) of ``config``."""
-    return {
+def network_spec(
+    config: BCConfig,
+    obs_dim: int,
+    act_dim: int,
+    task_dim: int,
+    task_frame: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The network arguments (the run description's ``network``) of ``config``; a
+    ``task_frame`` (``--body-frame-task``) is listed only when given, so the runs of
+    earlier versions keep their description."""
+    spec = {
         "obs_dim": obs_dim,
         "act_dim": act_dim,
         "task_dim": task_dim,
@@ -46,6 +54,9 @@ def network_spec(config: BCConfig, obs_dim: int, act_dim: int, task_dim: int) ->
         "head": config.head,
         "task_embedding": config.task_embedding,
     }
+    if task_frame is not None:
+        spec["task_frame"] = task_frame
+    return spec
 
 
 def _parameters(spec: dict[str, Any]) -> int:
@@ -66,7 +77,7 @@ def batch_bytes(spec: dict[str, Any], batch_size: int, top_k: int) -> int:
     """Coarse memory of one training step's minibatch: inputs, every layer's output
     and activation with their gradients, and the sampler's gathered posterior rows."""
     embedded = spec["task_embedding"] if spec["task_embedding"] and spec["task_dim"] else 0
-    width = spec["obs_dim"] + (embedded or spec["task_dim"])
+    width = spec["obs_dim"] + (embedded or spec["task_dim"]) + 2 * ("task_frame" in spec)
     out = spec["act_dim"] * (2 if spec["head"] == "gaussian" else 1)
     values = 3 * width + 4 * sum(spec["hidden"]) + 8 * out
     values += 2 * (spec["obs_dim"] + spec["act_dim"] + spec["task_dim"])

@@ -62,6 +62,10 @@ class BCConfig:
     task_embedding: int = 0
     """Discrete task families only: 0 feeds the one-hot candidate row as is; a positive
     size maps it through a learned linear embedding of that size first."""
+    body_frame_task: bool = False
+    """Also give the policy the task's world direction expressed in the body frame, for
+    environments that declare where their observation holds the body's rotation
+    (``TaskFrame``; the quadruped)."""
     lr: float = 3e-4
     """Peak learning rate of AdamW."""
     weight_decay: float = 1e-4
@@ -193,5 +197,7 @@ def check_config(config: BCConfig) -> None:
         raise InputError("--labels: name the label set to train on, or pass --task-agnostic")
     if config.task_agnostic and config.task_embedding:
         raise InputError("--task-embedding: a task-agnostic policy has no task input")
+    if config.task_agnostic and config.body_frame_task:
+        raise InputError("--body-frame-task: a task-agnostic policy has no task input")
     if config.resume and config.overwrite:
         raise InputError("--resume and --overwrite: pass at most one")

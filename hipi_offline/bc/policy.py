@@ -54,6 +54,7 @@ class BCNetwork(nn.Module):
         activation: str = "relu",
         head: str = "gaussian",
         task_embedding: int = 0,
+        task_frame: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if head not in ("gaussian", "deterministic"):
@@ -70,6 +71,11 @@ class BCNetwork(nn.Module):
             "task_embedding": task_embedding,
         }
         """The constructor arguments (saved as the run description's ``network``)."""
+        self.frame = _frame_indices(task_frame) if task_dim else None
+        """(rotation index, direction x, direction y): the task's direction is also
+        given in the body frame (``--body-frame-task``); None: it is not."""
+        if task_frame is not None:
+            self.spec["task_frame"] = dict(task_frame)
         for name, dim, fill in (
             ("obs_mean", obs_dim, 0.0),
             ("obs_std", obs_dim, 1.0),
@@ -85,6 +91,7 @@ class BCNetwork(nn.Module):
             nn.Linear(task_dim, task_embedding, bias=False) if task_embedding and task_dim else None
         )
         width = obs_dim + (task_embedding if self.embed is not None else task_dim)
+        width += FRAME_FEATURES if self.frame is not None else 0
         layers: list[nn.Module] = []
         for size in hidden:
             layers += [nn.Linear(width, size), _ACTIVATIONS[activation]()]
@@ -114,6 +121,8 @@ class BCNetwork(nn.Module):
             if self.embed is not None:
                 t = self.embed(t)
             x = torch.cat([x, t], dim=1)
+            if self.frame is not None:
+                x = torch.cat([x, body_frame_direction(obs, task, self.frame)], dim=1)
         return self.out(self.trunk(x))
 
     def gaussian(self, obs: Tensor, task: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -176,6 +185,27 @@ class BCNetwork(nn.Module):
         return center + half * torch.tanh(mu + torch.exp(log_std) * noise)
 
 
+FRAME_FEATURES = 2
+"""Inputs added by ``--body-frame-task``: the task's direction in the body frame."""
+
+
+def body_frame_direction(obs: Tensor, task: Tensor, frame: tuple[int, int, int]) -> Tensor:
+    """[B, 2] the task's world (x, y) direction entries expressed in the body frame:
+    the x and y rows of R^T (d_x, d_y, 0), R the row-major body-to-world rotation held
+    at observation entries ``frame[0]`` .. ``frame[0] + 8``."""
+    start, dx, dy = frame
+    rotation = obs[:, start : start + 9].reshape(-1, 3, 3)[:, :2, :2]
+    direction = torch.stack([task[:, dx], task[:, dy]], dim=1)
+    return torch.einsum("bmk,bm->bk", rotation, direction)
+
+
+def _frame_indices(frame: Mapping[str, Any] | None) -> tuple[int, int, int] | None:
+    if frame is None:
+        return None
+    direction = list(frame["direction"])
+    return int(frame["rotation"]), int(direction[0]), int(direction[1])
+
+
 def parameter_count(
     obs_dim: int,
     act_dim: int,
@@ -184,6 +214,7 @@ def parameter_count(
     head: str = "gaussian",
     task_embedding: int = 0,
     activation: str = "relu",
+    task_frame: Mapping[str, Any] | None = None,
 ) -> int:
     """Trainable parameters of the :class:`BCNetwork` these arguments describe
     (arithmetic only: nothing is allocated)."""
@@ -191,6 +222,7 @@ def parameter_count(
     embedded = bool(task_embedding and task_dim)
     count = task_dim * task_embedding if embedded else 0
     width = obs_dim + (task_embedding if embedded else task_dim)
+    width += FRAME_FEATURES if task_frame is not None and task_dim else 0
     for size in hidden:
         count += (width + 1) * size
         width = size
@@ -276,10 +308,35 @@ def check_run(run: Any, where: str) -> dict[str, Any]:
             f"{where}: run description field dims.obs_shape must be a shape of "
             f"{spec['obs_dim']} values, got {_describe(shape)}; it is damaged"
         )
+    if net.get("task_frame") is not None:
+        spec["task_frame"] = _check_frame(net["task_frame"], spec, where)
     _optional(run, "store", dict, where)
     _optional(run.get("store") or {}, "env", str, f"{where} (store)")
     _check_labels_entry(run.get("labels"), where)
     return spec
+
+
+def _check_frame(frame: Any, spec: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A run description's ``network.task_frame``: a rotation index whose 9 entries
+    lie in the observation and two distinct task entries."""
+    rotation = frame.get("rotation") if isinstance(frame, dict) else None
+    direction = frame.get("direction") if isinstance(frame, dict) else None
+    ints = [rotation, *(direction if isinstance(direction, list) else [])]
+    ok = (
+        isinstance(direction, list)
+        and len(direction) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in ints)
+        and 0 <= rotation <= spec["obs_dim"] - 9
+        and all(0 <= d < spec["task_dim"] for d in direction)
+        and direction[0] != direction[1]
+    )
+    if not ok:
+        raise InputError(
+            f"{where}: run description field network.task_frame must be a rotation index "
+            f"within the {spec['obs_dim']} observation entries and two distinct task entries "
+            f"below {spec['task_dim']}, got {_describe(frame)}; it is damaged"
+        )
+    return {"rotation": rotation, "direction": list(direction)}
 
 
 def build_network(run: Mapping[str, Any]) -> BCNetwork:

@@ -87,6 +87,7 @@ from hipi_offline.bc.rundir import (
     start_point,
     truncate_metrics,
 )
+from hipi_offline.envs.base import env_names, env_task_frame
 from hipi_offline.errors import InputError, describe_os_error, one_line
 from hipi_offline.ownership import check_disjoint
 from hipi_offline.progress import progress_bar
@@ -224,6 +225,7 @@ def _run_description(
     obs_shape: tuple[int, ...],
     fingerprint: dict[str, Any],
     tensorboard: bool,
+    spec: dict[str, Any],
 ) -> dict[str, Any]:
     from importlib import metadata
 
@@ -247,15 +249,7 @@ def _run_description(
             "act": len(norm.act_mean),
             "task": len(norm.task_mean),
         },
-        "network": {
-            "obs_dim": len(norm.obs_mean),
-            "act_dim": len(norm.act_mean),
-            "task_dim": len(norm.task_mean),
-            "hidden": list(config.hidden),
-            "activation": config.activation,
-            "head": config.head,
-            "task_embedding": config.task_embedding,
-        },
+        "network": dict(spec),
         "normalization": norm.to_json(),
         "action_bounds": {"low": norm.act_low.tolist(), "high": norm.act_high.tolist()},
         "fingerprint": fingerprint,
@@ -443,7 +437,32 @@ def _spec(config: BCConfig, store: TrajectoryStore, labels: LabelSet | None) -> 
     if obs_dim == 0 or act_dim == 0:
         raise InputError(f"{store.path}: observations and actions must have at least one column")
     task_dim = 0 if labels is None else int(np.shape(labels.candidates)[1])
-    return network_spec(config, obs_dim, act_dim, task_dim)
+    frame = _task_frame(config, store, obs_dim, task_dim)
+    return network_spec(config, obs_dim, act_dim, task_dim, frame)
+
+
+def _task_frame(
+    config: BCConfig, store: TrajectoryStore, obs_dim: int, task_dim: int
+) -> dict[str, Any] | None:
+    """``--body-frame-task``: the store's environment's :class:`TaskFrame`, checked
+    against the observation and task sizes."""
+    if not config.body_frame_task:
+        return None
+    env = store.attrs.get("env")
+    frame = env_task_frame(env) if isinstance(env, str) and env in env_names() else None
+    if frame is None:
+        have = [name for name in env_names() if env_task_frame(name) is not None]
+        raise InputError(
+            f"--body-frame-task: {store.path} holds data of environment {env!r}, which "
+            f"declares no body rotation in its observation (have: {', '.join(have)})"
+        )
+    if frame.rotation + 9 > obs_dim or max(frame.direction) >= task_dim:
+        raise InputError(
+            f"--body-frame-task: {store.path} has {obs_dim} observation entries and "
+            f"{task_dim} task entries; environment {env!r} puts its rotation at "
+            f"{frame.rotation} and its direction at {list(frame.direction)}"
+        )
+    return frame.as_json()
 
 
 def _needed_space(
@@ -525,6 +544,7 @@ def train_bc(store_path: str | Path, config: BCConfig) -> TrainSummary:
                     data.obs_shape,
                     fingerprint,
                     _tensorboard_available(),
+                    spec,
                 )
             else:
                 run = start.description

@@ -179,6 +179,31 @@ class TaskEnv(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class TaskFrame:
+    """Where an environment's observation holds the body's orientation and which task
+    entries are a world-frame direction: a policy may then also be given the task's
+    direction in the body frame (``train-bc --body-frame-task``)."""
+
+    rotation: int
+    """Index of the row-major 3x3 body-to-world rotation matrix in the observation."""
+    direction: tuple[int, int]
+    """Task entries weighting world x and y."""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"rotation": self.rotation, "direction": list(self.direction)}
+
+
+def env_task_frame(name: str) -> TaskFrame | None:
+    """The :class:`TaskFrame` a registered environment declares (class attribute
+    ``task_frame``), without building it; None when it declares none."""
+    names = env_names()
+    if name not in _REGISTRY:
+        raise InputError(f"ENV: unknown environment {name!r} (have: {', '.join(names)})")
+    frame = getattr(_REGISTRY[name], "task_frame", None)
+    return frame if isinstance(frame, TaskFrame) else None
+
+
 def velocity_along_command(
     env: TaskEnv, fields: Mapping[str, np.ndarray], task: np.ndarray
 ) -> np.ndarray | None:

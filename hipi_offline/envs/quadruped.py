@@ -43,6 +43,7 @@ import numpy as np
 from hipi_offline.envs.base import (
     EnvInfo,
     StepResult,
+    TaskFrame,
     prepare_mujoco,
     register,
     render_physics,
@@ -96,6 +97,9 @@ class QuadrupedEnv:
     heading_task_dims = (0, 1)
     """The ``quadruped-linear`` task entries weighting world x and y velocity: the
     commanded direction of travel, for planners that keep the body facing it."""
+    task_frame = TaskFrame(rotation=78, direction=heading_task_dims)
+    """The torso's rotation matrix is observation entries 78-86: a policy may be given
+    the commanded direction in the torso frame (``train-bc --body-frame-task``)."""
 
     def __init__(self) -> None:
         prepare_mujoco()
