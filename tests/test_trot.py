@@ -57,22 +57,23 @@ def test_trot_is_deterministic_and_a_function_of_the_observation() -> None:
     obs, first, _, _ = _episode(make_expert("quadruped"), TASK, seed=5, steps=40)
     _, second, _, _ = _episode(make_expert("quadruped"), TASK, seed=5, steps=40)
     np.testing.assert_array_equal(first, second)
+    obs, first, _, _ = _episode(make_expert("quadruped", noise=0), TASK, seed=5, steps=40)
     env = make_env("quadruped")
     try:
         env.reset(5)
         for t in (0, 17, 39):
-            fresh = make_expert("quadruped")
+            fresh = make_expert("quadruped", noise=0)
             fresh.reset(env, TASK, seed=123)
             np.testing.assert_allclose(fresh.act(env, obs[t]), first[t], rtol=0, atol=1e-6)
     finally:
         env.close()
 
 
-def test_noise_is_seeded() -> None:
-    noisy = {"noise": 0.2}
-    _, a, _, _ = _episode(make_expert("quadruped", **noisy), TASK, seed=2, steps=10)
-    _, b, _, _ = _episode(make_expert("quadruped", **noisy), TASK, seed=2, steps=10)
-    _, c, _, _ = _episode(make_expert("quadruped"), TASK, seed=2, steps=10)
+def test_noise_is_seeded_and_on_by_default() -> None:
+    assert TrotConfig().noise == 0.1
+    _, a, _, _ = _episode(make_expert("quadruped"), TASK, seed=2, steps=10)
+    _, b, _, _ = _episode(make_expert("quadruped"), TASK, seed=2, steps=10)
+    _, c, _, _ = _episode(make_expert("quadruped", noise=0), TASK, seed=2, steps=10)
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from hipi_offline.bc import BCConfig, train_bc
 from hipi_offline.collect import CollectConfig, collect
+from hipi_offline.collect.run import expert_choice, expert_label, recorded_expert
 from hipi_offline.errors import InputError
 from hipi_offline.evaluate import EvalConfig, evaluate
 from hipi_offline.evaluate.report import report_json
@@ -65,6 +66,9 @@ class TrainSettings:
     hidden: tuple[int, ...] = (256, 256)
     lr: float = 1e-3
     head: str = "gaussian"
+    body_frame_task: bool = False
+    """Task-conditioned runs also get the task's direction in the body frame
+    (``train-bc --body-frame-task``; environments that declare a body rotation)."""
 
     def check(self, where: str = "train") -> None:
         """InputError naming the first bad field (``<where>.<field>``)."""
@@ -79,6 +83,10 @@ class TrainSettings:
             raise InputError(f"{where}.lr: expected a positive number, got {lr!r}")
         if self.head not in ("gaussian", "deterministic"):
             raise InputError(f"{where}.head: expected gaussian or deterministic, got {self.head!r}")
+        if not isinstance(self.body_frame_task, bool):
+            raise InputError(
+                f"{where}.body_frame_task: expected true or false, got {self.body_frame_task!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -96,10 +104,18 @@ class Control:
 def collect_stage(
     store: Path, env: str, episodes: int, steps: int | None, seed: int, control: Control
 ) -> None:
-    """Collect expert data into ``store`` unless it already holds ``episodes``."""
+    """Collect expert data into ``store`` unless it already holds ``episodes`` (a store
+    collected with other options, such as another expert, is an error naming them)."""
     if store.exists():
         with open_store(store) as s:
             if s.num_episodes >= episodes:
+                recorded = recorded_expert(env, s.attrs.get("collect_expert"))
+                expected = expert_label(*expert_choice(env, ()))
+                if recorded != expected:
+                    raise InputError(
+                        f"{store}: was collected with the expert {recorded!r}, not today's "
+                        f"{expected!r}; give another --root"
+                    )
                 return
     store.parent.mkdir(parents=True, exist_ok=True)
     collect(
@@ -153,6 +169,7 @@ def train_stage(
             batch_size=train.batch_size,
             hidden=tuple(train.hidden),
             head=train.head,
+            body_frame_task=train.body_frame_task and labels is not None,
             lr=train.lr,
             warmup_steps=train.steps // 10,
             seed=seed,
