@@ -83,11 +83,14 @@ def test_tiny_fig7a_writes_the_layout(tiny_root: Path) -> None:
                 assert evaluation["episodes"] == setup.eval_episodes
                 assert len(evaluation["per_episode"]) == setup.eval_episodes
             entry = row[method]
-            assert set(entry) == {"mean", "stderr", "per_seed", "metric"}
+            directed = setup.env != "desk"  # cheetah's tasks have a direction
+            expected = {"mean", "stderr", "per_seed", "metric"}
+            assert set(entry) == expected | ({"velocity_along_command"} if directed else set())
             assert len(entry["per_seed"]) == len(config.seeds)
             assert entry["metric"] == ("success_rate" if setup.env == "desk" else "return")
             assert math.isfinite(entry["mean"])
-    assert len(fig7a_table(results)) == 2 + len(config.envs)
+    directed = sum(setup.env != "desk" for setup in config.envs)
+    assert len(fig7a_table(results)) == 2 + len(config.envs) + directed  # velocity rows
 
 
 def test_tiny_fig7b_writes_results_and_hipi_labels_ignore_the_bias(tiny_root: Path) -> None:

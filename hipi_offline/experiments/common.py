@@ -266,12 +266,31 @@ def aggregate(paths: Sequence[Path]) -> dict[str, Any]:
         stderr: float | None = float(values.std(ddof=1) / math.sqrt(len(values)))
     else:
         stderr = scores[0][1]
-    return {
+    result = {
         "mean": float(values.mean()),
         "stderr": stderr,
         "per_seed": [float(v) for v in values],
         "metric": scores[0][2],
     }
+    velocity = seed_velocities(paths)
+    if velocity is not None:
+        result["velocity_along_command"] = velocity
+    return result
+
+
+def seed_velocities(paths: Sequence[Path]) -> dict[str, Any] | None:
+    """Mean velocity along the command over seeds (each seed's mean over its episodes;
+    stderr over seeds, or over episodes with one seed); None when the evaluations do
+    not report it (environments whose tasks have no direction)."""
+    entries = [json.loads(p.read_text()).get("velocity_along_command") for p in paths]
+    if not entries or any(not isinstance(e, dict) or e.get("mean") is None for e in entries):
+        return None
+    values = np.array([e["mean"] for e in entries], dtype=np.float64)
+    if len(values) > 1:
+        stderr = float(values.std(ddof=1) / math.sqrt(len(values)))
+    else:
+        stderr = entries[0].get("stderr")
+    return {"mean": float(values.mean()), "stderr": stderr, "per_seed": values.tolist()}
 
 
 def jsonable(value: Any) -> Any:

@@ -27,6 +27,10 @@ def fig7a_table(results: dict[str, Any]) -> list[str]:
         metric = next(iter(row.values()))["metric"]
         cells = [_pm(row[m]["mean"], row[m]["stderr"]) if m in row else "" for m in methods]
         lines.append(f"| {env} ({metric}) | " + " | ".join(cells) + " |")
+        if any("velocity_along_command" in cell for cell in row.values()):
+            speeds = [row.get(m, {}).get("velocity_along_command") for m in methods]
+            cells = ["" if v is None else _pm(v["mean"], v["stderr"]) for v in speeds]
+            lines.append(f"| {env} (velocity along command, m/s) | " + " | ".join(cells) + " |")
     return lines
 
 
