@@ -1,19 +1,20 @@
 """Expert throughput through the real ``collect`` path, per environment and worker count.
 
 For each environment and each ``--workers`` count, runs ``collect`` into a temporary
-store with enough episodes for ``--units-per-worker`` work units per worker (3; desk
-15; a unit is one episode for cheetah and quadruped, one play stream of ``--windows``
-windows for desk), and reports: stored env steps per second (wall clock, worker start-up
-included, so a lower bound for long runs), the scaling against one worker, and the
-projected time of the benchmark-size dataset (cheetah 500 x 200 steps, quadruped
-300 x 100, desk 300 windows x 50) at that rate. Desk also reports the play steps
-simulated (the stream rows, windows plus the waits between them). The 1-minute load
-average before and after each row tells how busy the machine was. Prints markdown.
+store with enough episodes for ``--units-per-worker`` work units per worker (cheetah
+3, quadruped 500, desk 15; a unit is one episode for cheetah and quadruped, one play
+stream of ``--windows`` windows for desk), and reports: stored env steps per second
+(wall clock, worker start-up included, so a lower bound for long runs), the scaling
+against one worker, and the projected time of the benchmark-size dataset (cheetah
+500 x 200 steps, quadruped 1000 x 200, desk 300 windows x 50) at that rate. Desk
+also reports the play steps simulated (the stream rows, windows plus the waits between
+them). The 1-minute load average before and after each row tells how busy the machine
+was. Prints markdown.
 
     python benchmarks/expert_throughput.py                          # 1 and 2 workers
     python benchmarks/expert_throughput.py --workers 1,2,4,8,16     # a 16-core machine
-    python benchmarks/expert_throughput.py --envs quadruped --units-per-worker 4
-    python benchmarks/expert_throughput.py --envs quadruped --expert samples=32
+    python benchmarks/expert_throughput.py --envs quadruped          # the trot, 1000 x 200
+    python benchmarks/expert_throughput.py --envs quadruped --expert mppi --units-per-worker 3
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from pathlib import Path
 from hipi_offline.collect import CollectConfig, collect
 from hipi_offline.store import open_store
 
-BENCHMARK_SETS = {"cheetah": (500, 200), "quadruped": (300, 100), "desk": (300, 50)}
+BENCHMARK_SETS = {"cheetah": (500, 200), "quadruped": (1000, 200), "desk": (300, 50)}
 """Benchmark-size datasets (episodes, steps per episode), as in datasets/README.md."""
-DEFAULT_UNITS = {"cheetah": 3, "quadruped": 3, "desk": 15}
-"""Work units per worker: desk streams take about a third of a second, so start-up
-(about 5 s per spawned worker) would dominate a few of them."""
+DEFAULT_UNITS = {"cheetah": 3, "quadruped": 500, "desk": 15}
+"""Work units per worker: desk streams take about a third of a second and a trot
+episode of 200 steps about 0.2 s, so start-up (about 5 s per spawned worker) would
+dominate a few of them; 500 quadruped units on 2 workers are the whole benchmark set
+(with ``--expert mppi``, give ``--units-per-worker 3``)."""
 
 
 @dataclass(frozen=True)
@@ -127,12 +130,15 @@ def main() -> None:
         "--units-per-worker",
         type=int,
         default=None,
-        help="episodes (desk: streams) per worker [cheetah, quadruped 3; desk 15]",
+        help="episodes (desk: streams) per worker [cheetah 3, quadruped 500, desk 15]",
     )
     parser.add_argument("--windows", type=int, default=10, help="desk: windows per stream")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--expert", action="append", default=[], help="expert option NAME=VALUE, as collect's"
+        "--expert",
+        action="append",
+        default=[],
+        help="expert name or option NAME=VALUE, as collect's",
     )
     args = parser.parse_args()
     envs = [e for e in args.envs.split(",") if e]
