@@ -67,7 +67,7 @@ def test_options_are_parsed_and_checked() -> None:
         ("quadruped", "speed=2", "--expert speed=2: must be a finite number from 0 to 1"),
         ("quadruped", "speed=fast", "--expert speed='fast': must be auto or a number"),
         ("quadruped", "posture=0.5", "--expert posture=0.5: must be a finite number from -0.2"),
-        ("quadruped", "frequency=0", "--expert frequency=0: must be a finite number from 0.1"),
+        ("quadruped", "advance=0", "--expert advance=0: must be a finite number from 0.01"),
         ("quadruped", "noise=nan", "--expert noise=nan: must be a finite number"),
         ("quadruped", "stride=abc", "--expert stride='abc'"),
         ("quadruped", "lead=9", "--expert lead=9"),
