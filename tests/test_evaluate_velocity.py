@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_evaluate import trained_runs
+import test_evaluate
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -19,6 +19,10 @@ from hipi_offline.evaluate import EvalConfig, evaluate
 from hipi_offline.evaluate.report import VELOCITY_COLUMN
 from hipi_offline.experiments.common import score
 from hipi_offline.store import open_store
+
+cheetah_runs = test_evaluate.cheetah_runs  # the shared module fixtures
+desk_runs = test_evaluate.desk_runs
+trained_runs = test_evaluate.trained_runs
 
 RUN_KEYS = {"run", "method", "checkpoint_step", "episodes", "mean_return", "stderr", "ci95"}
 EPISODE_KEYS = {"episode", "task", "env_seed", "return"}
@@ -38,24 +42,9 @@ def quadruped_fields() -> dict:
 
 
 @pytest.fixture(scope="module")
-def cheetah_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    speed = {"infos/speed": lambda rng, n: rng.uniform(0, 3, n).astype(np.float32)}
-    return trained_runs(tmp_path_factory.mktemp("ch"), "cheetah", "cheetah-velocity", 17, 6, speed)
-
-
-@pytest.fixture(scope="module")
 def quadruped_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("quad")
     return trained_runs(folder, "quadruped", "quadruped-linear", 88, 12, quadruped_fields())
-
-
-@pytest.fixture(scope="module")
-def desk_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    def achieved(rng: np.random.Generator, n: int) -> np.ndarray:
-        return (rng.random((n, 9)) < 0.05).astype(np.float32)
-
-    fields = {"infos/achieved": achieved}
-    return trained_runs(tmp_path_factory.mktemp("desk"), "desk", "desk-discrete", 17, 3, fields)
 
 
 def episode_slices(store) -> list[slice]:
@@ -92,8 +81,8 @@ def check_json(entry: dict, outcomes, reference: list[float | None]) -> None:
     assert aggregate["stderr"] == pytest.approx(stderr, rel=1e-6, abs=1e-6)
 
 
-def test_cheetah_velocity_is_speed_signed_by_the_target(cheetah_run, tmp_path: Path) -> None:
-    hipi, agnostic = cheetah_run
+def test_cheetah_velocity_is_speed_signed_by_the_target(cheetah_runs, tmp_path: Path) -> None:
+    hipi, agnostic = cheetah_runs
     tasks = tmp_path / "tasks.yaml"
     tasks.write_text("tasks: [-1.5, 2.0, 0.0, -0.25, 1.0]\n")
     config = EvalConfig(
@@ -128,8 +117,8 @@ def test_cheetah_velocity_is_speed_signed_by_the_target(cheetah_run, tmp_path: P
         assert f"{mean:+.3f} ± {stderr:.3f}" in line and "ep)" not in line
 
 
-def test_velocity_does_not_depend_on_the_group_size(cheetah_run) -> None:
-    hipi, _ = cheetah_run
+def test_velocity_does_not_depend_on_the_group_size(cheetah_runs) -> None:
+    hipi, _ = cheetah_runs
     config = EvalConfig(episodes=5, steps=20, progress=False)
     one = evaluate([hipi], config).results[0].velocities
     other = evaluate([hipi], replace(config, group_size=2)).results[0].velocities
@@ -192,8 +181,8 @@ def test_quadruped_velocity_is_torso_velocity_on_the_task_direction(
     assert VELOCITY_COLUMN in cli.output
 
 
-def test_desk_has_no_velocity_column_and_null_json(desk_run, tmp_path: Path) -> None:
-    hipi, agnostic = desk_run
+def test_desk_has_no_velocity_column_and_null_json(desk_runs, tmp_path: Path) -> None:
+    hipi, agnostic = desk_runs
     out = tmp_path / "eval.json"
     config = EvalConfig(episodes=3, steps=5, progress=False, json_path=out)
     evaluation = evaluate([hipi, agnostic], config)
