@@ -50,7 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from hipi_offline.envs.base import TaskEnv
+from hipi_offline.envs.base import TaskEnv, make_env, velocity_along_command
+from hipi_offline.envs.quadruped import QuadrupedEnv
 from hipi_offline.errors import InputError
 from hipi_offline.experts.base import float_option, register_expert, unknown_options
 
@@ -62,10 +63,12 @@ PHASES = np.linspace(0.0, 2.0 * math.pi, 72, endpoint=False)
 """The grid on which the phase is read from the activations."""
 OBS_ACTIVATIONS = slice(32, 44)
 """Actuator activations in the quadruped's observation (end of egocentric_state)."""
-OBS_ROTATION = slice(78, 87)
-"""Row-major torso-to-world rotation matrix in the quadruped's observation."""
-DIRECTION_DIMS = (0, 1)
-"""Task entries weighting world x and y velocity."""
+FRAME = QuadrupedEnv.task_frame
+OBS_ROTATION = slice(FRAME.rotation, FRAME.rotation + 9)
+"""Row-major torso-to-world rotation matrix in the quadruped's observation (where the
+environment's ``task_frame`` says it is)."""
+DIRECTION_DIMS = FRAME.direction
+"""Task entries weighting world x and y velocity (the environment's ``task_frame``)."""
 
 SPEEDS = (0.0, 0.25, 0.5, 0.75, 1.0)
 """Speed levels of :data:`GAIT_TABLE` (fractions of ``stride`` and ``lift``)."""
@@ -313,8 +316,6 @@ def measure_gait_table(
     """Mean features of each (speed, posture) gait of ``config``'s shape: the second
     half of ``steps``-step episodes walking each world direction in ``angles`` (degrees,
     episode seed = the angle)."""
-    from hipi_offline.envs.base import make_env
-
     env = make_env("quadruped")
     try:
         table = {}
@@ -324,40 +325,29 @@ def measure_gait_table(
                 rows = []
                 for angle in angles:
                     radians = math.radians(angle)
-                    direction = np.array([math.cos(radians), math.sin(radians)])
-                    task = np.array([direction[0], direction[1], 0.0, 0.0, 0.0])
-                    rows.append(_walk(env, expert, task, steps, int(angle), direction))
+                    task = np.array([math.cos(radians), math.sin(radians), 0.0, 0.0, 0.0])
+                    rows.append(_walk(env, expert, task, steps, int(angle)))
                 table[speed, posture] = tuple(round(float(x), 3) for x in np.mean(rows, axis=0))
         return table
     finally:
         env.close()
 
 
-def _walk(
-    env: TaskEnv, expert: TrotExpert, task: np.ndarray, steps: int, seed: int, direction: np.ndarray
-) -> np.ndarray:
-    """(velocity along ``direction``, height, upright, -mean a^2) over the second half."""
+def _walk(env: TaskEnv, expert: TrotExpert, task: np.ndarray, steps: int, seed: int) -> np.ndarray:
+    """(velocity along the task's direction, height, upright, -mean a^2) over the
+    second half (the velocity as ``evaluate`` measures it)."""
     obs = env.reset(seed)
     expert.reset(env, task, seed)
     rows = []
     for _ in range(steps):
-        action = expert.act(env, obs)
-        result = env.step(action)
-        f = result.fields
-        velocity = (
-            float(f["infos/velocity_x"]) * direction[0]
-            + float(f["infos/velocity_y"]) * direction[1]
-        )
-        rows.append(
-            (
-                velocity,
-                float(f["infos/height"]),
-                float(f["infos/upright"]),
-                float(f["infos/ctrl_cost"]),
-            )
-        )
+        result = env.step(expert.act(env, obs))
+        rows.append(result.fields)
         obs = result.observation
-    return np.mean(rows[steps // 2 :], axis=0)
+    half = {name: np.stack([row[name] for row in rows[steps // 2 :]]) for name in rows[0]}
+    velocity = velocity_along_command(env, half, task)
+    assert velocity is not None  # the table's tasks are pure directions
+    features = ("infos/height", "infos/upright", "infos/ctrl_cost")
+    return np.array([velocity.mean(), *(half[name].astype(np.float64).mean() for name in features)])
 
 
 def trot_config(options: dict[str, Any]) -> TrotConfig:
