@@ -74,6 +74,11 @@ class TaskSpec:
         )
 
     @property
+    def is_discrete(self) -> bool:
+        """Whether the tasks are a finite set of named one-hot rows (``discrete``)."""
+        return isinstance(unwrap(self.family), DiscreteFamily)
+
+    @property
     def task_names(self) -> tuple[str, ...] | None:
         family = unwrap(self.family)
         return family.task_names if isinstance(family, DiscreteFamily) else None
