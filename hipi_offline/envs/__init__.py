@@ -5,9 +5,11 @@ MuJoCo and dm_control lazily, when an environment is constructed.
 """
 
 from hipi_offline.envs.base import (
+    EnvEntry,
     EnvInfo,
     StepResult,
     TaskEnv,
+    env_entry,
     env_names,
     env_task_spec,
     make_env,
@@ -16,9 +18,11 @@ from hipi_offline.envs.base import (
 )
 
 __all__ = [
+    "EnvEntry",
     "EnvInfo",
     "StepResult",
     "TaskEnv",
+    "env_entry",
     "env_names",
     "env_task_spec",
     "make_env",

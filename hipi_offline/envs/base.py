@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -79,17 +79,12 @@ def prepare_mujoco() -> None:
 
 
 def _load_gl() -> str | None:
-    """Import MuJoCo and dm_control's renderer (they load the GL library named by
-    ``MUJOCO_GL`` at import); the reason on failure. A failed import leaves no
-    module behind, so a second try with another ``MUJOCO_GL`` starts afresh."""
+    """Import MuJoCo and ``dm_control.mujoco`` (importing them loads the GL library
+    named by ``MUJOCO_GL``); the reason on failure. A failed import leaves none of the
+    failed modules behind, so a second try with another ``MUJOCO_GL`` starts afresh."""
     try:
+        import dm_control.mujoco  # noqa: F401
         import mujoco  # noqa: F401
-
-        try:
-            import dm_control._render  # noqa: F401
-        except ModuleNotFoundError as err:
-            if err.name is None or not err.name.startswith("dm_control"):
-                raise
     except Exception as err:  # PyOpenGL fails with AttributeError, ImportError, ...
         return one_line(f"{type(err).__name__}: {err}", 160)
     return None
@@ -195,13 +190,9 @@ class TaskFrame:
 
 
 def env_task_frame(name: str) -> TaskFrame | None:
-    """The :class:`TaskFrame` a registered environment declares (class attribute
-    ``task_frame``), without building it; None when it declares none."""
-    names = env_names()
-    if name not in _REGISTRY:
-        raise InputError(f"ENV: unknown environment {name!r} (have: {', '.join(names)})")
-    frame = getattr(_REGISTRY[name], "task_frame", None)
-    return frame if isinstance(frame, TaskFrame) else None
+    """The :class:`TaskFrame` a registered environment declares, without building it;
+    None when it declares none."""
+    return env_entry(name).task_frame
 
 
 def velocity_along_command(
@@ -214,14 +205,51 @@ def velocity_along_command(
     return None if method is None else method(fields, task)
 
 
-_REGISTRY: dict[str, Callable[..., TaskEnv]] = {}
+COLLECTIONS = ("commanded", "play")
+"""How ``collect`` records an environment: ``commanded`` episodes (the expert is given
+one task from the prior per episode) or ``play`` (windows cut from long play streams,
+each labeled with the sub-task it completes)."""
 
 
-def register(name: str) -> Callable[[Callable[..., TaskEnv]], Callable[..., TaskEnv]]:
-    """Decorator adding an environment constructor to the registry."""
+@dataclass(frozen=True)
+class EnvEntry:
+    """A registered environment: what callers need to know without building it (no
+    MuJoCo import), and the constructor."""
 
-    def add(factory: Callable[..., TaskEnv]) -> Callable[..., TaskEnv]:
-        _REGISTRY[name] = factory
+    name: str
+    """Registry name, e.g. ``cheetah``."""
+    task_spec: str
+    """Built-in task spec whose family rewards this environment's tasks."""
+    collection: str
+    """How ``collect`` records it: one of :data:`COLLECTIONS`."""
+    task_frame: TaskFrame | None
+    """Where the observation holds the body's rotation (None: nowhere)."""
+    factory: Callable[..., TaskEnv]
+
+    @property
+    def plays(self) -> bool:
+        """Collected as play streams cut into windows (else: commanded episodes)."""
+        return self.collection == "play"
+
+
+_REGISTRY: dict[str, EnvEntry] = {}
+T = TypeVar("T")
+
+
+def register(
+    name: str,
+    *,
+    task_spec: str,
+    collection: str = "commanded",
+    task_frame: TaskFrame | None = None,
+) -> Callable[[type[T]], type[T]]:
+    """Class decorator adding an environment to the registry, with the metadata that
+    :func:`env_entry` reads without building it."""
+    if collection not in COLLECTIONS:
+        raise ValueError(f"{name}: collection {collection!r} is not one of {COLLECTIONS}")
+
+    def add(factory: type[T]) -> type[T]:
+        _REGISTRY[name] = EnvEntry(name, task_spec, collection, task_frame, factory)
         return factory
 
     return add
@@ -234,12 +262,26 @@ def env_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_env(name: str, **options: Any) -> TaskEnv:
-    """Construct a registered environment by name."""
+def env_entry(name: str) -> EnvEntry:
+    """The registry entry of an environment (one line naming the known ones if none)."""
     names = env_names()
     if name not in _REGISTRY:
         raise InputError(f"ENV: unknown environment {name!r} (have: {', '.join(names)})")
-    return _REGISTRY[name](**options)
+    return _REGISTRY[name]
+
+
+def registered_info(factory: Callable[..., TaskEnv], **static: Any) -> EnvInfo:
+    """The :class:`EnvInfo` of a registered environment class: its name and task spec
+    from the registry entry, the other fields as given."""
+    entry = next((e for e in _REGISTRY.values() if e.factory is factory), None)
+    if entry is None:
+        raise ValueError(f"{getattr(factory, '__name__', factory)!r} is not registered")
+    return EnvInfo(name=entry.name, task_spec=entry.task_spec, **static)
+
+
+def make_env(name: str, **options: Any) -> TaskEnv:
+    """Construct a registered environment by name."""
+    return env_entry(name).factory(**options)
 
 
 def env_task_spec(env: TaskEnv) -> TaskSpec:

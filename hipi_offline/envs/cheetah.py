@@ -20,18 +20,11 @@ these fields, never here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
-from hipi_offline.envs.base import (
-    EnvInfo,
-    StepResult,
-    headless_gl,
-    prepare_mujoco,
-    register,
-    render_physics,
-)
+from hipi_offline.envs.base import prepare_mujoco, register
+from hipi_offline.envs.physics import SuiteEnv
 
 SETTLE_STEPS = 200
 """Physics steps run after the random joint init, as the suite does."""
@@ -39,26 +32,11 @@ DEFAULT_STEPS = 1000
 """10 s at 0.01 s per step: the suite's time limit."""
 
 
-headless_gl()  # at import too: dm_control picks its GL backend when it is first imported
-
-
-def state_layout(model: Any) -> tuple[slice, slice, slice]:
-    """Slices of qpos, qvel and act in a ``mjSTATE_FULLPHYSICS`` state vector."""
-    import mujoco
-
-    spec = mujoco.mjtState
-    qpos0 = mujoco.mj_stateSize(model, spec.mjSTATE_TIME)
-    qvel0 = qpos0 + model.nq
-    act0 = qvel0 + model.nv
-    return slice(qpos0, qvel0), slice(qvel0, act0), slice(act0, act0 + model.na)
-
-
-@register("cheetah")
-class CheetahEnv:
+@register("cheetah", task_spec="cheetah-velocity")
+class CheetahEnv(SuiteEnv):
     """The half-cheetah; see the module docstring for observations and fields."""
 
     substeps = 1
-    """Physics steps per control step."""
     rollout_sensors = True
     """The planner reads the speed sensor from rollouts."""
 
@@ -66,21 +44,12 @@ class CheetahEnv:
         prepare_mujoco()
         from dm_control.suite import cheetah
 
-        self.physics = cheetah.Physics.from_xml_string(*cheetah.get_model_and_assets())
-        model = self.physics.model
-        self._speed_adr = int(model.sensor_adr[model.name2id("torso_subtreelinvel", "sensor")])
-        self._qpos, self._qvel, _ = state_layout(model.ptr)
-        low, high = model.actuator_ctrlrange.T.astype(np.float32)
-        self.info = EnvInfo(
-            name="cheetah",
-            task_spec="cheetah-velocity",
-            observation_dim=model.nq - 1 + model.nv,
-            action_dim=model.nu,
-            action_low=low,
-            action_high=high,
-            control_dt=float(model.opt.timestep) * self.substeps,
-            default_steps=DEFAULT_STEPS,
+        physics = cheetah.Physics.from_xml_string(*cheetah.get_model_and_assets())
+        model = physics.model
+        super().__init__(
+            physics, observation_dim=model.nq - 1 + model.nv, default_steps=DEFAULT_STEPS
         )
+        self._speed_adr = int(model.sensor_adr[model.name2id("torso_subtreelinvel", "sensor")])
 
     def reset(self, seed: int) -> np.ndarray:
         physics, rng = self.physics, np.random.default_rng(seed)
@@ -93,18 +62,12 @@ class CheetahEnv:
         physics.data.time = 0.0
         return self.observation()
 
-    def step(self, action: np.ndarray) -> StepResult:
-        applied = np.clip(
-            np.asarray(action, np.float64), self.info.action_low, self.info.action_high
-        )
-        self.physics.set_control(applied)
-        self.physics.step(self.substeps)
-        fields = {
+    def step_fields(self, applied: np.ndarray) -> dict[str, np.ndarray]:
+        return {
             "infos/speed": np.asarray(self.physics.speed(), np.float32),
             "physics/qpos": self.physics.data.qpos.copy(),
             "physics/qvel": self.physics.data.qvel.copy(),
         }
-        return StepResult(self.observation(), fields)
 
     def observation(self) -> np.ndarray:
         """qpos without rootx, then qvel; float32."""
@@ -134,9 +97,3 @@ class CheetahEnv:
         target = float(np.asarray(task, np.float64).reshape(-1)[0])
         speed = np.asarray(fields["infos/speed"], np.float64)
         return -speed if target < 0 else speed
-
-    def render(self, width: int = 320, height: int = 240) -> np.ndarray:
-        return render_physics(self.physics, width, height, camera_id=0)
-
-    def close(self) -> None:
-        self.physics.free()

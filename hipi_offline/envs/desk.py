@@ -42,12 +42,12 @@ from typing import Any
 import numpy as np
 
 from hipi_offline.envs.base import (
-    EnvInfo,
     StepResult,
     gl_message,
     gl_unavailable,
     prepare_mujoco,
     register,
+    registered_info,
     render_physics,
 )
 from hipi_offline.errors import ResourceError
@@ -131,7 +131,7 @@ FIELD_NAMES = (
 )
 
 
-@register("desk")
+@register("desk", task_spec="desk-discrete", collection="play")
 class DeskEnv:
     """The desk environment (see the module docstring for spaces and fields)."""
 
@@ -142,9 +142,8 @@ class DeskEnv:
         self._mujoco = mujoco
         self.model = mujoco.MjModel.from_xml_path(str(ASSET))
         self.data = mujoco.MjData(self.model)
-        self.info = EnvInfo(
-            name="desk",
-            task_spec="desk-discrete",
+        self.info = registered_info(
+            DeskEnv,
             observation_dim=OBSERVATION_DIM,
             action_dim=3,
             action_low=-np.ones(3, np.float32),

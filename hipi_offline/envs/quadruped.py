@@ -40,15 +40,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from hipi_offline.envs.base import (
-    EnvInfo,
-    StepResult,
-    TaskFrame,
-    prepare_mujoco,
-    register,
-    render_physics,
-)
-from hipi_offline.envs.cheetah import state_layout
+from hipi_offline.envs.base import TaskFrame, prepare_mujoco, register
+from hipi_offline.envs.physics import SuiteEnv
 
 DEFAULT_STEPS = 1000
 """20 s at 0.02 s per step: the suite's time limit."""
@@ -86,59 +79,62 @@ def negative_effort(actions: np.ndarray) -> np.ndarray:
     return -np.mean(np.square(actions), axis=-1)
 
 
-@register("quadruped")
-class QuadrupedEnv:
+TASK_FRAME = TaskFrame(rotation=78, direction=(0, 1))
+"""The torso's rotation matrix is observation entries 78-86, and the ``quadruped-linear``
+task entries 0 and 1 weight world x and y velocity: a policy may be given the commanded
+direction in the torso frame (``train-bc --body-frame-task``)."""
+MAX_HEIGHT_ATTEMPTS = 10000
+"""Reset: 1 cm steps up from the floor before giving up on a pose without contacts."""
+
+
+@register("quadruped", task_spec="quadruped-linear", task_frame=TASK_FRAME)
+class QuadrupedEnv(SuiteEnv):
     """The suite's quadruped; see the module docstring for observations and fields."""
 
     substeps = 4
-    """Physics steps per control step."""
     rollout_sensors = False
     """Rollout fields are functions of the state: the planner can skip sensors."""
-    heading_task_dims = (0, 1)
+    heading_task_dims = TASK_FRAME.direction
     """The ``quadruped-linear`` task entries weighting world x and y velocity: the
     commanded direction of travel, for planners that keep the body facing it."""
-    task_frame = TaskFrame(rotation=78, direction=heading_task_dims)
-    """The torso's rotation matrix is observation entries 78-86: a policy may be given
-    the commanded direction in the torso frame (``train-bc --body-frame-task``)."""
 
     def __init__(self) -> None:
         prepare_mujoco()
         from dm_control.suite import common, quadruped
 
         xml = quadruped.make_model(floor_size=FLOOR_SIZE)
-        self.physics = quadruped.Physics.from_xml_string(xml, common.ASSETS)
-        model = self.physics.model
-        self._qpos, self._qvel, self._act = state_layout(model.ptr)
-        low, high = model.actuator_ctrlrange.T.astype(np.float32)
-        self.info = EnvInfo(
-            name="quadruped",
-            task_spec="quadruped-linear",
-            observation_dim=88,
-            action_dim=model.nu,
-            action_low=low,
-            action_high=high,
-            control_dt=float(model.opt.timestep) * self.substeps,
-            default_steps=DEFAULT_STEPS,
-        )
+        physics = quadruped.Physics.from_xml_string(xml, common.ASSETS)
+        super().__init__(physics, observation_dim=88, default_steps=DEFAULT_STEPS)
 
     def reset(self, seed: int) -> np.ndarray:
-        from dm_control.suite import quadruped
-
         rng = np.random.default_rng(seed)
         azimuth = rng.uniform(0.0, 2.0 * np.pi)
         orientation = np.array([np.cos(azimuth / 2), 0.0, 0.0, np.sin(azimuth / 2)])
-        quadruped._find_non_contacting_height(self.physics, orientation)
+        self._place_without_contacts(orientation)
         self.physics.data.time = 0.0
         return self.observation()
 
-    def step(self, action: np.ndarray) -> StepResult:
-        applied = np.clip(
-            np.asarray(action, np.float64), self.info.action_low, self.info.action_high
-        )
-        self.physics.set_control(applied)
-        self.physics.step(self.substeps)
+    def _place_without_contacts(self, orientation: np.ndarray) -> None:
+        """Upright at the origin with ``orientation``, at the lowest height (1 cm steps
+        up from inside the floor) without contacts, as the suite's ``fetch`` task."""
+        from dm_control.rl.control import PhysicsError
+
+        physics, height = self.physics, 0.0
+        for _ in range(MAX_HEIGHT_ATTEMPTS):
+            try:
+                with physics.reset_context():
+                    physics.named.data.qpos["root"][:3] = 0.0, 0.0, height
+                    physics.named.data.qpos["root"][3:] = orientation
+            except PhysicsError:  # a full contact buffer: go on higher
+                pass
+            if physics.data.ncon == 0:
+                return
+            height += 0.01
+        raise RuntimeError("quadruped reset: no pose without contacts found")
+
+    def step_fields(self, applied: np.ndarray) -> dict[str, np.ndarray]:
         data = self.physics.data
-        return StepResult(self.observation(), self._fields(data.qpos, data.qvel, data.act, applied))
+        return self._fields(data.qpos, data.qvel, data.act, applied)
 
     def _fields(
         self, qpos: np.ndarray, qvel: np.ndarray, act: np.ndarray, actions: np.ndarray
@@ -202,9 +198,3 @@ class QuadrupedEnv:
         """[..., 2] the torso's forward (x) axis projected on the floor, normalized,
         of ``mjSTATE_FULLPHYSICS`` states [..., nstate]."""
         return torso_heading(states[..., self._qpos])
-
-    def render(self, width: int = 320, height: int = 240) -> np.ndarray:
-        return render_physics(self.physics, width, height, camera_id=0)
-
-    def close(self) -> None:
-        self.physics.free()

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from hipi_offline.envs.base import TaskEnv, make_env, velocity_along_command
-from hipi_offline.envs.quadruped import QuadrupedEnv
+from hipi_offline.envs.quadruped import TASK_FRAME as FRAME
 from hipi_offline.errors import InputError
 from hipi_offline.experts.base import float_option, register_expert, unknown_options
 
@@ -63,12 +63,11 @@ PHASES = np.linspace(0.0, 2.0 * math.pi, 72, endpoint=False)
 """The grid on which the phase is read from the activations."""
 OBS_ACTIVATIONS = slice(32, 44)
 """Actuator activations in the quadruped's observation (end of egocentric_state)."""
-FRAME = QuadrupedEnv.task_frame
 OBS_ROTATION = slice(FRAME.rotation, FRAME.rotation + 9)
 """Row-major torso-to-world rotation matrix in the quadruped's observation (where the
-environment's ``task_frame`` says it is)."""
+environment registers as its ``task_frame``)."""
 DIRECTION_DIMS = FRAME.direction
-"""Task entries weighting world x and y velocity (the environment's ``task_frame``)."""
+"""Task entries weighting world x and y velocity (the registered ``task_frame``)."""
 
 SPEEDS = (0.0, 0.25, 0.5, 0.75, 1.0)
 """Speed levels of :data:`GAIT_TABLE` (fractions of ``stride`` and ``lift``)."""
