@@ -9,7 +9,6 @@ matplotlib is imported lazily so the rest of the package never needs it.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -170,6 +169,7 @@ def posterior_heatmap(
     candidates), so mass outside the top k shows as zero.
     """
     from hipi_offline.store import open_store
+    from hipi_offline.tasks.label_attrs import label_task_names, labels_are_discrete
 
     episodes = [int(e) for e in episodes]
     with open_store(store_path) as store:
@@ -188,8 +188,8 @@ def posterior_heatmap(
     probs = np.zeros((len(episodes), labels.num_candidates))
     for row, e in enumerate(episodes):
         probs[row, labels.topk_index[e]] = np.exp(labels.topk_logprob[e].astype(np.float64))
-    names = json.loads(labels.attrs.get("task_names", "[]") or "[]")
-    discrete = str(labels.attrs.get("family", "")) == "discrete" or bool(names)
+    names = label_task_names(labels.attrs)
+    discrete = labels_are_discrete(labels.attrs) or bool(names)
     marks = [
         None if commanded is None else _commanded_index(commanded[e], candidates, discrete)
         for e in episodes

@@ -16,7 +16,6 @@ import numpy as np
 import yaml
 
 from hipi_offline.errors import InputError
-from hipi_offline.tasks.families import DiscreteFamily
 from hipi_offline.tasks.spec import TaskSpec
 
 MAX_RESET_ATTEMPTS = 100
@@ -200,6 +199,6 @@ def task_is_feasible(spec: TaskSpec, env: Any, task: np.ndarray) -> bool:
     state (an achievement cannot happen); environments without ``success()`` and
     other families accept every state."""
     success = getattr(env, "success", None)
-    if not isinstance(spec.family, DiscreteFamily) or success is None:
+    if not spec.is_discrete or success is None:
         return True
     return not bool(np.asarray(success())[int(np.argmax(task))])

@@ -211,20 +211,17 @@ def _accumulate(
         episode = _episode_ids(ends_np, starts_np, chunk.start, chunk.stop, device)  # [C]
         values = {name: _to_device(name, chunk.fields[name], device) for name in fields}
         rows = None  # row numbers, built only where needed (else row = chunk.start + i)
-        if spec.at == "final" or spec.gamma != 1.0:
+        weight = None  # the spec's step weights (None: every step weighs 1)
+        if not spec.weights_every_step:
             rows = torch.arange(chunk.start, chunk.stop, device=device)
-        if spec.at == "final":
-            keep = rows == ends[episode] - 1
-            rows, episode = rows[keep], episode[keep]
-            values = {name: value[keep] for name, value in values.items()}
+            offset = rows - starts[episode]  # steps into the episode
+            keep = spec.rewarded_steps(offset, ends[episode] - starts[episode])
+            if keep is not None:
+                rows, episode, offset = rows[keep], episode[keep], offset[keep]
+                values = {name: value[keep] for name, value in values.items()}
+            weight = spec.discounts(offset)
         for name, value in values.items():
             _check_finite(name, value, rows, chunk.start, episode)
-        weight = None
-        if rows is not None and spec.gamma != 1.0:
-            weight = torch.pow(
-                torch.tensor(spec.gamma, dtype=torch.float64, device=device),
-                (rows - starts[episode]).to(torch.float64),
-            )
         if len(episode):
             accumulator.add(values, episode, weight)
         if progress is not None:

@@ -1,5 +1,6 @@
 """Reward families: each is a small frozen record whose ``reward`` is one
-vectorized torch function ``(fields, tasks) -> rewards [C, K]``.
+vectorized torch function ``(fields, tasks) -> rewards [C, K]``, registered in
+:data:`FAMILIES` by the one function that builds it from its spec keys.
 
 ``fields`` maps the store paths the family reads (``steps/infos/speed``, ...)
 to float64 tensors of C rows; ``tasks`` is [K, task_dim]. The same function is
@@ -14,30 +15,18 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from hipi_offline.errors import InputError
 from hipi_offline.store.backends import ArrayInfo
+from hipi_offline.tasks.registry import FAMILIES, RewardFamily
 
 ACTIONS = "steps/actions"
-
-
-class RewardFamily(Protocol):
-    """What every family provides."""
-
-    name: str
-
-    @property
-    def fields(self) -> tuple[str, ...]: ...
-
-    def columns(self, store_fields: Mapping[str, ArrayInfo]) -> int:
-        """The task dimension this family needs on this store (validates fields)."""
-        ...
-
-    def reward(self, fields: Mapping[str, Tensor], tasks: Tensor) -> Tensor: ...
+VELOCITY_X, VELOCITY_Y = "velocity_x", "velocity_y"
+"""Names of the step fields holding world-frame velocity (a linear task's direction)."""
 
 
 def _as_matrix(x: Tensor) -> Tensor:
@@ -101,6 +90,28 @@ class LinearFamily:
     def reward(self, fields: Mapping[str, Tensor], tasks: Tensor) -> Tensor:
         return self.phi(fields) @ tasks.T
 
+    @property
+    def direction(self) -> tuple[int, int] | None:
+        """The task entries weighting the features ``.../velocity_x`` and
+        ``.../velocity_y`` (world-frame velocity, as environments record it), or None
+        without both. Entry = the feature's position in ``features``: the features
+        up to them are scalar step fields (as every ``steps/infos/`` velocity is)."""
+        leaves = [f.rsplit("/", 1)[-1] for f in self.features]
+        if VELOCITY_X not in leaves or VELOCITY_Y not in leaves:
+            return None
+        return leaves.index(VELOCITY_X), leaves.index(VELOCITY_Y)
+
+
+@FAMILIES.add("linear", keys={"features"})
+def parse_linear(body: Mapping[str, Any]) -> LinearFamily:
+    """``features``: one step field or a list of them."""
+    features = body["features"]
+    if isinstance(features, str):
+        features = [features]
+    if not isinstance(features, list) or not features:
+        raise InputError("features: expected a non-empty list of step fields")
+    return LinearFamily(tuple(_field_name(f, "features") for f in features))
+
 
 @dataclass(frozen=True)
 class TargetFamily:
@@ -135,6 +146,16 @@ class TargetFamily:
         return -distance(self.value(fields), tasks) + self.task_free(fields)[:, None]
 
 
+@FAMILIES.add("target", keys={"feature"}, optional={"dims", "ctrl_cost"})
+def parse_target(body: Mapping[str, Any]) -> TargetFamily:
+    """``feature``, optional ``dims`` and ``ctrl_cost``."""
+    return TargetFamily(
+        feature=_field_name(body["feature"], "feature"),
+        dims=_dims(body.get("dims"), "dims"),
+        ctrl_cost=_number(body.get("ctrl_cost", 0.0), "ctrl_cost"),
+    )
+
+
 @dataclass(frozen=True)
 class GoalFamily:
     """r_psi = -||x[dims] - g||, or 1[||x[dims] - g|| < m] - 1 with a margin m.
@@ -165,6 +186,19 @@ class GoalFamily:
             return -dist
         margin = tasks[:, -1] if self.margin == "sampled" else float(self.margin)
         return (dist < margin).to(dist.dtype) - 1.0
+
+
+@FAMILIES.add("goal", keys={"field"}, optional={"dims", "margin"})
+def parse_goal(body: Mapping[str, Any]) -> GoalFamily:
+    """``field``, optional ``dims`` and ``margin`` (a number or ``sampled``)."""
+    margin = body.get("margin")
+    if margin is not None and margin != "sampled":
+        margin = _number(margin, "margin", positive=True)
+    return GoalFamily(
+        field=_field_name(body["field"], "field"),
+        dims=_dims(body.get("dims"), "dims"),
+        margin=margin,
+    )
 
 
 @dataclass(frozen=True)
@@ -218,6 +252,16 @@ class DiscreteFamily:
         return self.indicators(fields) @ tasks.T
 
 
+@FAMILIES.add("discrete", keys={"tasks"})
+def parse_discrete(body: Mapping[str, Any]) -> DiscreteFamily:
+    """``tasks``: task name -> success predicate."""
+    tasks = body["tasks"]
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise InputError("tasks: expected a non-empty mapping of task name -> predicate")
+    names = tuple(str(n) for n in tasks)
+    return DiscreteFamily(names, tuple(_predicate(n, tasks[n]) for n in names))
+
+
 @dataclass(frozen=True)
 class BiasedFamily:
     """Another family's reward plus a constant ``value`` on every rewarded step, for
@@ -252,11 +296,26 @@ class BiasedFamily:
         return base + self.value * self.in_box(tasks).to(base.dtype)[None, :]
 
 
-def unwrap(family: RewardFamily) -> RewardFamily:
+def base_family(family: RewardFamily) -> RewardFamily:
     """The family under any ``bias`` wrapper."""
     while isinstance(family, BiasedFamily):
         family = family.inner
     return family
+
+
+def named_tasks(family: RewardFamily) -> tuple[str, ...] | None:
+    """The task names of a family whose tasks are a finite set of named one-hot rows
+    (``discrete``, under any ``bias``); None for families of task vectors."""
+    base = base_family(family)
+    return base.task_names if isinstance(base, DiscreteFamily) else None
+
+
+def task_direction(family: RewardFamily) -> tuple[int, int] | None:
+    """The task entries weighting world x and y velocity (a commanded direction of
+    travel), for a ``linear`` family (under any ``bias``) with both velocity
+    features; None for every other family."""
+    base = base_family(family)
+    return base.direction if isinstance(base, LinearFamily) else None
 
 
 def parse_bias(value: Any, dim: int) -> tuple[float, tuple[float, ...], tuple[float, ...]]:
@@ -325,6 +384,20 @@ class CustomFamily:
         return out
 
 
+@FAMILIES.add("custom", keys={"function", "fields"})
+def parse_custom(body: Mapping[str, Any]) -> CustomFamily:
+    """``function`` (``module:function``, imported now) and its input ``fields``."""
+    inputs = body["fields"]
+    if not isinstance(inputs, list):
+        raise InputError("fields: expected a list of step fields")
+    function = body["function"]
+    if not isinstance(function, str):
+        raise InputError(f"function: expected 'module:function', got {function!r}")
+    return CustomFamily(
+        function, tuple(_field_name(f, "fields") for f in inputs), load_function(function)
+    )
+
+
 class NonFiniteReward(InputError):
     """A custom reward function returned NaN or inf; ``row`` (of the rows passed in)
     and ``task`` (column) locate the first such value."""
@@ -363,15 +436,6 @@ def load_function(target: str) -> RewardFn:
     if not callable(fn):
         raise InputError(f"function: {target!r} is not callable")
     return fn  # type: ignore[return-value]
-
-
-FAMILY_KEYS: dict[str, tuple[set[str], set[str]]] = {
-    "linear": ({"features"}, set()),
-    "target": ({"feature"}, {"dims", "ctrl_cost"}),
-    "goal": ({"field"}, {"dims", "margin"}),
-    "discrete": ({"tasks"}, set()),
-    "custom": ({"function", "fields"}, set()),
-}
 
 
 def _field_name(value: Any, where: str) -> str:
@@ -434,46 +498,3 @@ def _predicate(name: str, body: Any) -> Predicate:
         below=below,
         reward=_number(body.get("reward", 1.0), f"{where}.reward"),
     )
-
-
-def parse_family(family: str, body: Mapping[str, Any]) -> RewardFamily:
-    """Build a family from its YAML keys (already checked against FAMILY_KEYS)."""
-    if family == "linear":
-        features = body["features"]
-        if isinstance(features, str):
-            features = [features]
-        if not isinstance(features, list) or not features:
-            raise InputError("features: expected a non-empty list of step fields")
-        return LinearFamily(tuple(_field_name(f, "features") for f in features))
-    if family == "target":
-        return TargetFamily(
-            feature=_field_name(body["feature"], "feature"),
-            dims=_dims(body.get("dims"), "dims"),
-            ctrl_cost=_number(body.get("ctrl_cost", 0.0), "ctrl_cost"),
-        )
-    if family == "goal":
-        margin = body.get("margin")
-        if margin is not None and margin != "sampled":
-            margin = _number(margin, "margin", positive=True)
-        return GoalFamily(
-            field=_field_name(body["field"], "field"),
-            dims=_dims(body.get("dims"), "dims"),
-            margin=margin,
-        )
-    if family == "discrete":
-        tasks = body["tasks"]
-        if not isinstance(tasks, Mapping) or not tasks:
-            raise InputError("tasks: expected a non-empty mapping of task name -> predicate")
-        names = tuple(str(n) for n in tasks)
-        return DiscreteFamily(names, tuple(_predicate(n, tasks[n]) for n in names))
-    if family == "custom":
-        inputs = body["fields"]
-        if not isinstance(inputs, list):
-            raise InputError("fields: expected a list of step fields")
-        function = body["function"]
-        if not isinstance(function, str):
-            raise InputError(f"function: expected 'module:function', got {function!r}")
-        return CustomFamily(
-            function, tuple(_field_name(f, "fields") for f in inputs), load_function(function)
-        )
-    raise InputError(f"family: unknown family {family!r} (use {', '.join(FAMILY_KEYS)})")

@@ -11,27 +11,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
+from torch import Tensor
 
 from hipi_offline.errors import InputError
 from hipi_offline.store.backends import ArrayInfo
 from hipi_offline.tasks.families import (
-    FAMILY_KEYS,
     BiasedFamily,
-    DiscreteFamily,
-    RewardFamily,
+    base_family,
+    named_tasks,
     parse_bias,
-    parse_family,
-    unwrap,
+    task_direction,
 )
 from hipi_offline.tasks.priors import CategoricalPrior, Prior, check_float32, parse_prior
+from hipi_offline.tasks.registry import FAMILIES, RewardFamily
 
 MAX_SPEC_BYTES = 1 << 20  # a task spec is a short YAML file
 MAX_SPEC_DEPTH = 32  # nesting of YAML collections
 MAX_SPEC_NODES = 250_000  # YAML nodes after alias expansion (what 1 MiB of text can hold)
 MIN_TEMPERATURE = sys.float_info.min  # smaller (subnormal) alphas overflow 1 / alpha
 
-COMMON_KEYS = {
+COMMON_KEYS = {  # every family's spec may give these; each family adds its own (FAMILIES)
     "family",
     "prior",
     "candidates",
@@ -74,14 +75,59 @@ class TaskSpec:
         )
 
     @property
-    def is_discrete(self) -> bool:
-        """Whether the tasks are a finite set of named one-hot rows (``discrete``)."""
-        return isinstance(unwrap(self.family), DiscreteFamily)
+    def base_family(self) -> RewardFamily:
+        """The family under any ``bias`` wrapper."""
+        return base_family(self.family)
 
     @property
     def task_names(self) -> tuple[str, ...] | None:
-        family = unwrap(self.family)
-        return family.task_names if isinstance(family, DiscreteFamily) else None
+        """The names of a discrete family's tasks (one-hot rows, in order); else None."""
+        return named_tasks(self.family)
+
+    @property
+    def is_discrete(self) -> bool:
+        """Whether the tasks are a finite set of named one-hot rows (``discrete``)."""
+        return self.task_names is not None
+
+    @property
+    def direction(self) -> tuple[int, int] | None:
+        """The task entries weighting world x and y velocity, the commanded direction
+        of travel (``linear`` tasks over ``velocity_x`` and ``velocity_y`` features,
+        e.g. ``quadruped-linear``: (0, 1)); None when the tasks command no direction."""
+        return task_direction(self.family)
+
+    @property
+    def weights_every_step(self) -> bool:
+        """Whether R is the plain sum of rewards (``gamma`` 1, ``at: all``): then
+        :meth:`rewarded_steps` and :meth:`discounts` are both None."""
+        return self.at == "all" and self.gamma == 1.0
+
+    def rewarded_steps(self, offset: Tensor, length: Tensor) -> Tensor | None:
+        """bool [C]: which steps count toward the return, for steps ``offset`` steps
+        into episodes of ``length`` steps (``at: final``: each episode's last step);
+        None when every step counts."""
+        return offset == length - 1 if self.at == "final" else None
+
+    def discounts(self, offset: Tensor) -> Tensor | None:
+        """float64 [C]: gamma^t of steps t = ``offset`` steps into their episode;
+        None when gamma is 1 (every weight is exactly 1)."""
+        if self.gamma == 1.0:
+            return None
+        gamma = torch.tensor(self.gamma, dtype=torch.float64, device=offset.device)
+        return torch.pow(gamma, offset.to(torch.float64))
+
+    def discounted_return(self, rewards: np.ndarray) -> float:
+        """R = sum_t w_t r_t of one episode's rewards [T] (float64), with the weights
+        the relabeling pass uses: :meth:`rewarded_steps` and :meth:`discounts`."""
+        rewards = np.asarray(rewards, np.float64).reshape(-1)
+        offset = torch.arange(len(rewards))
+        keep = self.rewarded_steps(offset, torch.tensor(len(rewards)))
+        if keep is not None:
+            rewards, offset = rewards[keep.numpy()], offset[keep]
+        weight = self.discounts(offset)
+        if weight is not None:
+            rewards = rewards * weight.numpy()
+        return float(rewards.sum())
 
     def task_dim(self, store_fields: Mapping[str, ArrayInfo]) -> int:
         """Check the family's fields against a store; return the task dimension."""
@@ -302,20 +348,7 @@ def _expanded(
 
 
 def _build(data: Mapping[str, Any], text: str, origin: str) -> TaskSpec:
-    family_name = data.get("family")
-    if not isinstance(family_name, str) or family_name not in FAMILY_KEYS:
-        raise InputError(f"family: unknown family {family_name!r} (use {', '.join(FAMILY_KEYS)})")
-    required, optional = FAMILY_KEYS[family_name]
-    unknown = sorted(set(data) - COMMON_KEYS - required - optional)
-    if unknown:
-        allowed = ", ".join(sorted(COMMON_KEYS | required | optional))
-        raise InputError(
-            f"unknown key {unknown[0]!r} for family {family_name} (allowed: {allowed})"
-        )
-    missing = sorted(required - set(data))
-    if missing:
-        raise InputError(f"missing key {missing[0]!r} for family {family_name}")
-    family = parse_family(family_name, data)
+    family = FAMILIES.parse(data, COMMON_KEYS)
     prior = _prior(family, data)
     candidates = _candidates(family, data, prior)
     temperature = check_temperature(data.get("temperature", 1.0), "temperature")
@@ -340,8 +373,8 @@ def _positive(value: Any, where: str) -> float:
 
 
 def _prior(family: RewardFamily, data: Mapping[str, Any]) -> Prior:
-    if isinstance(family, DiscreteFamily):
-        names = family.task_names
+    names = named_tasks(family)
+    if names is not None:
         probs: Any = None
         if "prior" in data:
             body = data["prior"]
@@ -368,10 +401,11 @@ def _prior(family: RewardFamily, data: Mapping[str, Any]) -> Prior:
 
 def _candidates(family: RewardFamily, data: Mapping[str, Any], prior: Prior) -> int | np.ndarray:
     value = data.get("candidates", 256)
-    if isinstance(family, DiscreteFamily):
+    names = named_tasks(family)
+    if names is not None:
         if "candidates" in data:
             raise InputError("candidates: a discrete family's candidates are all of its tasks")
-        return len(family.task_names)
+        return len(names)
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
             raise InputError(f"candidates: must be at least 1, got {value}")
