@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from hipi_offline.envs.base import TaskEnv, env_task_spec, make_env
+from hipi_offline.envs.base import TaskEnv, env_entry, env_task_spec, make_env, stack_fields
 from hipi_offline.experts.base import Expert, make_expert
 from hipi_offline.tasks.spec import TaskSpec
 
@@ -68,11 +68,10 @@ def _run_commanded(worker: _Worker, task: np.ndarray, steps: int, seed: int) -> 
         actions.append(np.clip(action, env.info.action_low, env.info.action_high))
         fields.append(result.fields)
         obs = result.observation
-    stacked = {k: np.stack([np.asarray(f[k]) for f in fields]) for k in fields[0]}
     return Episode(
         np.asarray(observations, np.float32),
         np.asarray(actions, np.float32),
-        stacked,
+        stack_fields(fields),
         {"task": np.asarray(task, np.float32)},
     )
 
@@ -200,15 +199,12 @@ class UnitResult:
     stream: Episode | None = None
 
 
-PLAY_ENVS = {"desk"}
-
-
 def run_unit(args: tuple[str, int, int, int, int, bool, ExpertChoice]) -> UnitResult:
     """Picklable entry point for worker processes:
     (env, steps, seed, unit, windows, keep the play stream, expert name and options)."""
     env_name, steps, seed, unit, windows, keep_stream, expert = args
     _single_thread()
-    if env_name in PLAY_ENVS:
+    if env_entry(env_name).plays:
         stream, ends = play_recording(env_name, steps, seed, unit, windows, expert)
         return UnitResult(play_windows(stream, ends, steps), stream if keep_stream else None)
     return UnitResult(commanded_unit(env_name, steps, seed, unit, expert))

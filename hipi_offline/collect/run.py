@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from hipi_offline.collect.episodes import (
-    PLAY_ENVS,
     Episode,
     ExpertChoice,
     ExpertOptions,
@@ -25,7 +24,7 @@ from hipi_offline.collect.episodes import (
     run_unit,
 )
 from hipi_offline.collect.space import MAX_STEPS, bytes_per_step, check_space, check_target
-from hipi_offline.envs.base import make_env
+from hipi_offline.envs.base import env_entry, env_names, make_env
 from hipi_offline.errors import InputError, one_line
 from hipi_offline.experts.base import default_expert, make_expert, unnamed_expert
 from hipi_offline.parallel import ordered_map
@@ -89,32 +88,37 @@ class CollectSummary:
 
 
 def _metadata(
-    env_name: str, config: CollectConfig, steps: int, stream: bool = False
+    env_name: str, config: CollectConfig, steps: int, expert: ExpertChoice, stream: bool = False
 ) -> dict[str, object]:
-    """The root attributes that tie a store to these options (``stream``: the store of
-    whole play streams)."""
+    """The root attributes that tie a store to these options (``expert``: the checked
+    :func:`expert_choice`; ``stream``: the store of whole play streams)."""
     expected: dict[str, object] = {
         "env": env_name,
         "collect_seed": config.seed,
         "collect_steps": steps,
     }
-    if env_name in PLAY_ENVS:
+    if env_entry(env_name).plays:
         expected["collect_windows"] = config.windows
-    expected["collect_expert"] = expert_label(*expert_choice(env_name, config.expert))
+    expected["collect_expert"] = expert_label(*expert)
     if stream:
         expected["collect_stream"] = True
     return expected
 
 
 def _reopen(
-    env_name: str, out: Path, config: CollectConfig, steps: int, stream: bool = False
+    env_name: str,
+    out: Path,
+    config: CollectConfig,
+    steps: int,
+    expert: ExpertChoice,
+    stream: bool = False,
 ) -> TrajectoryStore | None:
     """Reopen an existing store for appending, checking that it was collected with
     these options; None when there is none yet (it is created with its first episodes,
     so a new store is never visible without them)."""
     if not out.exists() and not out.is_symlink():
         return None
-    expected = _metadata(env_name, config, steps, stream)
+    expected = _metadata(env_name, config, steps, expert, stream)
     store = open_store(out, "a")
     attrs = store.attrs
     try:
@@ -140,10 +144,9 @@ def _reopen(
 
 
 def _units(
-    env_name: str, steps: int, config: CollectConfig, first: int, last: int
+    env_name: str, steps: int, config: CollectConfig, expert: ExpertChoice, first: int, last: int
 ) -> Iterator[UnitResult]:
     keep_stream = config.stream_out is not None
-    expert = expert_choice(env_name, config.expert)
     jobs = [
         (env_name, steps, config.seed, u, config.windows, keep_stream, expert)
         for u in range(first, last)
@@ -231,9 +234,10 @@ def _check_options(env_name: str, out: Path, config: CollectConfig) -> None:
         raise InputError(f"compression: {config.compression!r} is not one of {COMPRESSIONS}")
     check_target(out, "--out")
     if config.stream_out is not None:
-        if env_name not in PLAY_ENVS:
+        if not env_entry(env_name).plays:
+            plays = [name for name in env_names() if env_entry(name).plays]
             raise InputError(
-                f"--stream-out: only play environments ({', '.join(sorted(PLAY_ENVS))}) "
+                f"--stream-out: only play environments ({', '.join(plays)}) "
                 f"record streams, not {env_name!r}"
             )
         check_target(Path(config.stream_out), "--stream-out")
@@ -297,13 +301,13 @@ def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSum
     env = make_env(env_name)
     try:
         steps = config.steps if config.steps is not None else env.info.default_steps
-        expert_choice(env_name, config.expert)  # bad options fail before any store is made
+        expert = expert_choice(env_name, config.expert)  # fails before any store is made
         if not 1 <= steps <= MAX_STEPS:
             raise InputError(f"--steps: must be from 1 to {MAX_STEPS:,}, got {steps}")
         step_bytes = bytes_per_step(env)
     finally:
         env.close()
-    per_unit = config.windows if env_name in PLAY_ENVS else 1
+    per_unit = config.windows if env_entry(env_name).plays else 1
     started = time.perf_counter()
     targets = [(out, False)]
     if config.stream_out is not None:
@@ -311,8 +315,8 @@ def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSum
     with ExitStack() as stack:
         sinks = []
         for path, stream in targets:  # check existing stores before writing anything
-            store = _reopen(env_name, path, config, steps, stream)
-            metadata = _metadata(env_name, config, steps, stream)
+            store = _reopen(env_name, path, config, steps, expert, stream)
+            metadata = _metadata(env_name, config, steps, expert, stream)
             sinks.append(_Sink(path, store, metadata, config.compression))
             stack.callback(sinks[-1].close)
         have = sinks[0].episodes
@@ -328,7 +332,7 @@ def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSum
             rows *= config.windows if stream else 1  # a stream holds at least its windows
             check_space(path, rows * step_bytes, str(sink.compression), sink.store is not None)
             remove_abandoned_siblings(path)  # what killed writers left beside the store
-        _collect_units(env_name, steps, config, sinks, first, last, per_unit)
+        _collect_units(env_name, steps, config, expert, sinks, first, last, per_unit)
         total = sinks[0].episodes
         streams = sinks[-1].episodes if len(sinks) > 1 else 0
     stream_path = None if config.stream_out is None else str(config.stream_out)
@@ -342,6 +346,7 @@ def _collect_units(
     env_name: str,
     steps: int,
     config: CollectConfig,
+    expert: ExpertChoice,
     sinks: list[_Sink],
     first: int,
     last: int,
@@ -354,7 +359,7 @@ def _collect_units(
         desc=f"collect {env_name}",
         unit="ep",
     ) as bar:
-        for unit, result in enumerate(_units(env_name, steps, config, first, last), first):
+        for unit, result in enumerate(_units(env_name, steps, config, expert, first, last), first):
             sinks[0].add(unit, result.episodes)
             if result.stream is not None and len(sinks) > 1:
                 sinks[1].add(unit, [result.stream])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -152,6 +152,19 @@ class StepResult:
     def __repr__(self) -> str:
         shapes = {k: tuple(np.shape(v)) for k, v in self.fields.items()}
         return f"StepResult(observation={self.observation.shape}, fields={shapes})"
+
+
+def stack_fields(
+    rows: Sequence[Mapping[str, Any]], axis: int = 0, like: Mapping[str, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """Each named array of ``rows`` (one mapping per step, or per environment, all with
+    the same names) stacked along a new ``axis``: ``{name: [len(rows), ...]}`` for axis
+    0. ``like`` (a row) gives the names and shapes when ``rows`` is empty."""
+    if not rows:
+        if like is None:
+            raise ValueError("stack_fields: no rows and no example row")
+        return {name: np.moveaxis(np.asarray(v)[None][:0], 0, axis) for name, v in like.items()}
+    return {name: np.stack([np.asarray(row[name]) for row in rows], axis=axis) for name in rows[0]}
 
 
 class TaskEnv(Protocol):

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,12 +23,12 @@ from hipi_offline.envs.base import (
     TaskEnv,
     env_task_spec,
     make_env,
+    stack_fields,
     transition_rewards,
     velocity_along_command,
 )
 from hipi_offline.errors import InputError
 from hipi_offline.evaluate.tasks import MAX_RESET_ATTEMPTS, EpisodePlan, task_is_feasible
-from hipi_offline.tasks.families import DiscreteFamily
 from hipi_offline.tasks.spec import TaskSpec
 
 
@@ -113,20 +112,12 @@ def _policy(run: str) -> Policy:
 
 
 def cached_envs(name: str, count: int) -> list[TaskEnv]:
-    """``count`` environments of ``name``, cached per process (building one takes
-    about 0.1 s; :func:`close_envs` releases them)."""
+    """``count`` environments of ``name``, cached per process for its lifetime
+    (building one takes about 0.1 s)."""
     pool = _ENVS.setdefault(name, [])
     while len(pool) < count:
         pool.append(make_env(name))
     return pool[:count]
-
-
-def close_envs() -> None:
-    """Close this process's cached environments."""
-    for pool in _ENVS.values():
-        for env in pool:
-            env.close()
-    _ENVS.clear()
 
 
 def _reset(env: TaskEnv, spec: TaskSpec, plan: EpisodePlan) -> tuple[np.ndarray, int]:
@@ -163,7 +154,7 @@ def _run_job(job: RolloutJob) -> list[EpisodeOutcome]:
     rendered = [p.index in job.render for p in job.plans]
     frames: list[list[np.ndarray]] = [[] for _ in job.plans]
     height, width = job.render_size
-    columns: dict[str, list[np.ndarray]] = {"observations": [], "actions": []}
+    columns: list[dict[str, np.ndarray]] = []  # per step: {name: [B, ...]}
     for t in range(job.steps):
         for b, env in enumerate(envs):
             if rendered[b] and t % job.render_every == 0:
@@ -180,18 +171,13 @@ def _run_job(job: RolloutJob) -> list[EpisodeOutcome]:
             info = env.info
             actions[b] = np.clip(actions[b], info.action_low, info.action_high)
             results.append(env.step(actions[b]))
-        columns["observations"].append(obs)
-        columns["actions"].append(actions)
-        for name in results[0].fields:
-            columns.setdefault(name, []).append(
-                np.stack([np.asarray(r.fields[name]) for r in results])
-            )
+        fields = stack_fields([r.fields for r in results])
+        columns.append({"observations": obs, "actions": actions, **fields})
         obs = np.stack([r.observation for r in results]).astype(np.float32)
     for b, env in enumerate(envs):
         if rendered[b]:
             frames[b].append(env.render(width=width, height=height))
-    stacked = {name: np.stack(rows, axis=1) for name, rows in columns.items()}  # [B, T, ...]
-    discrete = isinstance(spec.family, DiscreteFamily)
+    stacked = stack_fields(columns, axis=1)  # {name: [B, T, ...]}
     outcomes = []
     for b, plan in enumerate(job.plans):
         fields = {k: v[b] for k, v in stacked.items() if k not in ("observations", "actions")}
@@ -204,7 +190,7 @@ def _run_job(job: RolloutJob) -> list[EpisodeOutcome]:
                 task=plan.task,
                 env_seed=starts[b][1],
                 episode_return=value,
-                success=(value >= 1.0) if discrete else None,
+                success=(value >= 1.0) if spec.is_discrete else None,
                 velocity_along_command=mean_velocity_along_command(envs[b], fields, plan.task),
                 frames=np.stack(frames[b]) if rendered[b] else None,
                 arrays={k: v[b] for k, v in stacked.items()} if job.keep_arrays else {},
@@ -236,5 +222,5 @@ def describe_policy(policy: Policy) -> str:
     """The method a policy was trained with: its label set's name, or task-agnostic."""
     if policy.task_agnostic:
         return "task-agnostic"
-    labels: dict[str, Any] = policy.run.get("labels") or {}
-    return str(labels.get("name") or "task-conditioned")
+    labels = policy.run.labels
+    return (labels.name if labels is not None else None) or "task-conditioned"

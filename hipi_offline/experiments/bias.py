@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from hipi_offline.envs.base import env_entry
 from hipi_offline.errors import InputError
 from hipi_offline.experiments.common import (
     Control,
@@ -56,7 +57,8 @@ from hipi_offline.store.store import open_store
 from hipi_offline.tasks.spec import load_task_spec, parse_task_spec
 
 ENV = "cheetah"
-BASE_SPEC = "cheetah-velocity"
+BASE_SPEC = env_entry(ENV).task_spec
+"""The task spec the biased specs add ``bias`` to (the environment's own)."""
 BIAS_METHODS: tuple[str, ...] = ("hipi", "no-partition")
 
 

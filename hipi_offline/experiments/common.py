@@ -28,12 +28,6 @@ from hipi_offline.store.store import open_store
 TASK_AGNOSTIC = "task-agnostic"
 ALL_METHODS: tuple[str, ...] = (*METHODS, TASK_AGNOSTIC)
 """hipi, no-partition, random, original (oracle: the commanded labels), task-agnostic."""
-ENV_SPECS: dict[str, str] = {
-    "cheetah": "cheetah-velocity",
-    "quadruped": "quadruped-linear",
-    "desk": "desk-discrete",
-}
-"""Each built-in environment's task spec."""
 
 
 def positive_int(value: Any, where: str, allow_zero: bool = False) -> int:

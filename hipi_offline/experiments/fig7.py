@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hipi_offline.envs.base import env_entry, env_names
 from hipi_offline.errors import InputError
 from hipi_offline.experiments.common import (
     ALL_METHODS,
-    ENV_SPECS,
     TASK_AGNOSTIC,
     Control,
     TrainJob,
@@ -73,11 +73,13 @@ class EnvSetup:
 
     @property
     def tasks(self) -> str:
-        return ENV_SPECS[self.env]
+        return env_entry(self.env).task_spec
 
     def check(self) -> None:
-        if self.env not in ENV_SPECS:
-            raise InputError(f"envs: unknown environment {self.env!r} (use {', '.join(ENV_SPECS)})")
+        if self.env not in env_names():
+            raise InputError(
+                f"envs: unknown environment {self.env!r} (use {', '.join(env_names())})"
+            )
         where = f"envs.{self.env}"
         positive_int(self.episodes, f"{where}.episodes")
         positive_int(self.eval_episodes, f"{where}.eval_episodes")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from hipi_offline.envs.base import env_task_spec
+from hipi_offline.envs.base import env_task_spec, stack_fields
 from hipi_offline.envs.desk import (
     BUTTON_XY,
     DOOR_RANGE,
@@ -346,19 +346,17 @@ class PlayStream:
         observations = np.empty((steps, env.info.observation_dim), np.float32)
         actions = np.empty((steps, env.info.action_dim), np.float32)
         subtask = np.empty(steps, np.int64)
-        # each field's rows, starting from an empty one (so that 0 steps stack too)
-        fields = {k: [np.asarray(v)[None][:0]] for k, v in env.fields().items()}
+        rows = []
         obs = self._obs
         for t in range(steps):
             action = np.clip(expert.act(env, obs), env.info.action_low, env.info.action_high)
             result = env.step(action)
             observations[t], actions[t], subtask[t] = obs, action, expert.current_task
-            for name, value in result.fields.items():
-                fields[name].append(np.asarray(value)[None])
+            rows.append(result.fields)
             obs = result.observation
         self._obs = obs
         self.steps += steps
-        stacked = {k: np.concatenate(v) for k, v in fields.items()}
+        stacked = stack_fields(rows, like=env.fields())  # 0 steps stack too
         completed = stacked["infos/achieved"][np.arange(steps), subtask] > 0.5
         return PlayPiece(observations, actions, stacked, subtask, completed)
 

@@ -10,15 +10,11 @@ function relabeling uses), plus planner-only shaping (a tilt penalty). The new p
 is the average of the samples weighted by exp(-(J - min J) / (temperature * std J));
 the next step starts from it shifted by one control step.
 
-Cost: the physics. A cheetah control step simulates 64 x 31 physics steps, a
-quadruped one 64 x 101; MuJoCo takes about 10-13 us per cheetah and 33-46 us per
-quadruped physics step on this 2-core CPU (timed with a bare ``mj_step`` loop, no
-rollout), so 20-25 ms and 150-200 ms per control step, which is what ``act`` costs:
-``mujoco.rollout`` runs at the bare loop's speed, and the Python around it (noise,
-costs through the task family's torch reward) is about 1 ms. The planner copies the
-model once per environment, preallocates the rollout outputs, and skips sensors when
-the environment's rollout fields do not read them (quadruped: 8 % less).
-``MEASURED_STEPS_PER_SECOND`` holds the measured rates.
+The cost is the physics (``samples x horizon x substeps`` physics steps per control
+step; ``mujoco.rollout`` runs them at a bare ``mj_step`` loop's speed). The planner
+copies the model once per environment, preallocates the rollout outputs, and skips
+sensors when the environment's rollout fields do not read them. Measured rates and
+the cheaper planners tried: benchmarks/RESULTS.md, "MPPI: cost and cheaper planners".
 """
 
 from __future__ import annotations
@@ -38,11 +34,6 @@ from hipi_offline.experts.base import (
     unknown_options,
 )
 from hipi_offline.tasks.spec import TaskSpec
-
-MEASURED_STEPS_PER_SECOND = {"cheetah": 45.0, "quadruped": 6.0}
-"""Expert control steps per CPU-second, one rollout thread, default configs (22 ms and
-about 165 ms of CPU per step on the loaded 2-core machine; benchmarks/expert_quality.py
-and benchmarks/expert_throughput.py)."""
 
 
 @dataclass(frozen=True)
@@ -292,35 +283,10 @@ QUADRUPED = MppiConfig(
 )
 """0.02 s per control step: plans 0.5 s ahead. The tilt penalty keeps fast gaits from
 flipping the torso (weight 1 still flips it on "walk forward"; 5 keeps upright > 0.95).
-Splitting the samples into noise levels (0.4, 0.15) was measured worse: walking
-2.4-2.8 m/s instead of 3.0-3.7, standing tasks no better.
-
-Cost and quality of cheaper planners (100-step episodes, second half, seeds 0 and 1;
-walk forward / walk left speed along the direction; CPU ms per control step on the
-loaded 2-core machine; identifiability: ranks of the commanded weights among 96
-candidates for the 6 episodes of ``tests/test_identifiable_locomotion.py``, top decile =
-rank < 9):
-
-- **64 samples, horizon 25** (default): 173 ms; 3.5 3.5, 3.0 3.3 m/s; upright 0.98-0.99;
-  ranks 1 0 14 6 5 7 (5/6 in the top 9); episode seeds 3 and 4: 4/6, 4/6.
-- 48 samples, horizon 25: about 130 ms; ranks 16 0 16 6 6 7 (4/6).
-- 32 samples, horizon 25: 84 ms; 2.6 2.5, 2.7 2.6 m/s; upright 0.98-0.99; ranks
-  15 5 18 11 8 3 (3/6); seeds 3 and 4: 2/6, 5/6.
-- 64 samples, horizon 15: 104 ms; 2.3 2.1, 2.1 2.6 m/s; 0.96-0.98; 3/6.
-- 32 samples, horizon 15: 51 ms; 2.5 2.4, 2.2 1.8 m/s; 0.96-0.98.
-- 64 samples, replan 2: 80 ms; 2.5 1.9, 2.2 2.0 m/s; 0.95-0.98; 3/6.
-- 64 samples, timestep_factor 2: 89 ms; 2.7 2.3, 1.4 1.4 m/s; timestep_factor 4: 55 ms,
-  0.4-1.5 m/s.
-- 64 samples, explicit damping in the planner's model (``mjDSBL_EULERDAMP``): 137 ms,
-  0.5-0.7 m/s, 2/6.
-
-Stand tall and stay still cheaply are equal in all (reward 1.83-1.92 and -0.000). Fewer
-samples, a shorter horizon or replanning every other step still walk above the goal
-(1.5 m/s at upright 0.9), but mixed-weight tasks become less distinctive: pooled over
-18 episodes (seeds 2-4) the commanded weights rank in the top decile for 13 with 64
-samples and 10 with 32. A planner model that differs from the simulator (coarser
-timestep, explicit damping) costs most. So the default stays at 64 samples; the planner
-simulates without sensors (its fields are functions of the state), 8 % cheaper."""
+64 samples on the true simulator is the default: fewer samples, a shorter horizon,
+replanning every other step or a coarser planner model walk, but make mixed-weight tasks
+less identifiable (measurements: benchmarks/RESULTS.md, "MPPI: cost and cheaper
+planners")."""
 
 
 _INT_OPTIONS = {
