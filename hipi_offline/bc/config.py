@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hipi_offline.errors import InputError, one_line
-from hipi_offline.preflight import check_seed
+from hipi_offline.configs import (
+    INT_LIMIT,
+    FieldError,
+    check_choice,
+    check_flag,
+    check_int,
+    check_number,
+    check_seed,
+    from_dict,
+)
+from hipi_offline.errors import one_line
 
 HEADS: tuple[str, ...] = ("gaussian", "deterministic")
 SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "silu", "tanh")
-INT_LIMIT = 2**63
-"""Step counts, sizes and intervals stay below this (torch's int64)."""
 MAX_LAYERS = 256
 """Most hidden layers a network may have."""
 MAX_THREADS = 1024
@@ -100,6 +107,9 @@ class BCConfig:
     progress: bool = True
     """Show a tqdm progress bar."""
 
+    def __post_init__(self) -> None:
+        check_config(self)
+
     def identity(self) -> dict[str, Any]:
         """The fields that define what the run computes (compared on resume)."""
         return {k: v for k, v in self.to_json().items() if k not in RUN_CONTROL_FIELDS}
@@ -112,92 +122,72 @@ class BCConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BCConfig:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if "hidden" in values:
-            values["hidden"] = tuple(int(h) for h in values["hidden"])
-        return cls(**values)
+        """The config :meth:`to_json` wrote; unknown keys and bad values are InputErrors."""
+        return from_dict(cls, data, "config")
 
 
 def parse_hidden(text: str) -> tuple[int, ...]:
-    """``"256,256,256"`` -> (256, 256, 256); an InputError for anything else."""
+    """``"256,256,256"`` -> (256, 256, 256); a FieldError of ``hidden`` for anything else."""
     parts = [p.strip() for p in str(text).split(",")]
     valid = len(parts) <= MAX_LAYERS and all(
         p.isascii() and p.isdigit() and len(p) <= 18 and int(p) > 0 for p in parts
     )
     if not valid:
-        raise InputError(
-            f"--hidden: expected up to {MAX_LAYERS} comma-separated positive layer sizes "
-            f"like 256,256,256, got {one_line(repr(text), 80)}"
+        raise FieldError(
+            "hidden",
+            f"expected up to {MAX_LAYERS} comma-separated positive layer sizes "
+            f"like 256,256,256, got {one_line(repr(text), 80)}",
         )
     return tuple(int(p) for p in parts)
 
 
 def check_config(config: BCConfig) -> None:
-    """Refuse bad option values with one-line InputErrors naming the option."""
-
-    def positive_int(
-        value: Any, flag: str, allow_zero: bool = False, high: int = INT_LIMIT
-    ) -> None:
-        low = 0 if allow_zero else 1
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
-            what = "a non-negative" if allow_zero else "a positive"
-            raise InputError(f"{flag}: expected {what} integer below {high}, got {value!r}")
-
-    positive_int(config.steps, "--steps")
-    positive_int(config.batch_size, "--batch-size")
-    positive_int(config.checkpoint_every, "--checkpoint-every")
-    positive_int(config.log_every, "--log-every")
-    positive_int(config.warmup_steps, "--warmup-steps", allow_zero=True)
-    positive_int(config.keep_checkpoints, "--keep-checkpoints", allow_zero=True)
-    positive_int(config.task_embedding, "--task-embedding", allow_zero=True)
-    positive_int(config.threads, "--threads", allow_zero=True, high=MAX_THREADS + 1)
+    """Refuse bad option values with one-line FieldErrors naming the field
+    (``BCConfig`` calls this when it is made)."""
+    for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        check_int(getattr(config, name), name)
+    for name in ("warmup_steps", "keep_checkpoints", "task_embedding"):
+        check_int(getattr(config, name), name, low=0)
+    check_int(config.threads, "threads", 0, MAX_THREADS)
     check_seed(config.seed)
     hidden = config.hidden
     if (
-        not hidden
+        not isinstance(hidden, tuple)
+        or not hidden
         or len(hidden) > MAX_LAYERS
         or any(
             isinstance(h, bool) or not isinstance(h, int) or not 1 <= h < INT_LIMIT for h in hidden
         )
     ):
-        raise InputError(
-            f"--hidden: expected 1 to {MAX_LAYERS} positive layer sizes, "
-            f"got {one_line(repr(hidden), 80)}"
+        raise FieldError(
+            "hidden",
+            f"expected 1 to {MAX_LAYERS} positive layer sizes, got {one_line(repr(hidden), 80)}",
         )
-    if config.head not in HEADS:
-        raise InputError(f"--head: expected one of {', '.join(HEADS)}, got {config.head!r}")
-    if config.schedule not in SCHEDULES:
-        raise InputError(
-            f"--schedule: expected one of {', '.join(SCHEDULES)}, got {config.schedule!r}"
-        )
-    if config.activation not in ACTIVATIONS:
-        raise InputError(
-            f"--activation: expected one of {', '.join(ACTIVATIONS)}, got {config.activation!r}"
-        )
-    for flag, value, allow_zero in (
-        ("--lr", config.lr, False),
-        ("--weight-decay", config.weight_decay, True),
-        ("--grad-clip", config.grad_clip, True),
-        ("--max-memory-mb", config.max_memory_mb, True),
-    ):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = (
-            ok
-            and value == value
-            and value != float("inf")
-            and (value >= 0 if allow_zero else value > 0)
-        )
-        if not ok:
-            what = "a non-negative" if allow_zero else "a positive"
-            raise InputError(f"{flag}: expected {what} finite number, got {value!r}")
+    check_choice(config.head, "head", HEADS)
+    check_choice(config.schedule, "schedule", SCHEDULES)
+    check_choice(config.activation, "activation", ACTIVATIONS)
+    check_number(config.lr, "lr")
+    for name in ("weight_decay", "grad_clip", "max_memory_mb"):
+        check_number(getattr(config, name), name, allow_zero=True)
+    for name in ("task_agnostic", "body_frame_task", "resume", "overwrite", "progress"):
+        check_flag(getattr(config, name), name)
+    if not isinstance(config.out, (str, Path)) or not str(config.out):
+        raise FieldError("out", f"expected a run directory, got {one_line(repr(config.out), 80)}")
+    if not isinstance(config.device, str):
+        raise FieldError("device", f"expected auto, cpu or cuda, got {config.device!r}")
+    if config.labels is not None and not isinstance(config.labels, str):
+        raise FieldError("labels", f"expected a label-set name, got {config.labels!r}")
     if config.task_agnostic and config.labels is not None:
-        raise InputError("--task-agnostic trains without tasks; drop --labels")
+        raise FieldError("task_agnostic", "trains without tasks; drop labels", ["labels"])
     if not config.task_agnostic and not config.labels:
-        raise InputError("--labels: name the label set to train on, or pass --task-agnostic")
+        raise FieldError(
+            "labels", "name the label set to train on, or pass task_agnostic", ["task_agnostic"]
+        )
     if config.task_agnostic and config.task_embedding:
-        raise InputError("--task-embedding: a task-agnostic policy has no task input")
+        raise FieldError("task_embedding", "a task-agnostic policy has no task input")
     if config.task_agnostic and config.body_frame_task:
-        raise InputError("--body-frame-task: a task-agnostic policy has no task input")
+        raise FieldError("body_frame_task", "a task-agnostic policy has no task input")
     if config.resume and config.overwrite:
-        raise InputError("--resume and --overwrite: pass at most one")
+        raise FieldError(
+            "resume", "pass at most one of resume and overwrite", ["resume", "overwrite"]
+        )

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hipi_offline.errors import InputError
-from hipi_offline.preflight import check_seed
+from hipi_offline.configs import check_choice, check_int, check_seed
 from hipi_offline.progress import progress_bar
+from hipi_offline.store.backends import COMPRESSIONS
 from hipi_offline.store.store import DEFAULT_CHUNK_ROWS, TrajectoryStore
 
 
@@ -42,6 +42,12 @@ class SyntheticConfig:
     """Storage chunk along the step axis."""
     batch_episodes: int = 500
     """Episodes generated and appended at once (bounds memory)."""
+
+    def __post_init__(self) -> None:
+        for name in ("episodes", "steps", "chunk_rows", "batch_episodes"):
+            check_int(getattr(self, name), name)
+        check_seed(self.seed)
+        check_choice(self.compression, "compression", COMPRESSIONS)
 
 
 def synthetic_episodes(
@@ -88,21 +94,12 @@ def synthetic_store_bytes(config: SyntheticConfig) -> int:
     return steps + _rounded(config.episodes, 4096) * EPISODE_BYTES + METADATA_BYTES
 
 
-def _check_config(config: SyntheticConfig) -> None:
-    for name in ("episodes", "steps", "chunk_rows", "batch_episodes"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise InputError(f"{name}: must be a positive integer, got {value!r}")
-    check_seed(config.seed)
-
-
 def make_synthetic_store(
     path: str | Path, config: SyntheticConfig = SyntheticConfig(), overwrite: bool = False
 ) -> Path:
     """Write the synthetic dataset to ``path`` (.h5/.hdf5 or .zarr) and return the path.
     Everything (path, options, writability, free space) is checked before the first
     byte is written; a failure leaves nothing behind."""
-    _check_config(config)
     rng = np.random.default_rng(config.seed)
     path = Path(path)
     with TrajectoryStore.create(

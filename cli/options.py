@@ -1,0 +1,198 @@
+"""Typer options made from a config dataclass: one option per field, declared once.
+
+The option's name is the field's (``batch_size`` -> ``--batch-size``), its type and
+default the field's, its help the field's docstring. :class:`Flag` overrides what the
+command line spells differently (``json_path`` is ``--json``; ``hidden`` is typed as
+``256,256,256``). :func:`config_command` turns a command body that takes a
+``config`` into a Typer command whose signature holds the body's own arguments,
+then every config field, then ``--progress/--no-progress``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hipi_offline.configs import field_docs
+
+FLAGS: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "FLAGS", default=types.MappingProxyType({})
+)
+"""Field name -> flag of the command being run (read by the error handler)."""
+
+
+UNSET: Any = object()
+"""A :class:`Flag` default that says "the field's own"."""
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How one field appears on the command line where it differs from the field."""
+
+    name: str | None = None
+    """The flag (``--json``); default: the field's name with dashes."""
+    type: Any = None
+    """The type the command line parses; default: from the field's type."""
+    default: Any = UNSET
+    """The command line's default (in its ``type``); default: the field's."""
+    parse: Callable[[Any], Any] | None = None
+    """Command-line value -> field value."""
+    help: str | None = None
+    """Help text; default: the field's docstring."""
+
+
+def flag_name(field: str, flags: Mapping[str, Flag] | None = None) -> str:
+    """``batch_size`` -> ``--batch-size`` (or the name a :class:`Flag` gives)."""
+    override = (flags or {}).get(field)
+    if override is not None and override.name is not None:
+        return override.name
+    return "--" + field.replace("_", "-")
+
+
+def _plain(help_text: str) -> str:
+    """A docstring as help text: reST markup (``code``, :class:`X`) removed."""
+    help_text = re.sub(r":\w+:`~?([^`]+)`", r"\1", help_text)
+    return help_text.replace("``", "")
+
+
+def _cli_type(hint: Any) -> tuple[Any, Callable[[Any], Any] | None]:
+    """The type Typer parses for a field's type, and how its value becomes the field's."""
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    optional = type(None) in options
+    rest = [o for o in options if o is not type(None)]
+    if all(o in (str, Path) for o in rest) and Path in rest:
+        base: Any = Path
+    elif len(rest) == 1:
+        base = rest[0]
+    else:
+        raise TypeError(f"no command-line type for {hint!r}; give a Flag with a type")
+    parse = None
+    if typing.get_origin(base) is tuple:
+        args = typing.get_args(base)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a repeatable option
+            return list[args[0]] | None, lambda v: tuple(v or ())  # type: ignore[valid-type]
+        parse = tuple
+    return (base | None if optional else base), parse
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+@dataclass(frozen=True)
+class _Option:
+    field: str
+    parameter: inspect.Parameter
+    parse: Callable[[Any], Any] | None
+
+
+def config_options(cls: type, flags: Mapping[str, Flag] | None = None) -> list[_Option]:
+    """One keyword-only Typer parameter per field of the dataclass ``cls``."""
+    flags = flags or {}
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    options = []
+    for f in fields(cls):
+        override = flags.get(f.name, Flag())
+        if override.type is not None:
+            cli_type, parse = override.type, override.parse
+        else:
+            cli_type, parse = _cli_type(hints[f.name])
+            parse = override.parse or parse
+        if override.default is not UNSET:
+            default = override.default
+        elif f.default is not MISSING:
+            default = f.default
+            if isinstance(default, tuple) and typing.get_origin(cli_type) is not tuple:
+                default = list(default) or None
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = inspect.Parameter.empty  # a required option
+        help_text = _plain(override.help or docs.get(f.name, ""))
+        names = () if cli_type is bool else (flag_name(f.name, flags),)
+        option = typer.Option(*names, help=help_text)
+        parameter = inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=default,
+            annotation=Annotated[cli_type, option],
+        )
+        options.append(_Option(f.name, parameter, parse))
+    return options
+
+
+PROGRESS = inspect.Parameter(
+    "progress",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=True,
+    annotation=Annotated[bool, typer.Option(help="Show progress bars.")],
+)
+
+
+def config_command(
+    app: typer.Typer,
+    name: str | None,
+    cls: type,
+    flags: Mapping[str, Flag] | None = None,
+    on_progress: Callable[[bool], None] | None = None,
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register ``body(config, **own)`` as the command ``name``: its options are the
+    body's own parameters (besides ``config``), every field of ``cls``, and
+    ``--progress/--no-progress`` where ``cls`` has no ``progress`` field (then
+    ``on_progress`` receives it before the config is made). The config is built
+    by ``body``'s first call of the ``config`` argument, a function, so that a bad
+    value is reported like every other input error."""
+    flags = flags or {}
+    options = config_options(cls, flags)
+    names = {o.field for o in options}
+    field_flags = {o.field: flag_name(o.field, flags) for o in options}
+
+    def decorate(body: Callable[..., None]) -> Callable[..., None]:
+        own = [p for p in inspect.signature(body, eval_str=True).parameters.values()]
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.name != "config"]
+        clash = names & {p.name for p in own}
+        if clash:
+            raise TypeError(f"{name}: parameters {sorted(clash)} are config fields")
+        parameters = [*own, *(o.parameter for o in options)]
+        if "progress" not in names:
+            parameters.append(PROGRESS)
+
+        @functools.wraps(body)
+        def command(**values: Any) -> None:
+            if "progress" not in names:
+                progress = values.pop("progress")
+                if on_progress is not None:
+                    on_progress(progress)
+            own_values = {p.name: values.pop(p.name) for p in own}
+
+            def make_config() -> Any:
+                parsed = {
+                    o.field: o.parse(values[o.field]) if o.parse else values[o.field]
+                    for o in options
+                    if values[o.field] is not inspect.Parameter.empty
+                }
+                return cls(**parsed)
+
+            token = FLAGS.set(field_flags)
+            try:
+                body(config=make_config, **own_values)
+            finally:
+                FLAGS.reset(token)
+
+        command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in parameters}
+        app.command(name)(command)
+        return command
+
+    return decorate
