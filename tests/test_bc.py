@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,7 +19,15 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from cli.main import app
-from hipi_offline.bc import BCConfig, BCNetwork, Policy, load_policy, lr_at, train_bc
+from hipi_offline.bc import (
+    BCConfig,
+    BCNetwork,
+    Policy,
+    RunDescription,
+    load_policy,
+    lr_at,
+    train_bc,
+)
 from hipi_offline.bc.data import (
     BatchSampler,
     RunningStats,
@@ -246,7 +255,7 @@ def test_checkpoint_round_trip_is_bit_exact(trained: Path, tmp_path: Path):
     obs = np.random.default_rng(3).normal(size=(16, 3)).astype(np.float32)
     np.testing.assert_array_equal(policy.act(obs, [0.7]), same.act(obs, [0.7]))
     assert policy.step == 300 and policy.env == "two-task"
-    assert policy.run["labels"]["spec"] == "name: two-task\n"
+    assert policy.run.labels.spec == "name: two-task\n"
 
     # a fresh network saved and loaded back gives exactly the same actions
     torch.manual_seed(5)
@@ -261,6 +270,38 @@ def test_checkpoint_round_trip_is_bit_exact(trained: Path, tmp_path: Path):
         a = fresh.act(obs, [1.5], sample=sample)
         np.testing.assert_array_equal(a, back.act(obs, [1.5], sample=sample))
     np.testing.assert_array_equal(back.candidates, policy.candidates)
+
+
+def test_run_description_round_trips_config_json(trained: Path):
+    """config.json reads into a RunDescription and writes back byte for byte; unknown
+    and mistyped fields are refused, naming the field."""
+    text = (trained / "config.json").read_text()
+    data = json.loads(text)
+    description = RunDescription.from_json(data, "config.json")
+    assert json.dumps(description.to_json(), indent=2) == text
+    assert description.env == "two-task" and description.labels is not None
+    assert description.labels.name == "original" and description.dims.obs_shape == (3,)
+    assert description.bc_config().steps == 300
+    (_, last), *_ = reversed(list_checkpoints(trained))
+    assert load_policy(last, device="cpu").run == description
+    crafted = {
+        "unknown field extra": {**data, "extra": 1},
+        "unknown field labels.colour": {**data, "labels": {**data["labels"], "colour": "red"}},
+        "unknown field dims.depth": {**data, "dims": {**data["dims"], "depth": 2}},
+        "field tensorboard must be true or false": {**data, "tensorboard": "yes"},
+        "field store.num_steps must be an integer": {
+            **data,
+            "store": {**data["store"], "num_steps": 1.5},
+        },
+        "field labels.k must be an integer or null": {
+            **data,
+            "labels": {**data["labels"], "k": "2"},
+        },
+        "lacks field dims.act": {**data, "dims": {"obs": 3, "obs_shape": [3], "task": 1}},
+    }
+    for needle, bad in crafted.items():
+        with pytest.raises(InputError, match=needle):
+            RunDescription.from_json(bad, "config.json")
 
 
 def _train_args(store: Path, out: Path, steps: int) -> list[str]:
@@ -362,8 +403,8 @@ def test_cli_smoke_on_relabeled_synthetic_store(tmp_path: Path):
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0] == "step,loss,lr,samples_per_s,grad_norm" and len(rows) == 4
     policy = load_policy(out, device="cpu")
-    assert "synthetic-velocity" in policy.run["labels"]["spec"]
-    assert policy.run["store"]["env"] == "synthetic-runner"
+    assert "synthetic-velocity" in policy.run.labels.spec
+    assert policy.run.store.env == "synthetic-runner"
     obs = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
     actions = policy.act(obs, [1.5])
     assert actions.shape == (5, 6)
@@ -381,7 +422,7 @@ def test_cli_smoke_on_relabeled_synthetic_store(tmp_path: Path):
     for name in ("no-partition", "random", "original"):
         run = tmp_path / f"run-{name}"
         cli("train-bc", store, "--labels", name, "--out", run, "--steps", 5, *small)
-        assert load_policy(run).run["labels"]["method"] == name
+        assert load_policy(run).run.labels.method == name
     cli("train-bc", store, "--task-agnostic", "--out", tmp_path / "agn", "--steps", 5, *small)
 
     # bad input: one line, exit code 2

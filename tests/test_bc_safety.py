@@ -21,6 +21,8 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from typer.testing import CliRunner
 
+import hipi_offline.bc.checkpoint as checkpoint_module
+import hipi_offline.bc.loop as loop_module
 import hipi_offline.bc.train as train_module
 from cli.main import app
 from hipi_offline.bc import BCConfig, load_policy, train_bc
@@ -505,14 +507,14 @@ def test_checkpoint_that_cannot_be_written_leaves_nothing_behind(store: Path, tm
 def test_disk_full_after_a_checkpoint_keeps_the_run_resumable(
     store: Path, tmp_path: Path, monkeypatch
 ):
-    real = train_module.write_checkpoint
+    real = checkpoint_module.write_checkpoint
 
     def fill_up(path: Path, *args, **kwargs):
         if "step_0000040" in path.name:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "write_checkpoint", fill_up)
+    monkeypatch.setattr(checkpoint_module, "write_checkpoint", fill_up)
     config = BCConfig(out=tmp_path / "run", labels="original", steps=60, **SMALL)
     with pytest.raises(
         ResourceError,
@@ -521,7 +523,7 @@ def test_disk_full_after_a_checkpoint_keeps_the_run_resumable(
     ):
         train_bc(store, config)
     assert [s for s, _ in list_checkpoints(config.out)] == [20]
-    monkeypatch.setattr(train_module, "write_checkpoint", real)
+    monkeypatch.setattr(checkpoint_module, "write_checkpoint", real)
     summary = train_bc(store, replace(config, resume=True))
     assert summary.start_step == 20 and summary.step == 60
 
@@ -561,7 +563,7 @@ def test_resumed_run_logs_the_rows_of_the_uninterrupted_run(store: Path, tmp_pat
 
 def test_no_tensorboard_notice_when_it_is_not_used(store: Path, tmp_path: Path):
     result = cli("train-bc", store, "--out", tmp_path / "run", "--steps", 5, *SMALL_ARGS)
-    if train_module._tensorboard_available():
+    if loop_module.tensorboard_available():
         assert f"tensorboard {tmp_path / 'run' / 'tensorboard'}" in result.stdout
     else:
         assert "tensorboard" not in result.stdout.replace(str(tmp_path), "TMP")

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from hipi_offline.bc import load_policy
-from hipi_offline.bc.policy import body_frame_direction, check_run
+from hipi_offline.bc.description import check_run
+from hipi_offline.bc.policy import body_frame_direction
 from hipi_offline.collect import CollectConfig, collect
 from hipi_offline.envs.base import env_task_frame
 from hipi_offline.errors import InputError

@@ -2,14 +2,17 @@
 
 from hipi_offline.bc.config import BCConfig, parse_hidden
 from hipi_offline.bc.data import BatchSampler, TaskSampler, WorkingSet, load_working_set
+from hipi_offline.bc.description import RunDescription
+from hipi_offline.bc.loop import TrainSummary, lr_at
 from hipi_offline.bc.policy import BCNetwork, Policy, load_policy
-from hipi_offline.bc.train import TrainSummary, lr_at, train_bc
+from hipi_offline.bc.train import train_bc
 
 __all__ = [
     "BCConfig",
     "BCNetwork",
     "BatchSampler",
     "Policy",
+    "RunDescription",
     "TaskSampler",
     "TrainSummary",
     "WorkingSet",

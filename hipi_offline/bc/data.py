@@ -12,7 +12,6 @@ whose state is checkpointed, so the batches do not depend on the device.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,15 +211,6 @@ def load_working_set(
 def is_discrete(labels: LabelSet) -> bool:
     """Labels of a discrete family: candidates are one-hot rows, fed as is."""
     return str(labels.attrs.get("family", "")) == "discrete"
-
-
-def task_names(labels: LabelSet) -> list[str]:
-    raw = labels.attrs.get("task_names", "[]")
-    try:
-        names = json.loads(raw) if isinstance(raw, str) else list(raw)
-    except (TypeError, ValueError):
-        return []
-    return [str(n) for n in names]
 
 
 def check_labels(labels: LabelSet) -> None:

@@ -15,6 +15,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hipi_offline.bc.config import HEADS, MAX_LAYERS
 from hipi_offline.bc.data import Normalization
+from hipi_offline.bc.description import RunDescription, check_run
+from hipi_offline.device import resolve_device
 from hipi_offline.errors import InputError, one_line
 from hipi_offline.store.atomic import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "hipi_offline.bc/1"
 CHECKPOINT_DIR = "checkpoints"
+POLICY_PREFIX = "policy."
+"""Checkpoint tensors of the network (weights and normalization statistics)."""
+CANDIDATES = "tasks.candidates"
+"""The checkpoint tensor of the candidate tasks."""
 _CHECKPOINT = re.compile(r"^step_(\d+)\.safetensors$")
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 ACTION_EPS = 1e-5
@@ -37,8 +43,6 @@ bounds are the data's min and max, so some actions lie exactly on them)."""
 HALF_RANGE_FLOOR = 1e-6
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-MAX_DIM = 2**40
-"""Sizes in a run description (dimensions, layer widths) stay below this."""
 
 
 class BCNetwork(nn.Module):
@@ -234,114 +238,20 @@ def _describe(value: Any) -> str:
     return one_line(repr(value), 60)
 
 
-def _int_field(value: Any, name: str, where: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < MAX_DIM:
-        raise InputError(
-            f"{where}: run description field {name} must be an integer from {low} to "
-            f"{MAX_DIM - 1}, got {_describe(value)}; it is damaged"
-        )
-    return value
-
-
-def _optional(run: Mapping[str, Any], key: str, kind: type, where: str) -> None:
-    value = run.get(key)
-    if value is not None and not isinstance(value, kind):
-        raise InputError(
-            f"{where}: run description field {key} must be a {kind.__name__} or null, "
-            f"got {_describe(value)}; it is damaged"
-        )
-
-
-def _check_labels_entry(labels: Any, where: str) -> None:
-    if labels is None:
-        return
-    if not isinstance(labels, dict):
-        raise InputError(f"{where}: run description field labels is not an object; it is damaged")
-    for key in ("name", "family", "method"):
-        _optional(labels, key, str, f"{where} (labels)")
-    names = labels.get("task_names")
-    if names is not None and not (
-        isinstance(names, list) and all(isinstance(n, str) for n in names)
-    ):
-        raise InputError(
-            f"{where}: run description field labels.task_names must be a list of strings; "
-            "it is damaged"
-        )
-
-
-def check_run(run: Any, where: str) -> dict[str, Any]:
-    """The network arguments of a run description (config.json's content or a
-    checkpoint's metadata), after checking every field a policy reads; a damaged or
-    crafted description is one InputError naming ``where`` and the field."""
-    if not isinstance(run, dict):
-        raise InputError(f"{where}: the run description is not a JSON object; it is damaged")
-    net = run.get("network")
-    if not isinstance(net, dict):
-        raise InputError(f"{where}: the run description lacks its network object; it is damaged")
-    spec: dict[str, Any] = {
-        key: _int_field(net.get(key), f"network.{key}", where, low)
-        for key, low in (("obs_dim", 1), ("act_dim", 1), ("task_dim", 0), ("task_embedding", 0))
-    }
-    hidden = net.get("hidden")
-    if not isinstance(hidden, list) or not 1 <= len(hidden) <= MAX_LAYERS:
-        raise InputError(
-            f"{where}: run description field network.hidden must list 1 to {MAX_LAYERS} layer "
-            f"sizes, got {_describe(hidden)}; it is damaged"
-        )
-    spec["hidden"] = tuple(_int_field(h, "network.hidden", where, 1) for h in hidden)
-    for key, allowed in (("activation", tuple(_ACTIVATIONS)), ("head", HEADS)):
-        if net.get(key) not in allowed:
-            raise InputError(
-                f"{where}: run description field network.{key} must be one of "
-                f"{', '.join(allowed)}, got {_describe(net.get(key))}; it is damaged"
-            )
-        spec[key] = net[key]
-    dims = run.get("dims")
-    shape = dims.get("obs_shape") if isinstance(dims, dict) else None
-    if not (
-        isinstance(shape, list)
-        and len(shape) <= 8
-        and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < MAX_DIM for d in shape)
-        and math.prod(shape) == spec["obs_dim"]
-    ):
-        raise InputError(
-            f"{where}: run description field dims.obs_shape must be a shape of "
-            f"{spec['obs_dim']} values, got {_describe(shape)}; it is damaged"
-        )
-    if net.get("task_frame") is not None:
-        spec["task_frame"] = _check_frame(net["task_frame"], spec, where)
-    _optional(run, "store", dict, where)
-    _optional(run.get("store") or {}, "env", str, f"{where} (store)")
-    _check_labels_entry(run.get("labels"), where)
-    return spec
-
-
-def _check_frame(frame: Any, spec: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """A run description's ``network.task_frame``: a rotation index whose 9 entries
-    lie in the observation and two distinct task entries."""
-    rotation = frame.get("rotation") if isinstance(frame, dict) else None
-    direction = frame.get("direction") if isinstance(frame, dict) else None
-    ints = [rotation, *(direction if isinstance(direction, list) else [])]
-    ok = (
-        isinstance(direction, list)
-        and len(direction) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in ints)
-        and 0 <= rotation <= spec["obs_dim"] - 9
-        and all(0 <= d < spec["task_dim"] for d in direction)
-        and direction[0] != direction[1]
-    )
-    if not ok:
-        raise InputError(
-            f"{where}: run description field network.task_frame must be a rotation index "
-            f"within the {spec['obs_dim']} observation entries and two distinct task entries "
-            f"below {spec['task_dim']}, got {_describe(frame)}; it is damaged"
-        )
-    return {"rotation": rotation, "direction": list(direction)}
-
-
-def build_network(run: Mapping[str, Any]) -> BCNetwork:
+def build_network(run: RunDescription) -> BCNetwork:
     """The (untrained) network a run description's ``network`` entry asks for."""
-    return BCNetwork(**check_run(run, "run description"))
+    return BCNetwork(**run.network_args())
+
+
+def policy_tensors(network: BCNetwork) -> dict[str, Tensor]:
+    """The network's weights and statistics as checkpoint tensors (``policy.*``)."""
+    return {POLICY_PREFIX + k: v for k, v in network.state_dict().items()}
+
+
+def network_state(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The network's ``state_dict`` held in checkpoint tensors (``policy.*``)."""
+    cut = len(POLICY_PREFIX)
+    return {k[cut:]: v for k, v in tensors.items() if k.startswith(POLICY_PREFIX)}
 
 
 def check_policy_tensors(
@@ -349,7 +259,7 @@ def check_policy_tensors(
 ) -> None:
     """Refuse checkpoint tensors that do not fit the network ``spec`` describes (names,
     shapes, floating types), before any real network is built."""
-    present = {k: v for k, v in tensors.items() if k.startswith("policy.")}
+    present = {POLICY_PREFIX + k: v for k, v in network_state(tensors).items()}
     described = parameter_count(**spec)
     held = sum(v.numel() for v in present.values())
     if described > held:
@@ -358,7 +268,7 @@ def check_policy_tensors(
             f"the checkpoint holds {held:,} values; it is damaged"
         )
     with torch.device("meta"):
-        expected = {f"policy.{k}": v.shape for k, v in BCNetwork(**spec).state_dict().items()}
+        expected = {k: v.shape for k, v in policy_tensors(BCNetwork(**spec)).items()}
     for key in sorted(set(expected) | set(present)):
         if key not in present or key not in expected:
             what = "lacks" if key not in present else "has an unexpected"
@@ -371,7 +281,7 @@ def check_policy_tensors(
                 f"{where}: checkpoint tensor {key} is {found.dtype} {list(found.shape)}, its run "
                 f"description needs float {list(expected[key])}; it is damaged"
             )
-    cand = tensors.get("tasks.candidates")
+    cand = tensors.get(CANDIDATES)
     if cand is not None and not (
         cand.ndim == 2 and cand.is_floating_point() and cand.shape[1] == spec["task_dim"]
     ):
@@ -400,19 +310,23 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def write_checkpoint(
-    path: Path, tensors: Mapping[str, Tensor], step: int, run: Mapping[str, Any]
+    path: Path, tensors: Mapping[str, Tensor], step: int, run: RunDescription
 ) -> Path:
     """Write a checkpoint atomically (a kill leaves the old file set, never a torn file)."""
     from safetensors.torch import save
 
     payload = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    metadata = {"format": CHECKPOINT_FORMAT, "step": str(int(step)), "run": json.dumps(run)}
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "step": str(int(step)),
+        "run": json.dumps(run.to_json()),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, save(payload, metadata=metadata))
     return path
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], int, dict[str, Any]]:
+def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], int, RunDescription]:
     """(tensors, step, run description) of a checkpoint file, or an InputError."""
     from safetensors import SafetensorError
     from safetensors.torch import load
@@ -439,7 +353,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], int, dict[str, Any]]
     except (OSError, ValueError, TypeError, AttributeError, RecursionError, SafetensorError) as err:
         reason = one_line(str(err), 200) or type(err).__name__
         raise InputError(f"{path}: not a readable train-bc checkpoint ({reason})") from None
-    return tensors, int(step_text), run
+    return tensors, int(step_text), RunDescription.from_json(run, str(path))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -467,7 +381,7 @@ class Policy:
     def __init__(
         self,
         network: BCNetwork,
-        run: Mapping[str, Any],
+        run: RunDescription,
         candidates: np.ndarray | None = None,
         step: int = 0,
         device: torch.device | str = "cpu",
@@ -475,19 +389,19 @@ class Policy:
     ) -> None:
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
-        self.run = dict(run)
+        self.run = run
         self.candidates = candidates
         self.step = step
-        labels = self.run.get("labels") or {}
-        self.task_names: list[str] = list(labels.get("task_names") or [])
-        self.discrete = labels.get("family") == "discrete"
+        labels = run.labels
+        self.task_names: list[str] = [] if labels is None else list(labels.task_names)
+        self.discrete = labels is not None and labels.family == "discrete"
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
     # ------------------------------------------------------------ description
     @property
     def obs_shape(self) -> tuple[int, ...]:
-        return tuple(self.run["dims"]["obs_shape"])
+        return self.run.dims.obs_shape
 
     @property
     def act_dim(self) -> int:
@@ -503,7 +417,7 @@ class Policy:
 
     @property
     def env(self) -> str:
-        return str(self.run.get("store", {}).get("env", ""))
+        return self.run.env
 
     @property
     def action_low(self) -> np.ndarray:
@@ -514,15 +428,12 @@ class Policy:
         return self.network.act_high.cpu().numpy().copy()
 
     def __repr__(self) -> str:
-        labels = self.run.get("labels") or {}
-        what = "task-agnostic" if self.task_agnostic else f"labels={labels.get('name')!r}"
+        name = None if self.run.labels is None else self.run.labels.name
+        what = "task-agnostic" if self.task_agnostic else f"labels={name!r}"
         return (
             f"Policy({self.network.head}, {what}, obs={self.obs_shape}, act={self.act_dim}, "
             f"step={self.step}, device={self.device})"
         )
-
-    def reset(self) -> None:
-        """Start of an episode (the policy is memoryless; kept for rollout APIs)."""
 
     # ------------------------------------------------------------ acting
     def _observations(self, obs: Any) -> tuple[np.ndarray, bool]:
@@ -610,33 +521,32 @@ class Policy:
     # ------------------------------------------------------------ saving
     def save(self, path: str | Path) -> Path:
         """Write this policy alone (no optimizer state) as a checkpoint file."""
-        tensors = {f"policy.{k}": v for k, v in self.network.state_dict().items()}
+        tensors = policy_tensors(self.network)
         if self.candidates is not None:
-            tensors["tasks.candidates"] = torch.from_numpy(self.candidates)
-        run = {**self.run, "network": self.network.spec}
+            tensors[CANDIDATES] = torch.from_numpy(self.candidates)
+        run = replace(self.run, network=self.network.spec)
         return write_checkpoint(Path(path), tensors, self.step, run)
 
 
 def policy_from_tensors(
     tensors: Mapping[str, Tensor],
     step: int,
-    run: Mapping[str, Any],
+    run: RunDescription,
     device: torch.device | str = "cpu",
     seed: int = 0,
     where: str = "checkpoint",
 ) -> Policy:
-    """The policy of checkpoint tensors and their run description, both checked first
-    (``where`` names the checkpoint in errors)."""
-    spec = check_run(run, where)
+    """The policy of checkpoint tensors and their run description, the tensors checked
+    first (``where`` names the checkpoint in errors)."""
+    spec = check_run(run.to_json(), where)
     check_policy_tensors(tensors, spec, where)
     network = BCNetwork(**spec)
-    state = {k[len("policy.") :]: v for k, v in tensors.items() if k.startswith("policy.")}
     try:
-        network.load_state_dict(state, strict=True)
+        network.load_state_dict(network_state(tensors), strict=True)
     except RuntimeError as err:
         reason = one_line(str(err), 200)
         raise InputError(f"checkpoint does not match its run description ({reason})") from None
-    cand = tensors.get("tasks.candidates")
+    cand = tensors.get(CANDIDATES)
     candidates = None if cand is None else cand.float().numpy()
     return Policy(network, run, candidates=candidates, step=step, device=device, seed=seed)
 
@@ -646,8 +556,6 @@ def load_policy(path: str | Path, device: str = "auto", seed: int = 0) -> Policy
 
     ``device``: auto (CUDA when available), cpu or cuda; ``seed`` seeds the
     generator used by ``act(..., sample=True)``."""
-    from hipi_offline.relabel.run import resolve_device
-
     checkpoint = resolve_checkpoint(path)
     tensors, step, run = read_checkpoint(checkpoint)
     return policy_from_tensors(tensors, step, run, resolve_device(device), seed, str(checkpoint))

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from hipi_offline.bc.config import BCConfig
-from hipi_offline.bc.policy import check_run, list_checkpoints
-from hipi_offline.errors import InputError, one_line
+from hipi_offline.bc.description import RUN_FORMAT, RunDescription
+from hipi_offline.bc.policy import list_checkpoints
+from hipi_offline.errors import InputError, describe_os_error, one_line
 from hipi_offline.ownership import (
     MARKER_NAME,
     check_replaceable_folder,
@@ -30,7 +31,6 @@ from hipi_offline.ownership import (
 )
 from hipi_offline.store.atomic import atomic_write_bytes
 
-RUN_FORMAT = "hipi_offline.bc.run/1"
 RUN_KIND = "bc-run"
 """The marker kind of a train-bc run folder."""
 METRICS_HEADER = "step,loss,lr,samples_per_s,grad_norm\n"
@@ -48,7 +48,7 @@ class Start:
 
     step: int
     checkpoint: Path | None
-    description: dict[str, Any] | None
+    description: RunDescription | None
     """The run description (config.json) of the run that is resumed."""
 
 
@@ -159,8 +159,8 @@ def start_point(
             f"--out {run_dir}: was trained on different data "
             f"({_describe_diff(fingerprint, old_fingerprint)}); pass --overwrite to start over"
         )
-    check_run(previous, f"{run_dir / 'config.json'}")
-    if previous.get("network") != network:
+    description = RunDescription.from_json(previous, f"{run_dir / 'config.json'}")
+    if description.network != network:
         raise InputError(
             f"--out {run_dir}: config.json's network does not match its config; it is "
             "damaged, pass --overwrite to start over"
@@ -173,7 +173,7 @@ def start_point(
             f"--out {run_dir}: already holds {state} of {config.steps}; pass {hint}"
             "--overwrite to start over"
         )
-    return Start(step, path, previous)
+    return Start(step, path, description)
 
 
 # ---------------------------------------------------------------- writing the folder
@@ -259,3 +259,13 @@ def clean_temporaries(run_dir: Path) -> None:
             for stale in folder.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
     shutil.rmtree(run_dir / ".cache", ignore_errors=True)
+
+
+def write_error(err: OSError, path: Path, resumable_at: int) -> Exception:
+    """The one-line error of a failed write of ``path`` (a full disk names no file),
+    with the step the run can be resumed from."""
+    known = describe_os_error(OSError(err.errno, err.strerror, str(path)))
+    hint = ""
+    if resumable_at:
+        hint = f"; the run can be resumed from step {resumable_at} with --resume"
+    return type(known)(f"{known}{hint}")

@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from hipi_offline.device import resolve_device
 from hipi_offline.errors import InputError
 from hipi_offline.preflight import check_seed
 from hipi_offline.relabel.posterior import (
@@ -99,17 +100,6 @@ class RelabelSummary:
             f"(effective tasks per episode {self.effective_tasks:.2f}); "
             f"data covers {self.coverage_effective_tasks:.1f} of {self.candidates} tasks in effect",
         ]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an input error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise InputError(f"--device: expected auto, cpu or cuda, got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device: cuda requested but no CUDA device is available")
-    return torch.device(name)
 
 
 def _top_k(value: int | str, k: int) -> int:
