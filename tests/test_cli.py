@@ -213,12 +213,17 @@ def test_builtin_spec_names_work(store: Path, spec: str):
     assert np.isfinite(lab.log_z).all() and np.isfinite(lab.entropy).all()
 
 
-def test_builtin_specs_match_datasets_folder():
-    """datasets/*.yaml are the same specs as the packaged built-ins."""
+def test_builtin_specs_have_one_copy_named_in_datasets_readme():
+    """The packaged built-ins are the only copy of each spec; datasets/README.md names
+    every one (and its way to print one) instead of holding a second copy."""
     folder = REPO / "datasets"
-    for path in sorted(folder.glob("*.yaml")):
-        assert path.stem in builtin_spec_names()
-        assert load_task_spec(path).source == load_task_spec(path.stem).source
+    assert sorted(folder.glob("*.y*ml")) == []
+    readme = (folder / "README.md").read_text()
+    builtin = REPO / "hipi_offline" / "tasks" / "builtin"
+    for name in builtin_spec_names():
+        assert f"`{name}`" in readme
+        path = builtin / f"{name}.yaml"
+        assert load_task_spec(name).source == load_task_spec(path).source == path.read_text()
 
 
 def test_spec_file_with_explicit_candidates(store: Path, tmp_path: Path):

@@ -12,6 +12,7 @@ import yaml
 from hipi_offline.collect import CollectConfig, collect
 from hipi_offline.relabel import RelabelConfig, relabel
 from hipi_offline.store import open_store
+from hipi_offline.tasks import load_task_spec
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -50,7 +51,7 @@ def test_quadruped_commanded_weights_rank_in_the_top_decile(tmp_path: Path) -> N
     rng = np.random.default_rng(0)
     low, high = np.array([-1, -1, 0, 0, 0.0]), np.array([1, 1, 1, 1, 1.0])
     draws = rng.uniform(low, high, size=(90, 5))
-    spec = yaml.safe_load(Path("datasets/quadruped-linear.yaml").read_text())
+    spec = yaml.safe_load(load_task_spec("quadruped-linear").source)
     spec["candidates"] = np.concatenate([commanded, draws]).round(6).clip(low, high).tolist()
     spec_path = tmp_path / "quadruped-explicit.yaml"
     spec_path.write_text(yaml.safe_dump(spec))

@@ -8,7 +8,7 @@ Nine discrete tasks (:data:`TASK_NAMES`), each with a success predicate on the
 state: the table :data:`SUCCESS`, the one place the predicates are written. A task
 is *achieved* on the step where its predicate switches from false (before the
 action) to true (after it); ``infos/achieved`` reports those events, and the task
-spec ``desk-discrete`` (``datasets/desk-discrete.yaml``) rewards exactly them, so an
+spec ``desk-discrete`` (``tasks/builtin/desk-discrete.yaml``) rewards exactly them, so an
 episode's return for a task counts how often it was achieved (success: return >= 1).
 Rewarding events rather than states matters for play data: a state persists long
 after the sub-task that made it (an opened drawer stays open), an event does not.
