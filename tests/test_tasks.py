@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from hipi_offline.envs.base import env_entry, env_names
 from hipi_offline.errors import InputError
 from hipi_offline.store.backends import ArrayInfo
 from hipi_offline.tasks import load_task_spec, parse_task_spec
@@ -264,11 +265,13 @@ def test_direction_is_the_velocity_weights_of_a_linear_task() -> None:
     assert only_x.direction is None
 
 
-def test_direction_agrees_with_the_quadruped_task_frame() -> None:
-    envs = pytest.importorskip("hipi_offline.envs.base")
-    frame = envs.env_task_frame("quadruped")
-    assert frame is not None
-    assert load_task_spec("quadruped-linear").direction == tuple(frame.direction)
+@pytest.mark.parametrize("env", env_names())
+def test_direction_agrees_with_the_environment_task_frame(env: str) -> None:
+    """An environment's task frame and its task spec name the same direction entries."""
+    entry = env_entry(env)
+    frame = entry.task_frame
+    expected = None if frame is None else tuple(frame.direction)
+    assert load_task_spec(entry.task_spec).direction == expected
 
 
 # ------------------------------------------------------------------ discounting, at: final
