@@ -209,6 +209,32 @@ def test_resampling_follows_stored_probabilities(device: str):
     np.testing.assert_array_equal(tasks[:, 0].cpu().numpy(), chosen.cpu().numpy() * 10.0)
 
 
+def test_label_set_and_task_sampler_draw_alike():
+    """LabelSet.sample_tasks and TaskSampler invert the same CDF: the same uniforms give
+    the same candidates, and a slot of probability zero is never drawn."""
+    with np.errstate(divide="ignore"):
+        logp = np.log(np.array([[0.5, 0.3, 0.2, 0.0], [0.1, 0.1, 0.8, 0.0], [1.0, 0, 0, 0]]))
+    labels = LabelSet(
+        name="t",
+        candidates=np.arange(8, dtype=np.float32)[:, None],
+        log_z=np.zeros(8),
+        topk_index=np.array([[0, 1, 2, 3], [4, 5, 6, 7], [3, 2, 1, 0]]),
+        topk_logprob=logp.astype(np.float32),
+        entropy=np.zeros(3, np.float32),
+        coverage=np.full(8, 1 / 8),
+    )
+    episodes = np.random.default_rng(1).integers(3, size=5000)
+    drawn = labels.sample_tasks(episodes, np.random.default_rng(7))[:, 0]
+    u = np.random.default_rng(7).random((len(episodes), 1))[:, 0]
+    sampler = TaskSampler(labels)
+    chosen = sampler.choose(torch.from_numpy(episodes), torch.from_numpy(u)).numpy()
+    np.testing.assert_array_equal(drawn, labels.candidates[chosen, 0])
+    assert set(drawn[episodes == 0]) == {0.0, 1.0, 2.0}  # not 3: probability zero
+    assert set(drawn[episodes == 1]) == {4.0, 5.0, 6.0} and set(drawn[episodes == 2]) == {3.0}
+    ones = (episodes == 1).sum()
+    assert abs((drawn[episodes == 1] == 6.0).sum() / ones - 0.8) < 0.05
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_training_resumes_bit_exact_in_process(two_task: Path, tmp_path: Path, device: str):
     """Resuming from a mid-run checkpoint ends with the same weights, optimizer state and

@@ -24,6 +24,7 @@ from torch import Tensor
 from hipi_offline.errors import InputError
 from hipi_offline.store.labels import LabelSet
 from hipi_offline.store.store import DEFAULT_CHUNK_ROWS, TrajectoryStore
+from hipi_offline.tasks.label_attrs import labels_are_discrete
 
 OBSERVATIONS = "steps/observations"
 ACTIONS = "steps/actions"
@@ -208,11 +209,6 @@ def load_working_set(
     )
 
 
-def is_discrete(labels: LabelSet) -> bool:
-    """Labels of a discrete family: candidates are one-hot rows, fed as is."""
-    return str(labels.attrs.get("family", "")) == "discrete"
-
-
 def check_labels(labels: LabelSet) -> None:
     """A label set usable for task draws: finite candidates, sane top-k rows."""
     name = f"labels/{labels.name}"
@@ -241,7 +237,7 @@ def encode_candidates(labels: LabelSet) -> tuple[np.ndarray, np.ndarray, np.ndar
     standardized by the candidates' statistics; discrete one-hot rows are kept."""
     cand = np.asarray(labels.candidates, np.float32)
     dim = cand.shape[1]
-    if is_discrete(labels):
+    if labels_are_discrete(labels.attrs):  # one-hot rows, fed as is
         return cand, np.zeros(dim), np.ones(dim)
     c64 = cand.astype(np.float64)
     mean, std = c64.mean(axis=0), c64.std(axis=0)
@@ -258,17 +254,12 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
 
 
 class TaskSampler:
-    """Draws psi ~ q(psi | tau) for many episodes at once (inverse CDF on top-k)."""
+    """Draws psi ~ q(psi | tau) for many episodes at once: :meth:`LabelSet.sample_tasks`
+    on the training device, with uniforms from a checkpointed torch generator."""
 
     def __init__(self, labels: LabelSet, device: torch.device | str = "cpu") -> None:
         check_labels(labels)
-        probs = labels.topk_probabilities()
-        cdf = np.cumsum(probs, axis=1)
-        # from each row's last slot of positive probability on, the CDF is +inf: a
-        # uniform u < 1 can never land past it, whatever the rounding of the cumsum
-        k = probs.shape[1]
-        last = k - 1 - np.argmax(probs[:, ::-1] > 0, axis=1)
-        cdf[np.arange(k)[None, :] >= last[:, None]] = np.inf
+        cdf = labels.topk_cdf()  # the draws of LabelSet.sample_tasks, on the device
         self.device = torch.device(device)
         self.candidates = torch.from_numpy(np.asarray(labels.candidates, np.float32)).to(
             self.device
@@ -276,7 +267,7 @@ class TaskSampler:
         self.topk_index = torch.from_numpy(np.asarray(labels.topk_index, np.int64)).to(self.device)
         self._flat_index = self.topk_index.reshape(-1)
         self.cdf = torch.from_numpy(cdf).to(self.device)
-        self.k = int(probs.shape[1])
+        self.k = labels.k
 
     def choose(self, episodes: Tensor, u: Tensor) -> Tensor:
         """Candidate indices [B] for episodes [B] given uniforms u [B] in [0, 1)."""

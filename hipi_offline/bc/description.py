@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -26,6 +25,7 @@ from hipi_offline.bc.data import Normalization
 from hipi_offline.errors import InputError, one_line
 from hipi_offline.store.labels import LabelSet
 from hipi_offline.store.store import TrajectoryStore
+from hipi_offline.tasks.label_attrs import DISCRETE, label_task_names
 
 RUN_FORMAT = "hipi_offline.bc.run/1"
 MAX_DIM = 2**40
@@ -235,6 +235,11 @@ class LabelsInfo:
         values["task_names"] = tuple(values.get("task_names") or ())
         return cls(**values)
 
+    @property
+    def is_discrete(self) -> bool:
+        """Tasks of a discrete family: one-hot rows, also given by index or name."""
+        return self.family == DISCRETE
+
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["task_names"] = list(self.task_names)
@@ -380,16 +385,6 @@ def data_fingerprint(store: TrajectoryStore, labels: LabelSet | None) -> dict[st
     return found
 
 
-def task_names(labels: LabelSet) -> tuple[str, ...]:
-    """The task names a label set records (discrete families), () when none or unreadable."""
-    raw = labels.attrs.get("task_names", "[]")
-    try:
-        names = json.loads(raw) if isinstance(raw, str) else list(raw)
-    except (TypeError, ValueError):
-        return ()
-    return tuple(str(n) for n in names)
-
-
 def labels_info(labels: LabelSet, task_mean: np.ndarray, task_std: np.ndarray) -> LabelsInfo:
     """The description of the label set a run trains on."""
     attrs = labels.attrs
@@ -398,7 +393,7 @@ def labels_info(labels: LabelSet, task_mean: np.ndarray, task_std: np.ndarray) -
         name=labels.name,
         method=attrs.get("method"),
         family=attrs.get("family"),
-        task_names=task_names(labels),
+        task_names=tuple(label_task_names(attrs)),
         spec=attrs.get("spec"),
         spec_origin=attrs.get("spec_origin"),
         num_candidates=labels.num_candidates,

@@ -394,7 +394,7 @@ class Policy:
         self.step = step
         labels = run.labels
         self.task_names: list[str] = [] if labels is None else list(labels.task_names)
-        self.discrete = labels is not None and labels.family == "discrete"
+        self.discrete = labels is not None and labels.is_discrete
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 

@@ -56,7 +56,6 @@ from hipi_offline.bc.data import (
     OBSERVATIONS,
     check_labels,
     encode_candidates,
-    is_discrete,
     load_working_set,
     plain_field,
 )
@@ -91,6 +90,7 @@ from hipi_offline.errors import InputError
 from hipi_offline.ownership import check_disjoint
 from hipi_offline.store.labels import LabelSet
 from hipi_offline.store.store import TrajectoryStore, open_store
+from hipi_offline.tasks.label_attrs import label_task_names, labels_are_discrete
 
 __all__ = ["METRICS_HEADER", "RUN_FORMAT", "TrainSummary", "lr_at", "train_bc"]
 
@@ -101,7 +101,8 @@ def _read_labels(store: TrajectoryStore, config: BCConfig) -> LabelSet | None:
         return None
     labels = store.read_labels(str(config.labels))
     check_labels(labels)
-    if config.task_embedding and not is_discrete(labels):
+    label_task_names(labels.attrs)  # a damaged attribute is refused before any write
+    if config.task_embedding and not labels_are_discrete(labels.attrs):
         raise InputError(
             f"--task-embedding: labels/{labels.name} are a "
             f"{labels.attrs.get('family') or 'continuous'} family; a learned "

@@ -102,11 +102,22 @@ class LabelSet:
         p = np.exp(logp)
         return p / p.sum(axis=1, keepdims=True)
 
+    def topk_cdf(self) -> np.ndarray:
+        """float64 [N, k]: the cumulative top-k posterior that task draws invert (here
+        and in ``bc.data.TaskSampler``): slot ``j`` is drawn for a uniform u when
+        ``cdf[j-1] <= u < cdf[j]``. From each row's last slot of positive probability on
+        it is +inf, so a u < 1 never lands past it, whatever the rounding of the sum."""
+        probs = self.topk_probabilities()
+        cdf = np.cumsum(probs, axis=1)
+        k = probs.shape[1]
+        last = k - 1 - np.argmax(probs[:, ::-1] > 0, axis=1)
+        cdf[np.arange(k)[None, :] >= last[:, None]] = np.inf
+        return cdf
+
     def sample_tasks(self, episodes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """float32 [B, D]: one task per given episode, drawn from its (top-k) posterior."""
-        probs = self.topk_probabilities()[episodes]
         u = rng.random((len(episodes), 1))
-        choice = np.minimum((probs.cumsum(axis=1) < u).sum(axis=1), probs.shape[1] - 1)
+        choice = (self.topk_cdf()[episodes] <= u).sum(axis=1)  # searchsorted(right=True)
         return self.candidates[self.topk_index[episodes, choice]]
 
 
