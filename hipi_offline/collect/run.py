@@ -24,11 +24,20 @@ from hipi_offline.collect.episodes import (
     run_unit,
 )
 from hipi_offline.collect.space import MAX_STEPS, bytes_per_step, check_space, check_target
+from hipi_offline.configs import (
+    MAX_WORKERS,
+    FieldError,
+    check_choice,
+    check_int,
+    check_number,
+    check_optional_int,
+    check_seed,
+    check_texts,
+)
 from hipi_offline.envs.base import env_entry, env_names, make_env
 from hipi_offline.errors import InputError, one_line
 from hipi_offline.experts.base import default_expert, make_expert, unnamed_expert
 from hipi_offline.parallel import ordered_map
-from hipi_offline.preflight import check_seed
 from hipi_offline.progress import progress_bar
 from hipi_offline.store.atomic import remove_abandoned_siblings
 from hipi_offline.store.backends import COMPRESSIONS
@@ -39,7 +48,7 @@ from hipi_offline.store.store import TrajectoryStore, create_store, open_store
 class CollectConfig:
     """Options of one collection run (mirrors ``hipi-offline collect``)."""
 
-    episodes: int
+    episodes: int = 100
     """Episodes the store should hold when done (an existing store is continued)."""
     steps: int | None = None
     """Steps per episode; defaults to the environment's ``default_steps``."""
@@ -61,6 +70,18 @@ class CollectConfig:
     """Play environments (desk): also store each whole play stream, from its start to
     its last window's end, as one episode of this second store, with the step field
     ``infos/subtask`` (the sub-task played at each step). Resumed with the main store."""
+
+    def __post_init__(self) -> None:
+        check_int(self.episodes, "episodes")
+        check_optional_int(self.steps, "steps")
+        check_seed(self.seed)
+        check_int(self.workers, "workers", 1, MAX_WORKERS)
+        check_int(self.windows, "windows")
+        check_number(self.commit_seconds, "commit_seconds")
+        check_choice(self.compression, "compression", COMPRESSIONS)
+        check_texts(self.expert, "expert")
+        if self.stream_out is not None and not isinstance(self.stream_out, (str, Path)):
+            raise FieldError("stream_out", f"expected a store path, got {self.stream_out!r}")
 
 
 @dataclass(frozen=True)
@@ -218,20 +239,9 @@ def _value(text: str) -> Any:
     return text
 
 
-MAX_WORKERS = 1024
-
-
 def _check_options(env_name: str, out: Path, config: CollectConfig) -> None:
-    """Options that need no environment: one-line errors."""
-    check_seed(config.seed)
-    if config.episodes < 1:
-        raise InputError(f"--episodes: must be positive, got {config.episodes}")
-    if not 1 <= config.workers <= MAX_WORKERS:
-        raise InputError(f"--workers: must be from 1 to {MAX_WORKERS}, got {config.workers}")
-    if config.windows < 1:
-        raise InputError(f"--windows: must be positive, got {config.windows}")
-    if config.compression not in COMPRESSIONS:
-        raise InputError(f"compression: {config.compression!r} is not one of {COMPRESSIONS}")
+    """Options that need no environment but the environment's name (the config checked
+    its own values): one-line errors."""
     check_target(out, "--out")
     if config.stream_out is not None:
         if not env_entry(env_name).plays:

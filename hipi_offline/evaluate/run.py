@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from hipi_offline.bc.policy import load_policy
-from hipi_offline.collect.run import MAX_WORKERS
+from hipi_offline.configs import (
+    MAX_WORKERS,
+    FieldError,
+    check_flag,
+    check_int,
+    check_optional_int,
+    check_seed,
+)
 from hipi_offline.envs.base import TaskEnv, env_task_spec, gl_message, gl_unavailable
 from hipi_offline.errors import InputError, ResourceError
 from hipi_offline.evaluate.outputs import (
@@ -40,10 +47,11 @@ from hipi_offline.evaluate.rollout import (
 from hipi_offline.evaluate.tasks import plan_episodes
 from hipi_offline.evaluate.video import check_video_path, video_paths, write_video
 from hipi_offline.parallel import ordered_map
-from hipi_offline.preflight import check_seed
 from hipi_offline.progress import progress_bar
 from hipi_offline.store.atomic import atomic_write_bytes
 
+MAX_RENDER_SIZE = 4096
+"""Largest frame height or width, in pixels."""
 VIDEO_FPS = 25.0
 """Target frame rate of videos; frames are taken every round(1 / (fps * dt)) steps."""
 
@@ -75,12 +83,35 @@ class EvalConfig:
     render_episodes: tuple[int, ...] = ()
     """Further episode indices whose frames are kept (``RunResult.outcomes[i].frames``)."""
     render_size: tuple[int, int] = (240, 320)
+    """Height and width of rendered frames, in pixels."""
     json_path: str | Path | None = None
     """Write the results as JSON here."""
     save_rollouts: str | Path | None = None
     """Folder: write each run's rollouts as a store ``<i>-<method>.h5`` (rewards not
     stored; the commanded task in ``episodes/task``)."""
     progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.env is not None and (not isinstance(self.env, str) or not self.env):
+            raise FieldError("env", f"expected an environment name, got {self.env!r}")
+        check_optional_int(self.episodes, "episodes")
+        if not isinstance(self.tasks, (str, Path)):
+            raise FieldError("tasks", f"expected prior or a file of tasks, got {self.tasks!r}")
+        check_optional_int(self.steps, "steps")
+        check_seed(self.seed)
+        check_flag(self.sample, "sample")
+        check_int(self.workers, "workers", 1, MAX_WORKERS)
+        check_int(self.group_size, "group_size")
+        if not isinstance(self.render_episodes, tuple):
+            raise FieldError("render_episodes", f"expected a tuple, got {self.render_episodes!r}")
+        for index in self.render_episodes:
+            check_int(index, "render_episodes", low=0)
+        if not isinstance(self.render_size, tuple) or len(self.render_size) != 2:
+            raise FieldError("render_size", f"expected (height, width), got {self.render_size!r}")
+        for size in self.render_size:
+            check_int(size, "render_size", 1, MAX_RENDER_SIZE)
+        check_flag(self.progress, "progress")
 
 
 @dataclass
@@ -185,12 +216,7 @@ def evaluate(runs: Sequence[str | Path], config: EvalConfig) -> Evaluation:
 
 
 def _check(config: EvalConfig) -> None:
-    """Options that need no policy or environment."""
-    check_seed(config.seed)
-    if not 1 <= config.workers <= MAX_WORKERS:
-        raise InputError(f"--workers: must be from 1 to {MAX_WORKERS}, got {config.workers}")
-    if config.group_size < 1:
-        raise InputError(f"group_size: must be positive, got {config.group_size}")
+    """Outputs that need no policy or environment (the config checked its values)."""
     if config.json_path is not None:
         check_output_file(Path(config.json_path), "--json")
     if config.video:
