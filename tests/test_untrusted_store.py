@@ -342,13 +342,13 @@ KILLED_APPEND = r"""
 import os, sys
 import numpy as np
 from hipi_offline.store import create_store, open_store
-from hipi_offline.store.backends import Hdf5Backend, ZarrBackend
+from hipi_offline.store.backends import backend_class, backend_names
 from hipi_offline.store.synthetic import synthetic_episodes
 
 path = sys.argv[1]
 create_store(path, env="synthetic-runner").close()
 steps, episodes = synthetic_episodes(3, 10, np.random.default_rng(0))
-for backend in (Hdf5Backend, ZarrBackend):
+for backend in map(backend_class, backend_names()):
     real = backend.create
 
     def create(self, name, *args, _real=real, **kwargs):

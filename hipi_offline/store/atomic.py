@@ -15,6 +15,8 @@ from pathlib import Path
 
 from hipi_offline.errors import InputError
 
+TOKEN_TEXT = r"(?P<token>\d+-[0-9a-f]{32})"
+"""The pattern of :func:`writer_token` (the writer's pid, then a random hex part)."""
 _TOKEN = re.compile(r"(\d+)-[0-9a-f]{32}")
 
 
@@ -58,14 +60,20 @@ def remove_abandoned_siblings(path: Path) -> None:
         return
     purposes = "|".join(SIBLING_PURPOSES)
     ours = re.compile(  # exactly the names that :func:`sibling` makes
-        re.escape(f".{path.name}.")
-        + rf"(?:{purposes})-(?P<token>\d+-[0-9a-f]{{32}})"
-        + re.escape(path.suffix)
+        re.escape(f".{path.name}.") + rf"(?:{purposes})-{TOKEN_TEXT}" + re.escape(path.suffix)
     )
     for leftover in path.parent.iterdir():
         found = ours.fullmatch(leftover.name)
         if found and abandoned(found["token"]):
             remove_path(leftover)
+
+
+def lstat_or_none(path: Path) -> os.stat_result | None:
+    """``os.lstat`` (links are not followed), or None when nothing is there."""
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
 
 
 def fsync_path(path: Path) -> None:

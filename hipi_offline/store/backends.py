@@ -1,30 +1,36 @@
-"""Storage backends: the same flat layout written through h5py or zarr 3.
+"""Storage backends: one class per format, registered by name and file suffix.
 
-A backend only knows how to list, read, create and extend arrays addressed by
-slash-separated paths (``steps/infos/speed``) and how to read and write the
-root attributes. Everything hipi-offline specific lives in ``store.py``.
-Backends are chosen by file suffix and import their library lazily.
+A backend owns everything that differs between formats: opening and checking its
+files, reading and writing the flat arrays (``steps/infos/speed``), the crash-safe
+append and which ``episodes/ends`` are committed, and the store's label sets
+(list, read, commit, remove). ``store.py`` and ``labels.py`` hold what is common
+and ask the backend chosen once, by suffix, for the rest.
+
+Adding a backend: write one :class:`StorageBackend` subclass in its own module
+and add one :func:`register_backend` line at the end of this file. The module is
+imported only when a store with its suffix is used (so is its library).
 """
 
 from __future__ import annotations
 
-import json
+import importlib
 import os
-import shutil
 import stat
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from hipi_offline.errors import InputError
-from hipi_offline.store.atomic import check_plain_tree, special_file_error
+from hipi_offline.store.atomic import lstat_or_none, remove_abandoned_siblings
 
 Compression = Literal["none", "fast", "small"]
 COMPRESSIONS: tuple[str, ...] = ("none", "fast", "small")
-HDF5_SUFFIXES = (".h5", ".hdf5")
-ZARR_SUFFIXES = (".zarr",)
+Mode = Literal["r", "a", "w"]
 
 
 @dataclass(frozen=True)
@@ -34,64 +40,6 @@ class ArrayInfo:
     shape: tuple[int, ...]
     dtype: np.dtype
     chunk_rows: int
-
-
-class Backend(Protocol):
-    kind: str
-    path: Path
-    writable: bool
-
-    def arrays(self, prefix: str) -> dict[str, ArrayInfo]: ...
-    def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray: ...
-    def attrs(self) -> dict[str, Any]: ...
-    def set_attrs(self, values: dict[str, Any]) -> None: ...
-    def create(self, name: str, data: np.ndarray, chunk_rows: int, compression: str) -> None: ...
-    def resize(self, name: str, rows: int) -> None: ...
-    def write(self, name: str, start: int, data: np.ndarray) -> None: ...
-    def clear_data(self) -> None: ...
-    def close(self) -> None: ...
-
-
-def backend_kind(path: Path) -> str:
-    """``"hdf5"`` or ``"zarr"`` from the suffix, or an InputError naming the suffix."""
-    suffix = path.suffix.lower()
-    if suffix in HDF5_SUFFIXES:
-        return "hdf5"
-    if suffix in ZARR_SUFFIXES:
-        return "zarr"
-    raise InputError(
-        f"{path}: unknown store suffix {suffix!r}; use .h5/.hdf5 (HDF5) or .zarr (Zarr)"
-    )
-
-
-def open_backend(path: Path, mode: Literal["r", "a", "w"]) -> Backend:
-    """Open (``r``/``a``) or create (``w``) the backend that the suffix names."""
-    kind = backend_kind(path)
-    if mode != "w":
-        check_store_files(path, kind)
-    if kind == "hdf5":
-        return Hdf5Backend(path, mode)
-    return ZarrBackend(path, mode)
-
-
-def check_store_files(path: Path, kind: str) -> None:
-    """Before opening: the path is a regular file (HDF5) or a folder of regular files
-    and folders (Zarr; its label area is checked by ``labels.py``). A FIFO or other
-    special file is refused at once instead of hanging the read."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such store") from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot open the store ({err.strerror})") from None
-    if kind == "hdf5" and stat.S_ISDIR(info.st_mode):
-        raise InputError(f"{path}: is a directory, not an HDF5 file")
-    if kind == "zarr" and stat.S_ISREG(info.st_mode):
-        raise InputError(f"{path}: is a file, not a Zarr store folder")
-    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
-        raise special_file_error(path, info.st_mode)
-    if kind == "zarr":
-        check_plain_tree(path, f"the store {path}", skip=("labels",))
 
 
 # what h5py, zarr and their codecs raise on damaged metadata or chunks (a JSON
@@ -105,11 +53,13 @@ def damaged(path: Path, what: str, err: BaseException) -> InputError:
     return InputError(f"{path}: {what} is damaged or unreadable ({reason})")
 
 
-def _rows(start: int | None, stop: int | None) -> str:
+def rows_text(start: int | None, stop: int | None) -> str:
+    """`` (rows [a, b))`` for an error message, or nothing for a whole array."""
     return "" if start is None and stop is None else f" (rows [{start or 0}, {stop}))"
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """A NumPy scalar or array as the plain Python value JSON can hold."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -117,193 +67,237 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-class Hdf5Backend:
-    """HDF5 through h5py; one file, arrays resizable along axis 0."""
+def stat_store(path: Path) -> os.stat_result:
+    """``os.stat`` of a store about to be opened, or one InputError line."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such store") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot open the store ({err.strerror})") from None
 
-    kind = "hdf5"
 
-    def __init__(self, path: Path, mode: Literal["r", "a", "w"]) -> None:
-        import h5py
+def real_folder(path: Path) -> bool:
+    """True for a real folder, False when absent; an InputError for a link or a file
+    (the label area of a store is never reached through a link)."""
+    info = lstat_or_none(path)
+    if info is None:
+        return False
+    if stat.S_ISLNK(info.st_mode):
+        raise InputError(
+            f"{path}: is a symbolic link (to {os.readlink(path)}); a store's label area must be "
+            "a real folder, links are never followed (remove the link yourself)"
+        )
+    if not stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{path}: is not a folder; the store's label area is damaged")
+    return True
 
+
+class StorageBackend(ABC):
+    """One storage format. An instance is one opened store (its arrays); the class
+    methods act on a store's path (files, label sets) without opening it."""
+
+    kind: ClassVar[str]
+    """The registered name (``"hdf5"``, ``"zarr"``), shown by ``inspect``."""
+
+    def __init__(self, path: Path, mode: Mode) -> None:
         self.path = path
         self.writable = mode != "r"
-        try:
-            self._file = h5py.File(path, {"r": "r", "a": "r+", "w": "w"}[mode])
-        except OSError as err:
-            reason = str(err).split("(")[0].strip() or "unreadable"
-            raise InputError(f"{path}: not a readable HDF5 file ({reason})") from None
 
+    # ------------------------------------------------------------ arrays
+    @abstractmethod
     def arrays(self, prefix: str) -> dict[str, ArrayInfo]:
-        import h5py
+        """Every array under ``prefix`` (``steps``), by full path."""
 
-        found: dict[str, ArrayInfo] = {}
-        if prefix not in self._file:
-            return found
-        if not isinstance(self._file[prefix], h5py.Group):
-            raise InputError(f"{self.path}: {prefix} must be a group of arrays, not an array")
-
-        def visit(name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Dataset):
-                chunks = obj.chunks[0] if obj.chunks else max(obj.shape[0] if obj.shape else 1, 1)
-                found[f"{prefix}/{name}"] = ArrayInfo(tuple(obj.shape), obj.dtype, int(chunks))
-
-        try:
-            self._file[prefix].visititems(visit)
-        except DAMAGE_ERRORS as err:
-            raise damaged(self.path, f"the {prefix}/ group", err) from None
-        return found
-
+    @abstractmethod
     def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-        try:
-            dataset = self._file[name]
-            if dataset.shape == ():
-                return np.asarray(dataset[()])
-            return np.asarray(dataset[start:stop])
-        except DAMAGE_ERRORS as err:
-            raise damaged(self.path, name + _rows(start, stop), err) from None
+        """Rows ``[start, stop)`` of one array (all of a scalar)."""
 
+    @abstractmethod
     def attrs(self) -> dict[str, Any]:
-        return {key: _jsonable(value) for key, value in self._file.attrs.items()}
+        """The root attributes as plain Python values."""
 
-    def set_attrs(self, values: dict[str, Any]) -> None:
-        for key, value in values.items():
-            self._file.attrs[key] = value
+    @abstractmethod
+    def set_attrs(self, values: Mapping[str, Any]) -> None:
+        """Set root attributes."""
 
+    @abstractmethod
     def create(self, name: str, data: np.ndarray, chunk_rows: int, compression: str) -> None:
-        options: dict[str, Any] = {}
-        if compression == "fast":
-            options = {"compression": "lzf"}
-        elif compression == "small":
-            options = {"compression": "gzip", "compression_opts": 4}
-        self._file.create_dataset(
-            name,
-            data=data,
-            maxshape=(None, *data.shape[1:]),
-            chunks=(max(1, chunk_rows), *data.shape[1:]),
-            **options,
-        )
+        """A new array holding ``data``, resizable along axis 0."""
 
+    @abstractmethod
     def resize(self, name: str, rows: int) -> None:
-        dataset = self._file[name]
-        dataset.resize((rows, *dataset.shape[1:]))
+        """Grow (or shrink) an array along axis 0."""
 
+    @abstractmethod
     def write(self, name: str, start: int, data: np.ndarray) -> None:
-        self._file[name][start : start + len(data)] = data
+        """Write rows from ``start`` on."""
 
+    @abstractmethod
     def clear_data(self) -> None:
         """Remove every array but ``episodes/ends`` (leftovers of an uncommitted append)."""
-        if "steps" in self._file:
-            del self._file["steps"]
-        for key in list(self._file.get("episodes", {})):
-            if key != "ends":
-                del self._file["episodes"][key]
 
+    @abstractmethod
     def close(self) -> None:
-        if self._file.id.valid:
-            self._file.close()
+        """Let go of the files (the store may be moved or replaced afterwards)."""
+
+    # ------------------------------------------------------------ store life cycle
+    @classmethod
+    @abstractmethod
+    def check_files(cls, path: Path) -> None:
+        """Before opening: the files at ``path`` are the kind this format keeps (no
+        link out of the store, no FIFO that would hang the read)."""
+
+    def start(self, attrs: Mapping[str, Any]) -> None:
+        """Lay out an empty store: its root attributes and an empty ``episodes/ends``."""
+        self.set_attrs(attrs)
+        self.create("episodes/ends", np.zeros(0, np.int64), 4096, "none")
+
+    def committed_ends(self) -> np.ndarray:
+        """int64 [N]: ``episodes/ends`` as committed (the last write of an append)."""
+        return self.read("episodes/ends").astype(np.int64)
+
+    @contextmanager
+    def appending(self, new_bytes: int) -> Iterator[None]:
+        """Around one append to an existing store: commit it, or leave the store as it
+        was. By default the append is written in place and ``episodes/ends``, written
+        last, is the commit (rows past its end are ignored and overwritten later).
+        ``new_bytes``: at most what the append adds, for a free-space check."""
+        yield
+
+    @classmethod
+    def remove_leftovers(cls, path: Path) -> None:
+        """Delete what killed writers of this format left beside ``path``."""
+        remove_abandoned_siblings(path)
+
+    @classmethod
+    def check_replaceable(cls, path: Path) -> None:
+        """Refuse, before ``--overwrite`` replaces the store at ``path``, what this
+        format keeps beside the store and must not be replaced (nothing by default)."""
+        return None
+
+    @classmethod
+    def retire_labels(cls, path: Path) -> Path | None:
+        """Move label sets kept beside the store aside before the store is replaced;
+        returns where they went (None: the labels live inside the store)."""
+        return None
+
+    @classmethod
+    def restore_labels(cls, path: Path, retired: Path) -> None:
+        """Put label sets moved aside by :meth:`retire_labels` back (not replaced)."""
+        return None
+
+    # ------------------------------------------------------------ label sets
+    @classmethod
+    @abstractmethod
+    def label_area(cls, path: Path) -> Path | None:
+        """The checked folder of the store's label sets, or None when there is none."""
+
+    @classmethod
+    @abstractmethod
+    def make_label_area(cls, path: Path) -> tuple[Path, list[Path]]:
+        """The label area, created if missing, and the folders created for it."""
+
+    @classmethod
+    @abstractmethod
+    def label_lock_path(cls, area: Path, name: str) -> Path:
+        """The lock file of label set ``name`` inside the label area."""
+
+    @classmethod
+    @abstractmethod
+    def list_labels(cls, path: Path) -> list[str]:
+        """Names of the committed label sets, sorted (a crafted entry is listed and
+        refused when read; links are never followed)."""
+
+    @classmethod
+    @abstractmethod
+    def read_labels(
+        cls, path: Path, name: str, keys: Sequence[str]
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The arrays ``keys`` and the attributes of a listed label set."""
+
+    @classmethod
+    @abstractmethod
+    def label_exists(cls, path: Path, area: Path, name: str) -> bool:
+        """True when label set ``name`` exists; an InputError when its entry is not
+        one this toolkit wrote (it is never replaced or removed)."""
+
+    @classmethod
+    @abstractmethod
+    def commit_labels(
+        cls, path: Path, name: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]
+    ) -> None:
+        """Write label set ``name`` atomically: a kill at any moment leaves the old or
+        the new set, never a mix (the caller holds the set's lock)."""
+
+    @classmethod
+    @abstractmethod
+    def remove_labels(cls, path: Path, name: str) -> None:
+        """Delete label set ``name``, only after checking that its entry is one this
+        toolkit wrote (the caller holds the set's lock and has listed the name)."""
 
 
-class ZarrBackend:
-    """Zarr 3 directory store; each array chunked along axis 0."""
+@dataclass(frozen=True)
+class Registration:
+    """Where a backend's class lives and which suffixes choose it."""
 
-    kind = "zarr"
+    kind: str
+    title: str
+    suffixes: tuple[str, ...]
+    target: str  # "module:Class", imported on first use
 
-    def __init__(self, path: Path, mode: Literal["r", "a", "w"]) -> None:
-        import zarr
 
-        self.path = path
-        self.writable = mode != "r"
-        if mode != "w" and not (path / "zarr.json").is_file():
-            raise InputError(f"{path}: not a Zarr 3 store (zarr.json missing)")
-        try:
-            self._root = zarr.open_group(str(path), mode={"r": "r", "a": "r+", "w": "w"}[mode])
-        except (ValueError, OSError, json.JSONDecodeError, KeyError) as err:
-            raise InputError(f"{path}: not a readable Zarr store ({err})") from None
-        self._cache: dict[str, Any] = {}
+_REGISTRY: dict[str, Registration] = {}
 
-    def _array(self, name: str) -> Any:
-        if name not in self._cache:
-            self._cache[name] = self._root[name]
-        return self._cache[name]
 
-    def arrays(self, prefix: str) -> dict[str, ArrayInfo]:
-        import zarr
+def register_backend(kind: str, title: str, suffixes: Sequence[str], target: str) -> None:
+    """Register a backend: ``kind`` (its name), ``title`` (for messages), the file
+    suffixes that choose it, and ``"module:Class"`` (imported when first used)."""
+    taken = {s for r in _REGISTRY.values() for s in r.suffixes} & set(suffixes)
+    if kind in _REGISTRY or taken:
+        raise ValueError(f"backend {kind}: name or suffix {sorted(taken)} already registered")
+    _REGISTRY[kind] = Registration(kind, title, tuple(s.lower() for s in suffixes), target)
 
-        found: dict[str, ArrayInfo] = {}
-        try:
-            group = self._root[prefix]
-        except KeyError:
-            return found
-        except DAMAGE_ERRORS as err:
-            raise damaged(self.path, f"{prefix}/zarr.json", err) from None
-        if not isinstance(group, zarr.Group):
-            raise InputError(f"{self.path}: {prefix} must be a group of arrays, not an array")
-        try:
-            for name, member in group.members(max_depth=None):
-                if isinstance(member, zarr.Array):
-                    found[f"{prefix}/{name}"] = ArrayInfo(
-                        tuple(member.shape), np.dtype(member.dtype), int(member.chunks[0])
-                    )
-        except DAMAGE_ERRORS as err:
-            raise damaged(self.path, f"the metadata under {prefix}/", err) from None
-        return found
 
-    def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-        try:
-            array = self._array(name)
-            if array.shape == ():
-                return np.asarray(array[()])
-            return np.asarray(array[start:stop])
-        except DAMAGE_ERRORS as err:
-            raise damaged(self.path, name + _rows(start, stop), err) from None
+def backend_names() -> list[str]:
+    """The registered backends, in registration order."""
+    return list(_REGISTRY)
 
-    def attrs(self) -> dict[str, Any]:
-        return dict(self._root.attrs)
 
-    def set_attrs(self, values: dict[str, Any]) -> None:
-        self._root.attrs.update({key: _jsonable(value) for key, value in values.items()})
+def backend_suffixes(kind: str) -> tuple[str, ...]:
+    """The suffixes that choose backend ``kind`` (the first is the usual one)."""
+    return _REGISTRY[kind].suffixes
 
-    def create(self, name: str, data: np.ndarray, chunk_rows: int, compression: str) -> None:
-        import zarr
 
-        compressors: Any = None
-        if compression == "fast":
-            compressors = zarr.codecs.BloscCodec(cname="lz4", clevel=3)
-        elif compression == "small":
-            compressors = zarr.codecs.ZstdCodec(level=3)
-        array = self._root.create_array(
-            name,
-            shape=data.shape,
-            dtype=data.dtype,
-            chunks=(max(1, chunk_rows), *data.shape[1:]),
-            compressors=compressors,
-        )
-        if data.size:
-            array[...] = data
-        self._cache[name] = array
+def backend_class(kind: str) -> type[StorageBackend]:
+    """The class of a registered backend (its module is imported now)."""
+    module, _, name = _REGISTRY[kind].target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
-    def resize(self, name: str, rows: int) -> None:
-        array = self._array(name)
-        array.resize((rows, *array.shape[1:]))
 
-    def write(self, name: str, start: int, data: np.ndarray) -> None:
-        self._array(name)[start : start + len(data)] = data
+def backend_kind(path: Path) -> str:
+    """The backend the suffix names, or an InputError naming the suffix."""
+    suffix = Path(path).suffix.lower()
+    for registration in _REGISTRY.values():
+        if suffix in registration.suffixes:
+            return registration.kind
+    choices = [f"{'/'.join(r.suffixes)} ({r.title})" for r in _REGISTRY.values()]
+    listed = ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]
+    raise InputError(f"{path}: unknown store suffix {suffix!r}; use {listed}")
 
-    def clear_data(self) -> None:
-        """Remove every array but ``episodes/ends`` (leftovers of an uncommitted append,
-        whose metadata may be half written: removed as files, not read)."""
-        self._cache.clear()
-        steps = self.path / "steps"
-        if steps.is_dir() and not steps.is_symlink():
-            shutil.rmtree(steps)
-        episodes = self.path / "episodes"
-        for entry in os.scandir(episodes) if episodes.is_dir() else ():
-            if entry.name in ("ends", "zarr.json"):
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
 
-    def close(self) -> None:
-        self._cache.clear()
+def backend_for(path: Path) -> type[StorageBackend]:
+    """The backend class that the suffix of ``path`` chooses."""
+    return backend_class(backend_kind(path))
+
+
+def open_backend(path: Path, mode: Mode) -> StorageBackend:
+    """Open (``r``/``a``, files checked first) or create (``w``) a store's backend."""
+    cls = backend_for(path)
+    if mode != "w":
+        cls.check_files(path)
+    return cls(path, mode)
+
+
+register_backend("hdf5", "HDF5", (".h5", ".hdf5"), "hipi_offline.store.hdf5_backend:Hdf5Backend")
+register_backend("zarr", "Zarr", (".zarr",), "hipi_offline.store.zarr_backend:ZarrBackend")

@@ -10,6 +10,8 @@ Layout (documented in docs/FORMAT.md)::
 
 Rows past ``episodes/ends[-1]`` are ignored (left by an interrupted append) and
 overwritten by the next append, so ``ends`` is written last and is the commit.
+The backend (chosen once, by suffix; see ``backends.py``) owns the files: how an
+append is made crash-safe, which ``ends`` are committed, and the label sets.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,32 +29,20 @@ import numpy as np
 
 from hipi_offline.errors import InputError
 from hipi_offline.preflight import check_free_space, check_writable
-from hipi_offline.store.atomic import (
-    remove_abandoned_siblings,
-    remove_path,
-    replace_path,
-    sibling,
-)
+from hipi_offline.store.atomic import remove_path, replace_path, sibling
 from hipi_offline.store.backends import (
     COMPRESSIONS,
     ArrayInfo,
-    Backend,
-    backend_kind,
+    StorageBackend,
+    backend_for,
     open_backend,
 )
-from hipi_offline.store.labels import (
-    LabelSet,
-    ensure_zarr_labels_group,
-    hdf5_sidecar,
-    list_label_sets,
-    read_label_set,
-)
+from hipi_offline.store.labels import LabelSet, list_label_sets, read_label_set
 
 FORMAT_VERSION = 1
 FORMAT_ATTR = "hipi_offline_format"
 REQUIRED_STEP_FIELDS = ("steps/observations", "steps/actions")
 DEFAULT_CHUNK_ROWS = 65536
-APPEND_OVERHEAD_BYTES = 256 * 1024
 _FIELD_NAME = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 
 
@@ -83,7 +72,9 @@ class TrajectoryStore:
     """A lazily read trajectory store on HDF5 or Zarr. Use :func:`open_store` or
     :func:`create_store`; close it (or use ``with``) when done."""
 
-    def __init__(self, backend: Backend, path: Path | None = None, staging: bool = False) -> None:
+    def __init__(
+        self, backend: StorageBackend, path: Path | None = None, staging: bool = False
+    ) -> None:
         self._backend = backend
         self.path = path or backend.path
         self.kind = backend.kind
@@ -113,21 +104,20 @@ class TrajectoryStore:
         ``expected_bytes``: the size the caller will write, checked against the free
         space before anything is written."""
         path = Path(path)
-        backend_kind(path)
+        storage = backend_for(path)
         if compression not in COMPRESSIONS:
             raise InputError(f"compression: {compression!r} is not one of {COMPRESSIONS}")
         _check_replaceable(path, overwrite)
         check_writable(path.parent, f"the store {path.name}")
-        remove_abandoned_siblings(path)
-        remove_abandoned_siblings(hdf5_sidecar(path))
+        storage.remove_leftovers(path)
         check_free_space(path.parent, expected_bytes, f"the store {path.name}")
         staging = sibling(path, "creating")
         try:
-            backend = cls._start(staging, env, metadata, compression, chunk_rows)
+            started = cls._start(staging, env, metadata, compression, chunk_rows)
         except BaseException:
             remove_path(staging)
             raise
-        store = cls(backend, path=path, staging=True)
+        store = cls(started, path=path, staging=True)
         store._overwrite = overwrite
         return store
 
@@ -138,7 +128,7 @@ class TrajectoryStore:
         metadata: Mapping[str, Any] | None,
         compression: str,
         chunk_rows: int,
-    ) -> Backend:
+    ) -> StorageBackend:
         """Write the empty store's root attributes and ``episodes/ends`` at ``staging``."""
         backend = open_backend(staging, "w")
         attrs = {
@@ -150,10 +140,7 @@ class TrajectoryStore:
         }
         attrs.update(dict(metadata or {}))
         try:
-            backend.set_attrs(attrs)
-            backend.create("episodes/ends", np.zeros(0, np.int64), 4096, "none")
-            if backend.kind == "zarr":
-                ensure_zarr_labels_group(staging)
+            backend.start(attrs)
         except BaseException:
             backend.close()
             raise
@@ -188,28 +175,19 @@ class TrajectoryStore:
             self._backend.close()
             if commit:
                 _check_replaceable(self.path, self._overwrite)
-                retired = self._retire_old_labels()
+                # labels kept beside the old store go aside first: a kill never
+                # leaves them on the new data
+                retired = type(self._backend).retire_labels(self.path)
                 replace_path(staging, self.path)
         except BaseException:
             remove_path(staging)
             if retired is not None:  # not replaced: the old store keeps its labels
-                os.rename(retired, hdf5_sidecar(self.path))
+                type(self._backend).restore_labels(self.path, retired)
             raise
         if retired is not None:
             remove_path(retired)
         if not commit:
             remove_path(staging)
-
-    def _retire_old_labels(self) -> Path | None:
-        """Move an HDF5 store's label sets aside before the store is replaced, so that a
-        kill at any moment never leaves the old labels on the new data (at worst the
-        old store is left without its labels; the hidden folder is removed later)."""
-        labels = hdf5_sidecar(self.path)
-        if self.kind != "hdf5" or labels.is_symlink() or not labels.is_dir():
-            return None
-        retired = sibling(labels, "old")
-        os.rename(labels, retired)
-        return retired
 
     def __repr__(self) -> str:
         return (
@@ -295,13 +273,9 @@ class TrajectoryStore:
         return self._ends
 
     def _read_ends(self) -> np.ndarray:
-        """``episodes/ends`` as committed. A Zarr append killed between growing the
-        array and writing its chunk leaves a tail of fill-value zeros: not committed."""
-        ends = self._backend.read("episodes/ends").astype(np.int64)
-        if self.kind == "zarr" and len(ends) and ends[-1] == 0:
-            nonzero = np.flatnonzero(ends)
-            ends = ends[: nonzero[-1] + 1] if len(nonzero) else ends[:0]
-        return ends
+        """``episodes/ends`` as committed (the backend knows what an interrupted
+        append leaves behind)."""
+        return self._backend.committed_ends()
 
     @property
     def starts(self) -> np.ndarray:
@@ -410,47 +384,25 @@ class TrajectoryStore:
         that readers see."""
         if not self._backend.writable:
             raise InputError(f"{self.path}: opened read-only; open with mode='a' to append")
-        if self.kind == "hdf5" and self._staging is None:
-            self._append_copy_on_write(steps, lengths, episodes)
-            return
-        self._append(steps, lengths, episodes)
-
-    def _append_copy_on_write(
-        self,
-        steps: Mapping[str, np.ndarray],
-        lengths: Sequence[int],
-        episodes: Mapping[str, np.ndarray] | None,
-    ) -> None:
-        """HDF5 is not crash-safe in place: append to a copy, then replace the file.
-        The free space for the copy is checked first (h5py may crash the process when
-        the disk fills under it)."""
-        self._check_append_space(steps, episodes)
-        self._backend.close()
-        remove_abandoned_siblings(self.path)
-        work = sibling(self.path, "append")
-        try:
-            shutil.copy2(self.path, work)
-            self._backend = open_backend(work, "a")
+        if self._staging is not None:  # a store being created is moved into place whole
             self._append(steps, lengths, episodes)
-            self._backend.close()
-            replace_path(work, self.path)
+            return
+        try:
+            with self._backend.appending(self._append_bytes(steps, episodes)):
+                self._append(steps, lengths, episodes)
         except BaseException:
             self._ends = None
             raise
-        finally:
-            remove_path(work)
-            self._backend = open_backend(self.path, "a")
 
-    def _check_append_space(
+    def _append_bytes(
         self, steps: Mapping[str, np.ndarray], episodes: Mapping[str, np.ndarray] | None
-    ) -> None:
-        """Room for a copy of the file, the new rows, and one fresh chunk per field."""
+    ) -> int:
+        """At most what an append adds: the new rows and one fresh chunk per field."""
         chunk_rows = int(self.attrs.get("chunk_rows", DEFAULT_CHUNK_ROWS))
         arrays = [np.asarray(v) for v in [*steps.values(), *(episodes or {}).values()]]
         rows = sum(a.nbytes for a in arrays)
         chunks = sum(a.itemsize * int(np.prod(a.shape[1:])) * chunk_rows for a in arrays)
-        needed = os.path.getsize(self.path) + rows + chunks + APPEND_OVERHEAD_BYTES
-        check_free_space(self.path.parent, needed, f"appending to {self.path.name}")
+        return rows + chunks
 
     def _append(
         self,
@@ -548,7 +500,7 @@ class TrajectoryStore:
 
 def _check_replaceable(path: Path, overwrite: bool) -> None:
     """Creating at ``path``: nothing there, or (with ``overwrite``) a hipi-offline store
-    and, for HDF5, a real label folder beside it."""
+    and nothing beside it that its backend refuses to replace (an HDF5 label link)."""
     from hipi_offline.ownership import check_replaceable_store  # (imports this package)
 
     if not os.path.lexists(path):
@@ -556,9 +508,7 @@ def _check_replaceable(path: Path, overwrite: bool) -> None:
     check_replaceable_store(path)  # a link or anything but a store: never replaced
     if not overwrite:
         raise InputError(f"{path}: already exists; pass --overwrite to replace it")
-    sidecar = hdf5_sidecar(path)
-    if backend_kind(path) == "hdf5" and sidecar.is_symlink():
-        raise InputError(f"{sidecar}: is a symbolic link; --overwrite never replaces a link")
+    backend_for(path).check_replaceable(path)
 
 
 def open_store(path: str | Path, mode: Literal["r", "a"] = "r") -> TrajectoryStore:
