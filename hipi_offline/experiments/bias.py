@@ -34,8 +34,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from hipi_offline.collect import CollectConfig
+from hipi_offline.configs import check_seed, nested
 from hipi_offline.envs.base import env_entry
 from hipi_offline.errors import InputError
+from hipi_offline.evaluate import EvalConfig
 from hipi_offline.experiments.common import (
     Control,
     TrainJob,
@@ -46,7 +49,6 @@ from hipi_offline.experiments.common import (
     collect_stage,
     evaluate_stage,
     jsonable,
-    positive_int,
     read_json,
     relabel_stage,
     train_runs,
@@ -106,6 +108,9 @@ class Fig7bConfig:
     eval_seed: int = 1000
     control: Control = field(default_factory=Control)
 
+    def __post_init__(self) -> None:
+        self.check()
+
     @classmethod
     def tiny(cls) -> Fig7bConfig:
         """Seconds: two biases, one seed (tests)."""
@@ -155,11 +160,9 @@ class Fig7bConfig:
 
     def check(self) -> None:
         """InputError naming the first bad field."""
-        positive_int(self.episodes, "episodes")
-        positive_int(self.eval_episodes, "eval_episodes")
-        for name in ("steps", "eval_steps"):
-            if getattr(self, name) is not None:
-                positive_int(getattr(self, name), name)
+        CollectConfig(episodes=self.episodes, steps=self.steps)
+        with nested(lambda name: f"eval_{name}"):
+            EvalConfig(episodes=self.eval_episodes, steps=self.eval_steps)
         if not self.biases:
             raise InputError("biases: give at least one bias value")
         for b in self.biases:
@@ -171,8 +174,9 @@ class Fig7bConfig:
             raise InputError(f"methods: expected some of {', '.join(BIAS_METHODS)}")
         check_seeds(self.seeds)
         self.train.check()
-        positive_int(self.control.workers, "workers")
-        positive_int(self.control.threads, "threads", allow_zero=True)
+        self.control.check()
+        check_seed(self.collect_seed, "collect_seed")
+        check_seed(self.eval_seed, "eval_seed")
         base = load_task_spec(BASE_SPEC).source
         biased_spec_text(base, 0.0, self.low, self.high)  # checks low/high
 
@@ -221,7 +225,6 @@ def label_tv(labels: LabelSet, reference: LabelSet) -> float:
 
 def run_fig7b(root: str | Path, config: Fig7bConfig) -> dict[str, Any]:
     """Run (or continue) Fig. 7b under ``root``; returns the whole ``results.json``."""
-    config.check()
     root = Path(root)
     claim_root(root, "fig7b", config.settings())
     folder = root / "fig7b"

@@ -16,6 +16,7 @@ import numpy as np
 from hipi_offline.bc import BCConfig, train_bc
 from hipi_offline.collect import CollectConfig, collect
 from hipi_offline.collect.run import expert_choice, expert_label, recorded_expert
+from hipi_offline.configs import nested
 from hipi_offline.errors import InputError
 from hipi_offline.evaluate import EvalConfig, evaluate
 from hipi_offline.evaluate.report import report_json
@@ -28,15 +29,6 @@ from hipi_offline.store.store import open_store
 TASK_AGNOSTIC = "task-agnostic"
 ALL_METHODS: tuple[str, ...] = (*METHODS, TASK_AGNOSTIC)
 """hipi, no-partition, random, original (oracle: the commanded labels), task-agnostic."""
-
-
-def positive_int(value: Any, where: str, allow_zero: bool = False) -> int:
-    """``value`` if it is a positive (or non-negative) int, else an InputError naming ``where``."""
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        what = "a non-negative" if allow_zero else "a positive"
-        raise InputError(f"{where}: expected {what} integer, got {value!r}")
-    return value
 
 
 def check_seeds(seeds: Sequence[int], where: str = "seeds") -> None:
@@ -65,21 +57,18 @@ class TrainSettings:
     (``train-bc --body-frame-task``; environments that declare a body rotation)."""
 
     def check(self, where: str = "train") -> None:
-        """InputError naming the first bad field (``<where>.<field>``)."""
-        positive_int(self.steps, f"{where}.steps")
-        positive_int(self.batch_size, f"{where}.batch_size")
-        if not self.hidden or any(
-            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden
-        ):
-            raise InputError(f"{where}.hidden: expected positive layer sizes, got {self.hidden!r}")
-        lr = self.lr
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
-            raise InputError(f"{where}.lr: expected a positive number, got {lr!r}")
-        if self.head not in ("gaussian", "deterministic"):
-            raise InputError(f"{where}.head: expected gaussian or deterministic, got {self.head!r}")
-        if not isinstance(self.body_frame_task, bool):
-            raise InputError(
-                f"{where}.body_frame_task: expected true or false, got {self.body_frame_task!r}"
+        """InputError naming the first bad field (``<where>.<field>``): the checks of
+        the :class:`BCConfig` each run is given."""
+        with nested(lambda name: f"{where}.{name}"):
+            BCConfig(
+                out=".",
+                labels="any",
+                steps=self.steps,
+                batch_size=self.batch_size,
+                hidden=self.hidden,
+                lr=self.lr,
+                head=self.head,
+                body_frame_task=self.body_frame_task,
             )
 
 
@@ -93,6 +82,11 @@ class Control:
     """Torch CPU threads per training run."""
     progress: bool = True
     """tqdm progress bars."""
+
+    def check(self) -> None:
+        """InputError naming the bad field: the checks of the stage configs it feeds."""
+        CollectConfig(workers=self.workers)
+        BCConfig(out=".", task_agnostic=True, threads=self.threads, progress=self.progress)
 
 
 def collect_stage(

@@ -23,8 +23,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hipi_offline.collect import CollectConfig
+from hipi_offline.configs import check_seed, nested
 from hipi_offline.envs.base import env_entry, env_names
 from hipi_offline.errors import InputError
+from hipi_offline.evaluate import EvalConfig
 from hipi_offline.experiments.common import (
     ALL_METHODS,
     TASK_AGNOSTIC,
@@ -37,11 +40,11 @@ from hipi_offline.experiments.common import (
     collect_stage,
     evaluate_stage,
     jsonable,
-    positive_int,
     relabel_stage,
     train_runs,
     update_results,
 )
+from hipi_offline.relabel import RelabelConfig
 
 QUADRUPED_TRAIN = TrainSettings(
     steps=5000, batch_size=256, hidden=(256, 256), head="deterministic", body_frame_task=True
@@ -81,14 +84,11 @@ class EnvSetup:
                 f"envs: unknown environment {self.env!r} (use {', '.join(env_names())})"
             )
         where = f"envs.{self.env}"
-        positive_int(self.episodes, f"{where}.episodes")
-        positive_int(self.eval_episodes, f"{where}.eval_episodes")
-        for name in ("steps", "eval_steps", "candidates"):
-            if getattr(self, name) is not None:
-                positive_int(getattr(self, name), f"{where}.{name}")
-        t = self.temperature
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
-            raise InputError(f"{where}.temperature: expected a positive number, got {t!r}")
+        with nested(lambda name: f"{where}.{name}"):
+            CollectConfig(episodes=self.episodes, steps=self.steps)
+            RelabelConfig(self.tasks, temperature=self.temperature, candidates=self.candidates)
+        with nested(lambda name: f"{where}.eval_{name}"):
+            EvalConfig(episodes=self.eval_episodes, steps=self.eval_steps)
         if self.train is not None:
             self.train.check(f"{where}.train")
 
@@ -105,6 +105,9 @@ class Fig7aConfig:
     eval_seed: int = 1000
     """Seed of the evaluation episodes (tasks, initial states), shared by all runs."""
     control: Control = field(default_factory=Control)
+
+    def __post_init__(self) -> None:
+        self.check()
 
     @classmethod
     def tiny(cls) -> Fig7aConfig:
@@ -216,12 +219,9 @@ class Fig7aConfig:
             raise InputError(f"methods: each method at most once, got {list(self.methods)}")
         check_seeds(self.seeds)
         self.train.check()
-        positive_int(self.control.workers, "workers")
-        positive_int(self.control.threads, "threads", allow_zero=True)
-        for name in ("collect_seed", "eval_seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InputError(f"{name}: expected a non-negative integer, got {value!r}")
+        self.control.check()
+        check_seed(self.collect_seed, "collect_seed")
+        check_seed(self.eval_seed, "eval_seed")
 
     def settings(self) -> dict[str, Any]:
         """What the experiment computes (``config.json``; run control left out)."""
@@ -278,7 +278,6 @@ def run_env(root: Path, setup: EnvSetup, config: Fig7aConfig) -> dict[str, Any]:
 
 def run_fig7a(root: str | Path, config: Fig7aConfig) -> dict[str, Any]:
     """Run (or continue) Fig. 7a under ``root``; returns the whole ``results.json``."""
-    config.check()
     root = Path(root)
     claim_root(root, "fig7a", config.settings())
     table: dict[str, Any] = {}

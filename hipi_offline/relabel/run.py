@@ -13,9 +13,18 @@ from typing import Literal
 import numpy as np
 import torch
 
+from hipi_offline.configs import (
+    FieldError,
+    check_choice,
+    check_flag,
+    check_int,
+    check_number,
+    check_optional_int,
+    check_seed,
+    named,
+)
 from hipi_offline.device import resolve_device
 from hipi_offline.errors import InputError
-from hipi_offline.preflight import check_seed
 from hipi_offline.relabel.posterior import (
     NonFinitePosterior,
     Posterior,
@@ -69,6 +78,27 @@ class RelabelConfig:
     """Largest part of the N x K returns matrix held in memory; larger ones are tiled
     over K and spilled to a temporary file."""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.tasks, str) or not self.tasks:
+            raise FieldError("tasks", f"expected a spec path or built-in name, got {self.tasks!r}")
+        check_choice(self.method, "method", METHODS)
+        if self.name is not None:
+            with named("name"):
+                check_label_name(self.name)
+        if self.temperature is not None:
+            with named("temperature"):
+                check_temperature(self.temperature, "temperature")
+        check_optional_int(self.candidates, "candidates")
+        if self.top_k != "all":
+            with named("top_k"):
+                _top_k(self.top_k, 1)
+        if not isinstance(self.device, str):
+            raise FieldError("device", f"expected auto, cpu or cuda, got {self.device!r}")
+        check_int(self.chunk_steps, "chunk_steps")
+        check_seed(self.seed)
+        check_flag(self.overwrite, "overwrite")
+        check_number(self.max_matrix_mb, "max_matrix_mb")
+
 
 @dataclass(frozen=True)
 class RelabelSummary:
@@ -106,15 +136,14 @@ def _top_k(value: int | str, k: int) -> int:
     if value == "all":
         return k
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"--top-k: expected a positive integer or 'all', got {value!r}")
+        raise FieldError("top_k", f"expected a positive integer or 'all', got {value!r}")
     return min(value, k)
 
 
 def _spec_with_overrides(config: RelabelConfig) -> TaskSpec:
     spec = load_task_spec(config.tasks)
     if config.temperature is not None:
-        temperature = check_temperature(config.temperature, "--temperature")
-        spec = replace(spec, temperature=temperature)
+        spec = replace(spec, temperature=float(config.temperature))
     return spec
 
 
@@ -201,16 +230,10 @@ def relabel(store_path: str | Path, config: RelabelConfig) -> RelabelSummary:
     """Compute the posterior over tasks of every episode and write it as a label set.
     Options and store are checked first; then the label set's lock is held from before
     the computation through the commit (a concurrent writer of the set is refused)."""
-    if config.method not in METHODS:
-        raise InputError(f"--method: expected one of {', '.join(METHODS)}, got {config.method!r}")
-    check_seed(config.seed)
     store_path = Path(store_path)
     name = config.method if config.name is None else config.name
-    check_label_name(name)
     spec = _spec_with_overrides(config)
     device = resolve_device(config.device)
-    if config.chunk_steps < 1:
-        raise InputError(f"--chunk-steps: must be positive, got {config.chunk_steps}")
     open_store(store_path).close()  # a missing or damaged store: nothing is created
     with label_lock(store_path, name):
         return _relabel_locked(store_path, config, name, spec, device)
