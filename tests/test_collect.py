@@ -15,6 +15,7 @@ import pytest
 
 from hipi_offline.collect import CollectConfig, collect
 from hipi_offline.collect import run as run_module
+from hipi_offline.envs import env_entry, env_names, make_env
 from hipi_offline.errors import InputError
 from hipi_offline.store import open_store
 
@@ -55,6 +56,31 @@ def test_collected_store_layout(straight: dict[str, np.ndarray]) -> None:
     assert "steps/rewards" not in straight  # datasets are saved without rewards
 
 
+@pytest.mark.parametrize("name", env_names())
+def test_every_environment_collects_by_its_registered_collection(tmp_path: Path, name: str) -> None:
+    """Commanded environments store one episode per unit with the commanded task;
+    play environments store ``windows`` windows of a stream, labeled with a sub-task."""
+    entry, env = env_entry(name), make_env(name)
+    info = env.info
+    env.close()
+    steps, windows = 6, 2
+    path = tmp_path / f"{name}.h5"
+    config = CollectConfig(episodes=windows, steps=steps, seed=1, windows=windows)
+    summary = collect(name, path, config)
+    assert summary.total == windows and summary.steps == steps
+    data = _arrays(path)
+    assert data["steps/observations"].shape == (windows * steps, info.observation_dim)
+    assert data["steps/actions"].shape == (windows * steps, info.action_dim)
+    with open_store(path) as store:
+        assert store.attrs["env"] == name
+        assert ("collect_windows" in store.attrs) == entry.plays
+    if entry.plays:
+        np.testing.assert_array_equal(data["episodes/window"], np.arange(windows))
+        assert data["episodes/task"].shape == (windows,)
+    else:
+        assert data["episodes/task"].ndim == 2 and len(data["episodes/task"]) == windows
+
+
 @pytest.mark.parametrize("suffix", [".h5", ".zarr"])
 def test_resume_equals_straight_run(
     tmp_path: Path, straight: dict[str, np.ndarray], suffix: str
@@ -90,13 +116,14 @@ def test_resume_with_other_options_is_refused(tmp_path: Path) -> None:
 
 
 def test_bad_options(tmp_path: Path) -> None:
-    for config, field in [
-        (CollectConfig(episodes=0), "--episodes"),
-        (CollectConfig(episodes=1, workers=0), "--workers"),
-        (CollectConfig(episodes=1, steps=0), "--steps"),
+    for options, field in [
+        ({"episodes": 0}, "episodes"),
+        ({"episodes": 1, "workers": 0}, "workers"),
+        ({"episodes": 1, "steps": 0}, "steps"),
+        ({"episodes": 1, "commit_seconds": -1.0}, "commit_seconds"),
     ]:
-        with pytest.raises(InputError, match=field):
-            collect("cheetah", tmp_path / "x.h5", config)
+        with pytest.raises(InputError, match=f"^{field}: "):
+            collect("cheetah", tmp_path / "x.h5", CollectConfig(**options))
     with pytest.raises(InputError, match="unknown environment"):
         collect("nope", tmp_path / "x.h5", CollectConfig(episodes=1))
     assert not (tmp_path / "x.h5").exists()

@@ -77,7 +77,7 @@ class CollectConfig:
         check_seed(self.seed)
         check_int(self.workers, "workers", 1, MAX_WORKERS)
         check_int(self.windows, "windows")
-        check_number(self.commit_seconds, "commit_seconds")
+        check_number(self.commit_seconds, "commit_seconds", allow_zero=True)  # 0: every unit
         check_choice(self.compression, "compression", COMPRESSIONS)
         check_texts(self.expert, "expert")
         if self.stream_out is not None and not isinstance(self.stream_out, (str, Path)):
