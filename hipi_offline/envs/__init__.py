@@ -2,6 +2,13 @@
 
 Importing this package registers the built-in environments; their modules import
 MuJoCo and dm_control lazily, when an environment is constructed.
+
+Adding an environment: one module with one class (the :class:`TaskEnv` interface; on
+a dm_control suite physics, a subclass of ``physics.SuiteEnv``) decorated with
+``@register(name, task_spec=..., collection="commanded" or "play", task_frame=...)``,
+and its import line below. Collection, evaluation, the experiments and the contract
+tests (tests/test_envs.py) read the registry; an expert to collect with is registered
+in ``hipi_offline.experts``.
 """
 
 from hipi_offline.envs.base import (
