@@ -32,6 +32,7 @@ from hipi_offline.store.backends import (
     backend_class,
     backend_kind,
     backend_suffixes,
+    register_backend,
 )
 from hipi_offline.store.labels import label_area, list_label_sets
 from hipi_offline.store.synthetic import synthetic_episodes
@@ -92,6 +93,9 @@ def test_both_backends_are_registered_and_chosen_by_suffix() -> None:
             assert backend_kind(Path(f"data/s{suffix.upper()}")) == kind
     with pytest.raises(InputError, match=r"unknown store suffix '\.npz'; use .h5/.hdf5 \(HDF5\)"):
         backend_kind(Path("s.npz"))
+    with pytest.raises(ValueError, match="already registered"):
+        register_backend("other", "Other", (".zarr",), "somewhere:Other")
+    assert backend_names() == BACKENDS
 
 
 # ------------------------------------------------------------------ data

@@ -29,7 +29,7 @@ import numpy as np
 from hipi_offline.errors import InputError, describe_os_error
 from hipi_offline.preflight import check_free_space, check_writable
 from hipi_offline.store.atomic import lstat_or_none, special_file_error
-from hipi_offline.store.backends import StorageBackend, backend_for
+from hipi_offline.store.backends import StorageBackend, backend_for, jsonable
 from hipi_offline.store.hdf5_backend import hdf5_sidecar
 from hipi_offline.store.names import MAX_NAME_LENGTH, RESERVED_NAMES, check_label_name
 
@@ -186,14 +186,10 @@ def _check_listed(store_path: Path, name: str) -> None:
 
 
 def attr_value(value: Any) -> Any:
-    """A label-set attribute as a plain Python value (bytes decoded)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, bytes):
+    """A label-set attribute as a plain Python value (plain bytes decoded)."""
+    if isinstance(value, bytes) and not isinstance(value, np.generic):
         return value.decode()
-    return value
+    return jsonable(value)
 
 
 def _check_label_arrays(name: str, arrays: dict[str, np.ndarray]) -> None:
