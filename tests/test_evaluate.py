@@ -393,3 +393,32 @@ def test_task_files_json_npy_and_sizes(cheetah_runs, tmp_path: Path) -> None:
         f.write("tasks: [" + "1.0, " * (4 << 20) + "1.0]\n")
     with pytest.raises(InputError, match="larger than"):
         evaluate([hipi], replace(QUICK, tasks=str(big)))
+
+
+@pytest.mark.parametrize(("gamma", "at"), [(1.0, "all"), (0.9, "all"), (0.9, "final")])
+def test_episode_return_weights_steps_as_relabeling_does(gamma: float, at: str) -> None:
+    """The score of an episode is the relabeling return: sum_t gamma^t r_t, or
+    gamma^(T-1) r_(T-1) with ``at: final`` (the final reward is discounted too)."""
+    from hipi_offline.envs import transition_rewards
+    from hipi_offline.evaluate.rollout import episode_return
+
+    spec = replace(load_task_spec("cheetah-velocity"), gamma=gamma, at=at)
+    rng = np.random.default_rng(3)
+    steps = 17
+    observations = rng.normal(size=(steps, 17)).astype(np.float32)
+    actions = rng.uniform(-1, 1, size=(steps, 6)).astype(np.float32)
+    fields = {"infos/speed": rng.uniform(0, 3, size=steps).astype(np.float32)}
+    task = np.array([1.5], np.float32)
+    speed = fields["infos/speed"].astype(np.float64)
+    act = actions.astype(np.float64)
+    rewards = -np.abs(speed - 1.5) - 0.05 * (act**2).sum(axis=1)  # the spec, in numpy
+    weights = gamma ** np.arange(steps, dtype=np.float64)
+    if at == "final":
+        weights[:-1] = 0.0
+    expected = float((weights * rewards).sum())
+    assert np.allclose(
+        transition_rewards(spec, observations, actions, fields, task[None])[:, 0], rewards
+    )
+    assert math.isclose(
+        episode_return(spec, observations, actions, fields, task), expected, rel_tol=1e-12
+    )

@@ -78,11 +78,7 @@ def episode_return(
     """The float64 return of one episode for one task, as the relabeling engine
     computes it (the spec's discount and ``at: final`` included)."""
     rewards = transition_rewards(spec, observations, actions, fields, task.reshape(1, -1))[:, 0]
-    if spec.at == "final":
-        rewards = rewards[-1:]
-    elif spec.gamma != 1.0:
-        rewards = rewards * np.power(spec.gamma, np.arange(len(rewards), dtype=np.float64))
-    return float(rewards.sum())
+    return spec.discounted_return(rewards)
 
 
 def mean_velocity_along_command(
