@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from cli import experiments
 from cli.options import FLAGS, Flag, config_command
 from hipi_offline.bc.config import BCConfig, parse_hidden
 from hipi_offline.collect.run import CollectConfig
@@ -196,6 +197,9 @@ def export_cmd(
 
     path = _run(action)
     typer.echo(f"exported {store} to {path}")
+
+
+experiments.register(app, _run)
 
 
 def _click_errors() -> Any:

@@ -11,6 +11,7 @@ then every config field, then ``--progress/--no-progress``.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import inspect
 import re
@@ -23,7 +24,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hipi_offline.configs import field_docs
+from hipi_offline.configs import field_docs, nested
 
 FLAGS: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
     "FLAGS", default=types.MappingProxyType({})
@@ -85,6 +86,14 @@ def _cli_type(hint: Any) -> tuple[Any, Callable[[Any], Any] | None]:
     return (base | None if optional else base), parse
 
 
+def _typed(hint: Any, override: Flag) -> tuple[Any, Callable[[Any], Any] | None]:
+    """The command line's type of a field and its parser, a :class:`Flag`'s if it has one."""
+    if override.type is not None:
+        return override.type, override.parse
+    cli_type, parse = _cli_type(hint)
+    return cli_type, override.parse or parse
+
+
 def _is_union(hint: Any) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType)
 
@@ -104,11 +113,7 @@ def config_options(cls: type, flags: Mapping[str, Flag] | None = None) -> list[_
     options = []
     for f in fields(cls):
         override = flags.get(f.name, Flag())
-        if override.type is not None:
-            cli_type, parse = override.type, override.parse
-        else:
-            cli_type, parse = _cli_type(hints[f.name])
-            parse = override.parse or parse
+        cli_type, parse = _typed(hints[f.name], override)
         if override.default is not UNSET:
             default = override.default
         elif f.default is not MISSING:
@@ -130,6 +135,62 @@ def config_options(cls: type, flags: Mapping[str, Flag] | None = None) -> list[_
         )
         options.append(_Option(f.name, parameter, parse))
     return options
+
+
+def override_options(
+    cls: type, prefix: str = "", flags: Mapping[str, Flag] | None = None, skip: tuple[str, ...] = ()
+) -> list[_Option]:
+    """Options that replace fields of a preset of ``cls``: each defaults to None (keep
+    the preset's value); its name is ``prefix`` + the field's (``train_steps``,
+    ``--train-steps``). Fields in ``skip`` and fields holding dataclasses are left out."""
+    flags = flags or {}
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    options = []
+    for f in fields(cls):
+        if f.name in skip or _holds_dataclass(hints[f.name]):
+            continue
+        override = flags.get(f.name, Flag())
+        cli_type, parse = _typed(hints[f.name], override)
+        if typing.get_origin(cli_type) is not tuple and type(None) not in typing.get_args(cli_type):
+            cli_type = cli_type | None
+        name = prefix + f.name
+        help_text = _plain(override.help or docs.get(f.name, "")) + " (default: the preset's)"
+        option = typer.Option(
+            *(() if bool in _members(cli_type) else (flag_name(name),)),
+            help=help_text,
+            show_default=False,
+        )
+        parameter = inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[cli_type, option],
+        )
+        options.append(_Option(f.name, parameter, parse))
+    return options
+
+
+def _members(hint: Any) -> tuple[Any, ...]:
+    return typing.get_args(hint) if _is_union(hint) else (hint,)
+
+
+def _holds_dataclass(hint: Any) -> bool:
+    """A dataclass field, or a tuple of dataclasses (an experiment's environments)."""
+    members = [*_members(hint), *(a for m in _members(hint) for a in typing.get_args(m))]
+    return any(isinstance(m, type) and dataclasses.is_dataclass(m) for m in members)
+
+
+def overridden(preset: Any, options: list[_Option], values: Mapping[str, Any]) -> Any:
+    """``preset`` with the fields whose options were given (not None) replaced."""
+    changes = {}
+    for o in options:
+        value = values[o.parameter.name]
+        if value is not None and value != []:
+            flag = flag_name(o.parameter.name)
+            with nested(lambda name, o=o, flag=flag: flag if name == o.field else name):
+                changes[o.field] = o.parse(value) if o.parse else value
+    return dataclasses.replace(preset, **changes) if changes else preset
 
 
 PROGRESS = inspect.Parameter(

@@ -35,7 +35,7 @@ import numpy as np
 import yaml
 
 from hipi_offline.collect import CollectConfig
-from hipi_offline.configs import check_seed, nested
+from hipi_offline.configs import FieldError, check_seed, named, nested
 from hipi_offline.envs.base import env_entry
 from hipi_offline.errors import InputError
 from hipi_offline.evaluate import EvalConfig
@@ -100,13 +100,21 @@ class Fig7bConfig:
     high: tuple[float, ...] = (1.0,)
     """Upper corner of the biased box."""
     methods: tuple[str, ...] = BIAS_METHODS
+    """Relabeling methods compared: hipi and no-partition."""
     seeds: tuple[int, ...] = (0, 1, 2)
+    """One behavior-cloning run per method, bias and seed."""
     train: TrainSettings = field(default_factory=TrainSettings)
+    """Behavior-cloning settings."""
     eval_episodes: int = 16
+    """Evaluation episodes per run (tasks from the prior, the same for every run)."""
     eval_steps: int | None = 100
+    """Steps per evaluation episode."""
     collect_seed: int = 0
+    """Seed of the collected data."""
     eval_seed: int = 1000
+    """Seed of the evaluation episodes (tasks, initial states), shared by all runs."""
     control: Control = field(default_factory=Control)
+    """How the experiment runs (workers, threads, progress bars)."""
 
     def __post_init__(self) -> None:
         self.check()
@@ -164,15 +172,16 @@ class Fig7bConfig:
         with nested(lambda name: f"eval_{name}"):
             EvalConfig(episodes=self.eval_episodes, steps=self.eval_steps)
         if not self.biases:
-            raise InputError("biases: give at least one bias value")
+            raise FieldError("biases", "give at least one bias value")
         for b in self.biases:
             if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
-                raise InputError(f"biases: expected finite numbers, got {b!r}")
+                raise FieldError("biases", f"expected finite numbers, got {b!r}")
         if len({bias_name(b) for b in self.biases}) != len(self.biases):
-            raise InputError(f"biases: values must be distinct, got {list(self.biases)}")
+            raise FieldError("biases", f"values must be distinct, got {list(self.biases)}")
         if not self.methods or any(m not in BIAS_METHODS for m in self.methods):
-            raise InputError(f"methods: expected some of {', '.join(BIAS_METHODS)}")
-        check_seeds(self.seeds)
+            raise FieldError("methods", f"expected some of {', '.join(BIAS_METHODS)}")
+        with named("seeds"):
+            check_seeds(self.seeds)
         self.train.check()
         self.control.check()
         check_seed(self.collect_seed, "collect_seed")

@@ -49,9 +49,13 @@ class TrainSettings:
     steps: int = 2000
     """Gradient steps per run."""
     batch_size: int = 256
+    """Steps per minibatch."""
     hidden: tuple[int, ...] = (256, 256)
+    """Hidden layer sizes of the MLP."""
     lr: float = 1e-3
+    """Peak learning rate of AdamW."""
     head: str = "gaussian"
+    """gaussian (tanh-squashed) or deterministic."""
     body_frame_task: bool = False
     """Task-conditioned runs also get the task's direction in the body frame
     (``train-bc --body-frame-task``; environments that declare a body rotation)."""

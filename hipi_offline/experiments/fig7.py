@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hipi_offline.collect import CollectConfig
-from hipi_offline.configs import check_seed, nested
+from hipi_offline.configs import FieldError, check_seed, named, nested
 from hipi_offline.envs.base import env_entry, env_names
 from hipi_offline.errors import InputError
 from hipi_offline.evaluate import EvalConfig
@@ -99,12 +99,17 @@ class Fig7aConfig:
 
     envs: tuple[EnvSetup, ...]
     methods: tuple[str, ...] = ALL_METHODS
+    """Label sets to train on (hipi, no-partition, random, original) and task-agnostic."""
     seeds: tuple[int, ...] = (0, 1, 2)
+    """One behavior-cloning run per method and seed."""
     train: TrainSettings = field(default_factory=TrainSettings)
+    """Behavior-cloning settings (an environment's own ``train`` replaces them)."""
     collect_seed: int = 0
+    """Seed of the collected data."""
     eval_seed: int = 1000
     """Seed of the evaluation episodes (tasks, initial states), shared by all runs."""
     control: Control = field(default_factory=Control)
+    """How the experiment runs (workers, threads, progress bars)."""
 
     def __post_init__(self) -> None:
         self.check()
@@ -204,20 +209,21 @@ class Fig7aConfig:
     def check(self) -> None:
         """InputError naming the first bad field."""
         if not self.envs:
-            raise InputError("envs: give at least one environment")
+            raise FieldError("envs", "give at least one environment")
         names = [e.env for e in self.envs]
         if len(set(names)) != len(names):
-            raise InputError(f"envs: each environment at most once, got {names}")
+            raise FieldError("envs", f"each environment at most once, got {names}")
         for setup in self.envs:
             setup.check()
         if not self.methods:
-            raise InputError("methods: give at least one method")
+            raise FieldError("methods", "give at least one method")
         for m in self.methods:
             if m not in ALL_METHODS:
-                raise InputError(f"methods: unknown method {m!r} (use {', '.join(ALL_METHODS)})")
+                raise FieldError("methods", f"unknown method {m!r} (use {', '.join(ALL_METHODS)})")
         if len(set(self.methods)) != len(self.methods):
-            raise InputError(f"methods: each method at most once, got {list(self.methods)}")
-        check_seeds(self.seeds)
+            raise FieldError("methods", f"each method at most once, got {list(self.methods)}")
+        with named("seeds"):
+            check_seeds(self.seeds)
         self.train.check()
         self.control.check()
         check_seed(self.collect_seed, "collect_seed")
