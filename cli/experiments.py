@@ -17,14 +17,16 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.options import FLAGS, Flag, config_options, flag_name, overridden, override_options
-from hipi_offline.bc.config import parse_hidden
-from hipi_offline.experiments.bias import Fig7bConfig
-from hipi_offline.experiments.common import Control, TrainSettings
-from hipi_offline.experiments.fig7 import Fig7aConfig
-
-HIDDEN = {"hidden": Flag(type=str, parse=parse_hidden)}
-"""``--train-hidden 128,128`` like ``train-bc --hidden``."""
+from cli.options import (
+    FLAGS,
+    Flag,
+    add_command,
+    config_options,
+    flag_name,
+    overridden,
+    override_options,
+    resolve,
+)
 
 
 def _fixed(figure: str) -> list[inspect.Parameter]:
@@ -55,20 +57,32 @@ def _fixed(figure: str) -> list[inspect.Parameter]:
 
 
 def register(app: typer.Typer, run: Callable[[Callable[[], Any]], Any]) -> None:
-    """Add ``fig7a`` and ``fig7b`` to ``app``; ``run`` turns errors into one line."""
-    _register(app, run, "fig7a", Fig7aConfig, "Fig. 7a: relabeling methods against BC baselines.")
-    _register(app, run, "fig7b", Fig7bConfig, "Fig. 7b: relabeling under a biased reward.")
+    """Add ``fig7a`` and ``fig7b`` to ``app`` (a :func:`~cli.options.lazy_app`); ``run``
+    turns errors into one line."""
+    for figure, cls, summary in (
+        ("fig7a", "hipi_offline.experiments.fig7:Fig7aConfig", "Fig. 7a: relabeling methods "
+         "(and task-agnostic BC) compared by the return of the policies cloned."),
+        ("fig7b", "hipi_offline.experiments.bias:Fig7bConfig", "Fig. 7b: HIPI with and without "
+         "the partition function under a biased reward."),
+    ):  # fmt: skip
+        add_command(
+            app,
+            figure,
+            lambda figure=figure, cls=cls, summary=summary: _command(run, figure, cls, summary),
+        )
 
 
-def _register(
-    app: typer.Typer,
-    run: Callable[[Callable[[], Any]], Any],
-    figure: str,
-    cls: type,
-    summary: str,
-) -> None:
+def _command(
+    run: Callable[[Callable[[], Any]], Any], figure: str, cls_path: str, summary: str
+) -> Callable[..., None]:
+    """The command function of ``figure`` (imports the experiments)."""
+    from hipi_offline.bc.config import parse_hidden
+    from hipi_offline.experiments.common import Control, TrainSettings
+
+    cls = resolve(cls_path)
+    hidden = {"hidden": Flag(type=str, parse=parse_hidden)}  # --train-hidden 128,128
     own = override_options(cls, skip=("envs",))
-    train = override_options(TrainSettings, prefix="train_", flags=HIDDEN)
+    train = override_options(TrainSettings, prefix="train_", flags=hidden)
     control = config_options(Control)
     flags = {o.field: flag_name(o.parameter.name) for o in own}
     flags |= {f"train.{o.field}": flag_name(o.parameter.name) for o in train}
@@ -114,8 +128,8 @@ def _register(
             typer.echo(line)
         typer.echo(f"chart: {png}")
 
-    command.__name__ = figure.replace("-", "_")
+    command.__name__ = figure
     command.__doc__ = summary
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in parameters}
-    app.command(figure)(command)
+    return command

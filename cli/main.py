@@ -5,21 +5,23 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from cli import experiments
-from cli.options import FLAGS, Flag, config_command
-from hipi_offline.bc.config import BCConfig, parse_hidden
-from hipi_offline.collect.run import CollectConfig
+from cli.options import FLAGS, Flag, config_command, lazy_app
 from hipi_offline.configs import FieldError
 from hipi_offline.errors import InputError, ResourceError, describe_os_error, one_line
-from hipi_offline.evaluate.run import EvalConfig
-from hipi_offline.relabel.run import RelabelConfig
-from hipi_offline.store.synthetic import SyntheticConfig
 
-app = typer.Typer(
+if TYPE_CHECKING:
+    from hipi_offline.bc.config import BCConfig
+    from hipi_offline.collect.run import CollectConfig
+    from hipi_offline.evaluate.run import EvalConfig
+    from hipi_offline.relabel.run import RelabelConfig
+    from hipi_offline.store.synthetic import SyntheticConfig
+
+app = lazy_app(
     help="Hindsight inference for policy improvement on offline trajectory data.",
     no_args_is_help=True,
     add_completion=False,
@@ -63,7 +65,9 @@ def _run(action: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
 
 
-@config_command(app, "make-synthetic", SyntheticConfig, on_progress=_progress)
+@config_command(
+    app, "make-synthetic", "hipi_offline.store.synthetic:SyntheticConfig", on_progress=_progress
+)
 def make_synthetic(
     config: Callable[[], SyntheticConfig],
     out: Annotated[Path, typer.Argument(help="Store to write (.h5/.hdf5 or .zarr).")],
@@ -77,7 +81,7 @@ def make_synthetic(
     typer.echo(f"wrote {made.episodes} episodes x {made.steps} steps to {path}")
 
 
-@config_command(app, "collect", CollectConfig, on_progress=_progress)
+@config_command(app, "collect", "hipi_offline.collect.run:CollectConfig", on_progress=_progress)
 def collect(
     config: Callable[[], CollectConfig],
     env: Annotated[str, typer.Argument(help="Environment: cheetah, quadruped or desk.")],
@@ -91,6 +95,13 @@ def collect(
         typer.echo(line)
 
 
+def _hidden(text: str) -> tuple[int, ...]:
+    """``--hidden 256,256,256`` (:func:`hipi_offline.bc.config.parse_hidden`)."""
+    from hipi_offline.bc.config import parse_hidden
+
+    return parse_hidden(text)
+
+
 def _top_k(text: str) -> int | str:
     """``--top-k``: a number, or ``all``; anything else is left for the config to refuse."""
     return int(text) if text.isascii() and text.isdigit() else text
@@ -99,7 +110,7 @@ def _top_k(text: str) -> int | str:
 @config_command(
     app,
     "relabel",
-    RelabelConfig,
+    "hipi_offline.relabel.run:RelabelConfig",
     flags={"top_k": Flag(type=str, default="32", parse=_top_k)},
     on_progress=_progress,
 )
@@ -115,13 +126,11 @@ def relabel(
         typer.echo(line)
 
 
-@app.command()
+@config_command(app, "inspect", on_progress=_progress)
 def inspect(
     store: Annotated[Path, typer.Argument(help="Trajectory store (.h5/.hdf5 or .zarr).")],
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Show a store's fields, episodes and label sets (entropy, task coverage)."""
-    _progress(progress)
     from hipi_offline.store.describe import describe_store
 
     description = _run(lambda: describe_store(store))
@@ -132,8 +141,8 @@ def inspect(
 @config_command(
     app,
     "train-bc",
-    BCConfig,
-    flags={"hidden": Flag(type=str, default="256,256,256", parse=parse_hidden)},
+    "hipi_offline.bc.config:BCConfig",
+    flags={"hidden": Flag(type=str, default="256,256,256", parse=_hidden)},
 )
 def train_bc(
     config: Callable[[], BCConfig],
@@ -147,7 +156,12 @@ def train_bc(
         typer.echo(line)
 
 
-@config_command(app, "evaluate", EvalConfig, flags={"json_path": Flag(name="--json")})
+@config_command(
+    app,
+    "evaluate",
+    "hipi_offline.evaluate.run:EvalConfig",
+    flags={"json_path": Flag(name="--json")},
+)
 def evaluate(
     config: Callable[[], EvalConfig],
     runs: Annotated[
@@ -162,32 +176,28 @@ def evaluate(
         typer.echo(line)
 
 
-@app.command("import")
+@config_command(app, "import", on_progress=_progress)
 def import_cmd(
     fmt: Annotated[str, typer.Argument(help="Source format: minari, d4rl or robomimic.")],
     src: Annotated[Path, typer.Argument(help="Source dataset (file or Minari dataset folder).")],
     dest: Annotated[Path, typer.Argument(help="Store to write (.h5/.hdf5 or .zarr).")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Convert a Minari, D4RL or robomimic dataset into a hipi-offline store."""
-    _progress(progress)
     from hipi_offline.io import import_dataset
 
     path = _run(lambda: import_dataset(fmt, src, dest, overwrite=overwrite))
     typer.echo(f"imported {fmt} dataset {src} into {path}")
 
 
-@app.command("export")
+@config_command(app, "export", on_progress=_progress)
 def export_cmd(
     fmt: Annotated[str, typer.Argument(help="Target format: minari.")],
     store: Annotated[Path, typer.Argument(help="Trajectory store to export.")],
     dest: Annotated[Path, typer.Argument(help="Dataset folder to write.")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Write a store (with its label sets as episode metadata) in another format."""
-    _progress(progress)
     from hipi_offline.io import export_minari
 
     def action() -> Path:

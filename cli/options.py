@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import importlib
 import inspect
 import re
 import types
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from hipi_offline.configs import field_docs, nested
 
@@ -34,6 +36,51 @@ FLAGS: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
 
 UNSET: Any = object()
 """A :class:`Flag` default that says "the field's own"."""
+
+
+class LazyGroup(TyperGroup):
+    """A command group that makes a command (its options, and so the imports of its
+    config: torch, MuJoCo) only when that command is looked up, so that ``inspect``
+    does not wait for torch. ``factories`` is set per app by :func:`lazy_app`."""
+
+    factories: dict[str, Callable[[], Callable[..., None]]] = {}
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*self.commands, *(n for n in self.factories if n not in self.commands)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands and cmd_name in self.factories:
+            single = typer.Typer()
+            single.command(cmd_name)(self.factories[cmd_name]())
+            self.commands[cmd_name] = typer.main.get_group(single).commands[cmd_name]
+        return super().get_command(ctx, cmd_name)
+
+
+def lazy_app(**settings: Any) -> typer.Typer:
+    """A Typer app whose commands (added by :func:`add_command`) are made on demand."""
+    group = type("Commands", (LazyGroup,), {"factories": {}})
+    app = typer.Typer(cls=group, **settings)
+    app.callback()(_no_options)  # a group even before any command is made
+    app.lazy_group = group  # type: ignore[attr-defined]
+    return app
+
+
+def _no_options() -> None:
+    pass
+
+
+def add_command(app: typer.Typer, name: str, factory: Callable[[], Callable[..., None]]) -> None:
+    """Register the command ``name`` of a :func:`lazy_app`: ``factory()`` returns its
+    function (with its signature) when the command is first looked up."""
+    app.lazy_group.factories[name] = factory  # type: ignore[attr-defined]
+
+
+def resolve(cls: type | str) -> type:
+    """A class, or ``"package.module:Class"`` imported now."""
+    if isinstance(cls, str):
+        module, _, name = cls.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return cls
 
 
 @dataclass(frozen=True)
@@ -203,57 +250,83 @@ PROGRESS = inspect.Parameter(
 
 def config_command(
     app: typer.Typer,
-    name: str | None,
-    cls: type,
+    name: str,
+    cls: type | str | None = None,
     flags: Mapping[str, Flag] | None = None,
     on_progress: Callable[[bool], None] | None = None,
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register ``body(config, **own)`` as the command ``name``: its options are the
-    body's own parameters (besides ``config``), every field of ``cls``, and
-    ``--progress/--no-progress`` where ``cls`` has no ``progress`` field (then
-    ``on_progress`` receives it before the config is made). The config is built
-    by ``body``'s first call of the ``config`` argument, a function, so that a bad
-    value is reported like every other input error."""
-    flags = flags or {}
-    options = config_options(cls, flags)
-    names = {o.field for o in options}
-    field_flags = {o.field: flag_name(o.field, flags) for o in options}
+    """Register ``body(config, **own)`` as the command ``name`` of a :func:`lazy_app`:
+    its options are the body's own parameters (besides ``config``), every field of
+    ``cls`` (a class or ``"module:Class"``, imported when the command is looked up),
+    and ``--progress/--no-progress`` where ``cls`` has no ``progress`` field (then
+    ``on_progress`` receives it first). ``body`` makes the config by calling its
+    ``config`` argument, inside its error handling, so that a bad value is reported
+    like every other input error. Without ``cls`` the body takes no ``config``."""
 
     def decorate(body: Callable[..., None]) -> Callable[..., None]:
-        own = [p for p in inspect.signature(body, eval_str=True).parameters.values()]
-        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.name != "config"]
-        clash = names & {p.name for p in own}
-        if clash:
-            raise TypeError(f"{name}: parameters {sorted(clash)} are config fields")
-        parameters = [*own, *(o.parameter for o in options)]
-        if "progress" not in names:
-            parameters.append(PROGRESS)
-
-        @functools.wraps(body)
-        def command(**values: Any) -> None:
-            if "progress" not in names:
-                progress = values.pop("progress")
-                if on_progress is not None:
-                    on_progress(progress)
-            own_values = {p.name: values.pop(p.name) for p in own}
-
-            def make_config() -> Any:
-                parsed = {
-                    o.field: o.parse(values[o.field]) if o.parse else values[o.field]
-                    for o in options
-                    if values[o.field] is not inspect.Parameter.empty
-                }
-                return cls(**parsed)
-
-            token = FLAGS.set(field_flags)
-            try:
-                body(config=make_config, **own_values)
-            finally:
-                FLAGS.reset(token)
-
-        command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in parameters}
-        app.command(name)(command)
-        return command
+        add_command(app, name, lambda: _command(name, body, cls, flags or {}, on_progress))
+        return body
 
     return decorate
+
+
+def _own_parameters(body: Callable[..., None]) -> list[inspect.Parameter]:
+    """``body``'s parameters besides ``config``, keyword-only, annotations evaluated."""
+    own = []
+    for p in inspect.signature(body).parameters.values():
+        if p.name == "config":
+            continue
+        annotation = p.annotation
+        if isinstance(annotation, str):
+            annotation = eval(annotation, body.__globals__)  # noqa: S307 - our own source
+        own.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=annotation))
+    return own
+
+
+def _command(
+    name: str,
+    body: Callable[..., None],
+    cls: type | str | None,
+    flags: Mapping[str, Flag],
+    on_progress: Callable[[bool], None] | None,
+) -> Callable[..., None]:
+    """The Typer command function of :func:`config_command`."""
+    config_class = None if cls is None else resolve(cls)
+    options = [] if config_class is None else config_options(config_class, flags)
+    names = {o.field for o in options}
+    field_flags = {o.field: flag_name(o.field, flags) for o in options}
+    own = _own_parameters(body)
+    clash = names & {p.name for p in own}
+    if clash:
+        raise TypeError(f"{name}: parameters {sorted(clash)} are config fields")
+    parameters = [*own, *(o.parameter for o in options)]
+    if "progress" not in names:
+        parameters.append(PROGRESS)
+
+    @functools.wraps(body)
+    def command(**values: Any) -> None:
+        if "progress" not in names:
+            progress = values.pop("progress")
+            if on_progress is not None:
+                on_progress(progress)
+        own_values = {p.name: values.pop(p.name) for p in own}
+
+        def make_config() -> Any:
+            parsed = {
+                o.field: o.parse(values[o.field]) if o.parse else values[o.field]
+                for o in options
+                if values[o.field] is not inspect.Parameter.empty
+            }
+            return config_class(**parsed)  # type: ignore[misc]
+
+        if config_class is not None:
+            own_values["config"] = make_config
+        token = FLAGS.set(field_flags)
+        try:
+            body(**own_values)
+        finally:
+            FLAGS.reset(token)
+
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    return command

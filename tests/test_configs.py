@@ -5,6 +5,8 @@ unknown keys are refused, and every command accepts --no-progress."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,18 @@ COMMANDS: dict[str, tuple[type, dict[str, str]]] = {
     "evaluate": (EvalConfig, {"json_path": "--json"}),
 }
 """Each stage's command, its config and the flags spelled otherwise than the field."""
+REPO = Path(__file__).resolve().parents[1]
 STAGE_CONFIGS = (SyntheticConfig, CollectConfig, RelabelConfig, BCConfig, EvalConfig)
+
+
+def command_of(name: str) -> Any:
+    """The click command ``name`` (made on demand: its config is imported now)."""
+    return typer.main.get_command(app).get_command(None, name)  # type: ignore[attr-defined,arg-type]
 
 
 def flags_of(command: str) -> set[str]:
     """Every option string of a command (``--x`` and ``--no-x`` of a switch)."""
-    click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    click_command = command_of(command)
     names: set[str] = set()
     for param in click_command.params:
         names.update(param.opts)
@@ -68,9 +76,25 @@ def test_every_config_field_has_a_flag(command: str) -> None:
         assert renamed.get(f.name, flag_name(f.name)) in have, f"{command}: no flag for {f.name}"
 
 
-@pytest.mark.parametrize("command", sorted(typer.main.get_command(app).commands))  # type: ignore[attr-defined]
+@pytest.mark.parametrize(
+    "command",
+    typer.main.get_command(app).list_commands(None),  # type: ignore[attr-defined,arg-type]
+)
 def test_every_command_accepts_no_progress(command: str) -> None:
     assert {"--progress", "--no-progress"} <= flags_of(command)
+
+
+def test_inspect_does_not_import_torch() -> None:
+    """A command's config (and torch, MuJoCo) is imported only when it is run."""
+    code = (
+        "import sys; from cli.main import main; sys.argv = ['hipi-offline', 'inspect', 'x.h5']\n"
+        "try: main()\n"
+        "except SystemExit: pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "x.h5: no such store" in done.stderr
 
 
 @pytest.mark.parametrize("cls", STAGE_CONFIGS)
@@ -81,8 +105,7 @@ def test_every_stage_config_field_has_a_docstring(cls: type) -> None:
 
 
 def test_help_comes_from_the_field_docstring() -> None:
-    command = typer.main.get_command(app).commands["train-bc"]  # type: ignore[attr-defined]
-    helps = {param.name: param.help for param in command.params}
+    helps = {param.name: param.help for param in command_of("train-bc").params}
     assert helps["lr"] == "Peak learning rate of AdamW."
     assert helps["body_frame_task"].endswith("(TaskFrame; the quadruped).")  # no reST markup
     assert "--max-memory-mb" in cli("train-bc", "--help").stdout
