@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import KINDS, SPEED_TARGET_SPEC, synthetic_stores
 from disk import snapshot
 from typer.testing import CliRunner
 
@@ -26,18 +27,11 @@ from hipi_offline.relabel import RelabelConfig, relabel
 from hipi_offline.store import create_store, open_store
 from hipi_offline.store.synthetic import SyntheticConfig, make_synthetic_store, synthetic_episodes
 
-KINDS = ("h5", "zarr")
 EPISODES, STEPS = 12, 16
 ROWS = EPISODES * STEPS
 PROGRESS = re.compile(r"^\s*[\w ]+:\s+\d+%\|")  # a tqdm progress-bar refresh
 
-VELOCITY = """\
-family: target
-feature: steps/infos/speed
-ctrl_cost: 0.05
-prior: {uniform: {low: [0.0], high: [3.0]}}
-candidates: 16
-"""
+VELOCITY = SPEED_TARGET_SPEC
 
 
 # ------------------------------------------------------------------ helpers
@@ -135,19 +129,16 @@ def clone(template: Path, folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory) -> dict[str, Path]:
     """Tiny synthetic stores, one per backend, each with the label set ``hipi``."""
-    root = tmp_path_factory.mktemp("templates")
-    out = {}
-    for kind in KINDS:
-        path = root / f"runner.{kind}"
-        make_synthetic_store(path, SyntheticConfig(episodes=EPISODES, steps=STEPS, seed=3))
+    config = SyntheticConfig(episodes=EPISODES, steps=STEPS, seed=3)
+    out = synthetic_stores(tmp_path_factory.mktemp("templates"), config)
+    for path in out.values():
         seed_labels(path)
-        out[kind] = path
     return out
 
 
-@pytest.fixture(params=KINDS)
-def store(request, templates, tmp_path) -> Path:
-    return clone(templates[request.param], tmp_path / "data")
+@pytest.fixture
+def store(kind: str, templates, tmp_path) -> Path:
+    return clone(templates[kind], tmp_path / "data")
 
 
 @pytest.fixture
@@ -376,7 +367,6 @@ NONFINITE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     ("field", "value", "spec", "named"),
     [c[1:] for c in NONFINITE_CASES],
@@ -392,7 +382,6 @@ def test_nonfinite_reward_field(tmp_path: Path, kind, field, value, spec, named)
     assert "NaN or inf" in line
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_nan_in_unread_field_is_fine(tmp_path: Path, kind):
     """NaN only in a field the reward does not read: the relabel succeeds."""
 

@@ -1,0 +1,85 @@
+"""Fixtures and helpers shared by the test files, built from the package's registries.
+
+A test that means "every storage backend" takes the ``kind`` or ``store_suffix``
+fixture, or loops over ``KINDS``/``SUFFIXES``; all of them come from
+``hipi_offline.store.backend_names()``, so a newly registered backend is tested by
+every such test without editing it. Test files import the constants and helpers
+from here (``from conftest import KINDS``); ``tests/reference.py`` (the float64
+reference of relabeling) stays its own module (``import reference as ref``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hipi_offline.store import backend_names, create_store, open_store
+from hipi_offline.store.backends import backend_suffixes
+from hipi_offline.store.synthetic import SyntheticConfig, make_synthetic_store
+
+BACKENDS: tuple[str, ...] = tuple(backend_names())
+"""The registered storage backends (``hdf5``, ``zarr``), in registration order."""
+
+SUFFIXES: tuple[str, ...] = tuple(backend_suffixes(kind)[0] for kind in BACKENDS)
+"""The usual file suffix of each registered backend (``.h5``, ``.zarr``)."""
+
+KINDS: tuple[str, ...] = tuple(suffix.removeprefix(".") for suffix in SUFFIXES)
+"""Each backend as the tests name it: its usual suffix without the dot (``h5``,
+``zarr``), so that ``f"runner.{kind}"`` is a store of that backend."""
+
+SPEED_TARGET_SPEC = """\
+family: target
+feature: steps/infos/speed
+ctrl_cost: 0.05
+prior: {uniform: {low: [0.0], high: [3.0]}}
+candidates: 16
+"""
+"""A task spec over the synthetic runner's speed (``steps/infos/speed``)."""
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """Each registered backend, named as in :data:`KINDS`."""
+    return request.param
+
+
+@pytest.fixture(params=SUFFIXES)
+def store_suffix(request: pytest.FixtureRequest) -> str:
+    """The usual suffix of each registered backend (``.h5``, ``.zarr``)."""
+    return request.param
+
+
+def synthetic_stores(root: Path, config: SyntheticConfig) -> dict[str, Path]:
+    """One synthetic store per backend, ``root/runner.<kind>``, keyed by kind."""
+    out = {}
+    for kind in KINDS:
+        out[kind] = make_synthetic_store(root / f"runner.{kind}", config)
+    return out
+
+
+def store_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every step and episode field of a store, and its ``episodes/ends``."""
+    with open_store(path) as store:
+        out = {name: store.read_steps(name) for name in store.step_fields()}
+        out |= {name: store.read_episode_field(name) for name in store.episode_fields()}
+        out["episodes/ends"] = store.ends.copy()
+    return out
+
+
+def two_task_store(path: Path, episodes: int, steps: int, seed: int = 0) -> np.ndarray:
+    """Write a store (env ``two-task``) whose observations carry no task information;
+    actions are +0.5 (task 0, even episodes) or -0.5 (task 1) in every dimension, plus
+    a little noise. Returns each episode's task."""
+    rng = np.random.default_rng(seed)
+    task = np.arange(episodes) % 2
+    rows = episodes * steps
+    sign = np.repeat(np.where(task == 0, 1.0, -1.0), steps)
+    obs = rng.normal(size=(rows, 3)).astype(np.float32)  # [rows, 3]
+    act = (0.5 * sign[:, None] + 0.05 * rng.normal(size=(rows, 2))).astype(np.float32)
+    with create_store(path, env="two-task") as store:
+        store.append_episodes(
+            {"observations": obs, "actions": act}, [steps] * episodes, {"task": task}
+        )
+    return task
