@@ -56,9 +56,9 @@ from hipi_offline.bc.data import (  # noqa: E402
     encode_candidates,
     load_working_set,
 )
+from hipi_offline.device import resolve_device  # noqa: E402
 from hipi_offline.errors import InputError  # noqa: E402
 from hipi_offline.relabel import RelabelConfig, relabel  # noqa: E402
-from hipi_offline.relabel.run import resolve_device  # noqa: E402
 from hipi_offline.store import open_store  # noqa: E402
 from hipi_offline.store.store import TrajectoryStore  # noqa: E402
 from hipi_offline.store.synthetic import synthetic_episodes  # noqa: E402

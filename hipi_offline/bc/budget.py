@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from hipi_offline.bc.config import BCConfig
+from hipi_offline.bc.config import HEAD_OUTPUTS, BCConfig
 from hipi_offline.bc.policy import parameter_count
 from hipi_offline.errors import InputError
 from hipi_offline.preflight import available_memory as host_memory
@@ -78,7 +78,7 @@ def batch_bytes(spec: dict[str, Any], batch_size: int, top_k: int) -> int:
     and activation with their gradients, and the sampler's gathered posterior rows."""
     embedded = spec["task_embedding"] if spec["task_embedding"] and spec["task_dim"] else 0
     width = spec["obs_dim"] + (embedded or spec["task_dim"]) + 2 * ("task_frame" in spec)
-    out = spec["act_dim"] * (2 if spec["head"] == "gaussian" else 1)
+    out = spec["act_dim"] * HEAD_OUTPUTS[spec["head"]]
     values = 3 * width + 4 * sum(spec["hidden"]) + 8 * out
     values += 2 * (spec["obs_dim"] + spec["act_dim"] + spec["task_dim"])
     return batch_size * (FLOAT * values + 8 * (4 + 2 * top_k))

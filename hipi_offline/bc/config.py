@@ -18,7 +18,10 @@ from hipi_offline.configs import (
 )
 from hipi_offline.errors import one_line
 
-HEADS: tuple[str, ...] = ("gaussian", "deterministic")
+HEAD_OUTPUTS: dict[str, int] = {"gaussian": 2, "deterministic": 1}
+"""Policy heads and the network outputs each needs per action dimension (a Gaussian's
+mean and log-std; a deterministic head's action)."""
+HEADS: tuple[str, ...] = tuple(HEAD_OUTPUTS)
 SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "silu", "tanh")
 MAX_LAYERS = 256

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hipi_offline.bc.config import HEAD_OUTPUTS
 from hipi_offline.bc.data import Normalization
 from hipi_offline.bc.description import RunDescription, check_run
 from hipi_offline.device import resolve_device
@@ -61,8 +62,8 @@ class BCNetwork(nn.Module):
         task_frame: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if head not in ("gaussian", "deterministic"):
-            raise InputError(f"--head: expected gaussian or deterministic, got {head!r}")
+        if head not in HEAD_OUTPUTS:
+            raise InputError(f"--head: expected {' or '.join(HEAD_OUTPUTS)}, got {head!r}")
         self.obs_dim, self.act_dim, self.task_dim = obs_dim, act_dim, task_dim
         self.head = head
         self.spec = {
@@ -101,7 +102,7 @@ class BCNetwork(nn.Module):
             layers += [nn.Linear(width, size), _ACTIVATIONS[activation]()]
             width = size
         self.trunk = nn.Sequential(*layers)
-        self.out = nn.Linear(width, act_dim * (2 if head == "gaussian" else 1))
+        self.out = nn.Linear(width, act_dim * HEAD_OUTPUTS[head])
 
     # ------------------------------------------------------------ normalization
     def set_normalization(self, norm: Normalization) -> None:
@@ -230,7 +231,7 @@ def parameter_count(
     for size in hidden:
         count += (width + 1) * size
         width = size
-    out = act_dim * (2 if head == "gaussian" else 1)
+    out = act_dim * HEAD_OUTPUTS[head]
     return count + (width + 1) * out
 
 

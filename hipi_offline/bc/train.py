@@ -50,7 +50,7 @@ from hipi_offline.bc.budget import (
     network_spec,
 )
 from hipi_offline.bc.checkpoint import policy_parameters, read_resumable
-from hipi_offline.bc.config import BCConfig, check_config
+from hipi_offline.bc.config import BCConfig
 from hipi_offline.bc.data import (
     ACTIONS,
     OBSERVATIONS,
@@ -166,7 +166,6 @@ def train_bc(store_path: str | Path, config: BCConfig) -> TrainSummary:
 
     Every option, the sizes, the destination and its free space are checked before
     the run folder is created or any data is loaded."""
-    check_config(config)
     store_path = Path(store_path)
     run_dir = Path(config.out)
     device = resolve_device(config.device)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -44,6 +43,7 @@ from hipi_offline.store.labels import (
     write_label_set,
 )
 from hipi_offline.store.store import DEFAULT_CHUNK_ROWS, TrajectoryStore, open_store
+from hipi_offline.tasks.label_attrs import task_attrs
 from hipi_offline.tasks.spec import TaskSpec, check_temperature, load_task_spec
 
 Method = Literal["hipi", "no-partition", "random", "original"]
@@ -282,8 +282,7 @@ def _relabel_locked(
         attrs={
             "spec": spec.source,
             "spec_origin": spec.origin,
-            "family": spec.family.name,
-            "task_names": json.dumps(list(spec.task_names or [])),
+            **task_attrs(spec),
             "method": config.method,
             "temperature": spec.temperature,
             "gamma": spec.gamma,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 from hipi_offline.errors import InputError, one_line
 from hipi_offline.store.labels import LabelSet, PosteriorSpread
 from hipi_offline.store.store import TrajectoryStore, open_store
+from hipi_offline.tasks.label_attrs import label_task_names
 
 # what a crafted label set's attributes can make the summary raise
 _SUMMARY_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
@@ -83,7 +83,7 @@ def _task_text(labels: LabelSet, j: int, names: list[str]) -> str:
 
 def summarize_labels(labels: LabelSet, shown: int = 3) -> LabelSummary:
     """Entropy and coverage summary of one label set."""
-    names = json.loads(labels.attrs.get("task_names", "[]") or "[]")
+    names = label_task_names(labels.attrs)
     coverage = labels.coverage
     order = np.argsort(-coverage, kind="stable")
     spread = PosteriorSpread.of(labels.entropy, coverage)

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 
 from hipi_offline.errors import InputError
+from hipi_offline.tasks.families import DiscreteFamily
 from hipi_offline.tasks.spec import TaskSpec
 
-DISCRETE = "discrete"
+DISCRETE = DiscreteFamily.name
 """The ``family`` attribute of labels whose candidates are one-hot task rows."""
 
 
