@@ -68,6 +68,13 @@ def store_arrays(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def assert_same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    """The same names, and equal arrays under each (the name in the message)."""
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
 def two_task_store(path: Path, episodes: int, steps: int, seed: int = 0) -> np.ndarray:
     """Write a store (env ``two-task``) whose observations carry no task information;
     actions are +0.5 (task 0, even episodes) or -0.5 (task 1) in every dimension, plus

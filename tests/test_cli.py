@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import KINDS
 from typer.testing import CliRunner
 
 from cli.main import app
 from hipi_offline.store import open_store
 from hipi_offline.tasks import builtin_spec_names, load_task_spec
 
-KINDS = ("h5", "zarr")
 METHODS = ("hipi", "no-partition", "random", "original")
 EPISODES, STEPS = 30, 12
 REPO = Path(__file__).resolve().parents[1]
@@ -39,9 +39,9 @@ def labels(store: Path, name: str):
         return s.read_labels(name)
 
 
-@pytest.fixture(params=KINDS)
-def store(request, tmp_path: Path) -> Path:
-    path = tmp_path / f"runner.{request.param}"
+@pytest.fixture
+def store(kind: str, tmp_path: Path) -> Path:
+    path = tmp_path / f"runner.{kind}"
     result = cli("make-synthetic", path, "--episodes", EPISODES, "--steps", STEPS, "--seed", 4)
     assert f"wrote {EPISODES} episodes x {STEPS} steps" in result.stdout
     return path

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_same_arrays, store_arrays
 
 from hipi_offline.collect import CollectConfig, collect
 from hipi_offline.collect import run as run_module
@@ -22,27 +23,13 @@ from hipi_offline.store import open_store
 STEPS = 12  # tiny cheetah episodes: the MPPI expert plans every step
 
 
-def _arrays(path: Path) -> dict[str, np.ndarray]:
-    with open_store(path) as store:
-        out = {name: store.read_steps(name) for name in store.step_fields()}
-        out |= {name: store.read_episode_field(name) for name in store.episode_fields()}
-        out["episodes/ends"] = store.ends.copy()
-    return out
-
-
-def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-
-
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     """Four cheetah episodes collected in one go (the reference)."""
     path = tmp_path_factory.mktemp("straight") / "cheetah.h5"
     summary = collect("cheetah", path, CollectConfig(episodes=4, steps=STEPS, seed=3))
     assert summary.collected == 4 and summary.total == 4
-    return _arrays(path)
+    return store_arrays(path)
 
 
 def test_collected_store_layout(straight: dict[str, np.ndarray]) -> None:
@@ -68,7 +55,7 @@ def test_every_environment_collects_by_its_registered_collection(tmp_path: Path,
     config = CollectConfig(episodes=windows, steps=steps, seed=1, windows=windows)
     summary = collect(name, path, config)
     assert summary.total == windows and summary.steps == steps
-    data = _arrays(path)
+    data = store_arrays(path)
     assert data["steps/observations"].shape == (windows * steps, info.observation_dim)
     assert data["steps/actions"].shape == (windows * steps, info.action_dim)
     with open_store(path) as store:
@@ -81,27 +68,26 @@ def test_every_environment_collects_by_its_registered_collection(tmp_path: Path,
         assert data["episodes/task"].ndim == 2 and len(data["episodes/task"]) == windows
 
 
-@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
 def test_resume_equals_straight_run(
-    tmp_path: Path, straight: dict[str, np.ndarray], suffix: str
+    tmp_path: Path, straight: dict[str, np.ndarray], store_suffix: str
 ) -> None:
-    path = tmp_path / f"cheetah{suffix}"
+    path = tmp_path / f"cheetah{store_suffix}"
     collect("cheetah", path, CollectConfig(episodes=2, steps=STEPS, seed=3))
     assert collect("cheetah", path, CollectConfig(episodes=4, steps=STEPS, seed=3)).collected == 2
     assert collect("cheetah", path, CollectConfig(episodes=4, steps=STEPS, seed=3)).collected == 0
-    _assert_same(_arrays(path), straight)
+    assert_same_arrays(store_arrays(path), straight)
 
 
 def test_workers_do_not_change_the_data(tmp_path: Path, straight: dict[str, np.ndarray]) -> None:
     path = tmp_path / "cheetah.zarr"
     collect("cheetah", path, CollectConfig(episodes=4, steps=STEPS, seed=3, workers=2))
-    _assert_same(_arrays(path), straight)
+    assert_same_arrays(store_arrays(path), straight)
 
 
 def test_other_seed_other_data(tmp_path: Path, straight: dict[str, np.ndarray]) -> None:
     path = tmp_path / "cheetah.h5"
     collect("cheetah", path, CollectConfig(episodes=1, steps=STEPS, seed=4))
-    assert not np.array_equal(_arrays(path)["episodes/task"], straight["episodes/task"][:1])
+    assert not np.array_equal(store_arrays(path)["episodes/task"], straight["episodes/task"][:1])
 
 
 def test_resume_with_other_options_is_refused(tmp_path: Path) -> None:
@@ -168,14 +154,13 @@ def _kill_at(proc: subprocess.Popen, word: str, count: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
 def test_killed_run_leaves_a_valid_store_of_finished_episodes(
-    tmp_path: Path, straight: dict[str, np.ndarray], suffix: str
+    tmp_path: Path, straight: dict[str, np.ndarray], store_suffix: str
 ) -> None:
     """SIGKILL while a commit is under way (the very first one included) or just after
     one: the store is absent or opens, holds a prefix of the deterministic episode
     sequence, and a resumed run completes it and removes the killed writers' files."""
-    path = tmp_path / f"cheetah{suffix}"
+    path = tmp_path / f"cheetah{store_suffix}"
     rng = np.random.default_rng(0)
     counts = []
     kill_points = [("committing", 1), ("committed", 1)]
@@ -193,7 +178,7 @@ def test_killed_run_leaves_a_valid_store_of_finished_episodes(
         if not path.exists():
             assert (word, count) == ("committing", 1)  # killed within the first commit
             continue
-        data = _arrays(path)
+        data = store_arrays(path)
         episodes = len(data["episodes/ends"])
         assert episodes >= 1  # a store appears only with committed episodes
         counts.append(episodes)
@@ -218,18 +203,17 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
 def test_resume_with_nothing_to_do_removes_a_killed_writers_temporaries(
-    tmp_path: Path, suffix: str
+    tmp_path: Path, store_suffix: str
 ) -> None:
-    path = tmp_path / f"cheetah{suffix}"
+    path = tmp_path / f"cheetah{store_suffix}"
     collect("cheetah", path, CollectConfig(episodes=1, steps=STEPS, seed=3))
     token = f"{_dead_pid()}-{'0' * 32}"
-    left = [tmp_path / f".{path.name}.append-{token}{suffix}"]
-    left.append(tmp_path / f".{path.name}.creating-{token}{suffix}")
+    left = [tmp_path / f".{path.name}.append-{token}{store_suffix}"]
+    left.append(tmp_path / f".{path.name}.creating-{token}{store_suffix}")
     for leftover in left:
         leftover.mkdir()
-    other = tmp_path / f".{path.name}.append-{os.getpid()}-{'1' * 32}{suffix}"
+    other = tmp_path / f".{path.name}.append-{os.getpid()}-{'1' * 32}{store_suffix}"
     other.mkdir()  # a live writer's (this process's): kept
     assert collect("cheetah", path, CollectConfig(episodes=1, steps=STEPS, seed=3)).collected == 0
     assert not any(p.exists() for p in left) and other.exists()

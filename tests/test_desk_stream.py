@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_same_arrays, store_arrays
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -18,14 +19,6 @@ from hipi_offline.experts.desk_play import DeskPlay, PlayStream
 from hipi_offline.store import open_store
 
 STEPS, WINDOWS, EPISODES = 20, 3, 6  # two play streams of three short windows
-
-
-def _arrays(path: Path) -> dict[str, np.ndarray]:
-    with open_store(path) as store:
-        out = {name: store.read_steps(name) for name in store.step_fields()}
-        out |= {name: store.read_episode_field(name) for name in store.episode_fields()}
-        out["episodes/ends"] = store.ends.copy()
-    return out
 
 
 def _config(**options: object) -> CollectConfig:
@@ -43,7 +36,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_windows_are_rows_of_their_stream(stores: tuple[Path, Path]) -> None:
-    windows, streams = (_arrays(p) for p in stores)
+    windows, streams = (store_arrays(p) for p in stores)
     assert len(streams["episodes/ends"]) == EPISODES // WINDOWS
     np.testing.assert_array_equal(streams["episodes/stream"], np.arange(EPISODES // WINDOWS))
     stream_starts = np.concatenate([[0], streams["episodes/ends"][:-1]])
@@ -71,7 +64,7 @@ def test_windows_are_rows_of_their_stream(stores: tuple[Path, Path]) -> None:
 
 def test_stream_equals_a_direct_recording(stores: tuple[Path, Path]) -> None:
     """The first stored stream is the play stream of unit 0 recorded in one piece."""
-    streams = _arrays(stores[1])
+    streams = store_arrays(stores[1])
     length = int(streams["episodes/ends"][0])
     env = make_env("desk")
     try:
@@ -89,25 +82,20 @@ def test_windows_do_not_depend_on_the_stream_option(
 ) -> None:
     plain = tmp_path / "plain.h5"
     collect("desk", plain, _config())
-    a, b = _arrays(plain), _arrays(stores[0])
-    assert a.keys() == b.keys()
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert_same_arrays(store_arrays(plain), store_arrays(stores[0]))
 
 
-@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
-def test_resume_fills_both_stores(tmp_path: Path, stores: tuple[Path, Path], suffix: str) -> None:
+def test_resume_fills_both_stores(
+    tmp_path: Path, stores: tuple[Path, Path], store_suffix: str
+) -> None:
     """A run that stopped after one stream, or that had no stream store yet, is
     completed to the same two stores as a straight run."""
-    windows, streams = tmp_path / f"desk{suffix}", tmp_path / f"desk-stream{suffix}"
+    windows, streams = tmp_path / f"desk{store_suffix}", tmp_path / f"desk-stream{store_suffix}"
     collect("desk", windows, _config(episodes=WINDOWS, stream_out=streams))
     collect("desk", windows, _config())  # the stream store falls behind
     collect("desk", windows, _config(stream_out=streams))
     for got, want in zip((windows, streams), stores, strict=True):
-        a, b = _arrays(got), _arrays(want)
-        assert a.keys() == b.keys()
-        for name in a:
-            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        assert_same_arrays(store_arrays(got), store_arrays(want))
 
 
 def test_bad_stream_options(tmp_path: Path, stores: tuple[Path, Path]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_same_arrays
 
 from hipi_offline.envs import env_entry, env_names, env_task_spec, make_env, transition_rewards
 from hipi_offline.envs.base import COLLECTIONS, register, stack_fields
@@ -105,9 +106,7 @@ def test_deterministic_for_a_seed(env) -> None:
     obs_b, fields_b = _episode(env, 7, actions)
     obs_c, _ = _episode(env, 8, actions)
     np.testing.assert_array_equal(obs_a, obs_b)
-    assert fields_a.keys() == fields_b.keys()
-    for name in fields_a:
-        np.testing.assert_array_equal(fields_a[name], fields_b[name], err_msg=name)
+    assert_same_arrays(fields_a, fields_b)
     assert not np.array_equal(obs_a[0], obs_c[0])
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import KINDS, SPEED_TARGET_SPEC, SUFFIXES
 from disk import snapshot
 
 from cli.main import main
@@ -49,14 +50,7 @@ NASTY_NAMES = (
     "\x01",
     "ok",
 )
-SPEC = """\
-family: target
-feature: steps/infos/speed
-ctrl_cost: 0.05
-prior: {uniform: {low: [0.0], high: [3.0]}}
-candidates: 16
-temperature: 1.0
-"""
+SPEC = SPEED_TARGET_SPEC + "temperature: 1.0\n"
 SPEC_VALUES = (
     "null", "[]", "{}", "-1", "0", "1e400", ".nan", ".inf", "-.inf", "abc", "[1, 2, 3]",
     "{uniform: {low: [0.0], high: [1e39]}}", "{uniform: {low: [3.0], high: [0.0]}}",
@@ -159,8 +153,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     template = root / "template"
     template.mkdir()
     os.environ["TQDM_DISABLE"] = "1"
-    for suffix in ("h5", "zarr"):
-        store = template / f"s.{suffix}"
+    for kind in KINDS:
+        store = template / f"s.{kind}"
         make_synthetic_store(store, SyntheticConfig(episodes=6, steps=12, seed=1))
         relabel(store, RelabelConfig(tasks="synthetic-velocity", candidates=16))
     (template / "spec.yaml").write_text(SPEC)
@@ -175,7 +169,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ------------------------------------------------------------------ groups
 def _options(rng: np.random.Generator, root: Path) -> tuple[str, list[str]]:
-    store = str(rng.choice(["s.h5", "s.zarr"]))
+    store = str(rng.choice([f"s{suffix}" for suffix in SUFFIXES]))
     pick = lambda pool: str(pool[int(rng.integers(len(pool)))])  # noqa: E731
     command = pick(["relabel", "train-bc", "make-synthetic", "export", "inspect"])
     if command == "relabel":
@@ -247,7 +241,7 @@ def _spec(rng: np.random.Generator, root: Path) -> tuple[str, list[str]]:
             raw[int(rng.integers(len(raw)))] = int(rng.integers(256))
         data = bytes(raw)
     (root / "spec.yaml").write_bytes(data)
-    store = str(rng.choice(["s.h5", "s.zarr"]))
+    store = str(rng.choice([f"s{suffix}" for suffix in SUFFIXES]))
     return f"spec mutation {mutation}", ["relabel", store, "--tasks", "spec.yaml", "--name", "new"]
 
 
@@ -304,7 +298,7 @@ def _damage_semantics(rng: np.random.Generator, store: Path) -> str:
 
 
 def _store(rng: np.random.Generator, root: Path) -> tuple[str, list[str]]:
-    store = root / str(rng.choice(["s.h5", "s.zarr"]))
+    store = root / str(rng.choice([f"s{suffix}" for suffix in SUFFIXES]))
     label_root = Path(str(store) + ".labels") if store.suffix == ".h5" else store / "labels"
     if rng.random() < 0.3:
         what = _damage_semantics(rng, store)

@@ -24,11 +24,6 @@ from hipi_offline.store.synthetic import SyntheticConfig, make_synthetic_store
 MINARI_WARNINGS = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.fixture(params=[".h5", ".zarr"])
-def suffix(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 @pytest.fixture
 def minari_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """MINARI_DATASETS_PATH in a temporary directory (needs minari's hdf5 + create extras)."""
@@ -97,13 +92,13 @@ def concat(episodes: list[dict[str, Any]], key: str, sub: str | None = None) -> 
 
 
 @MINARI_WARNINGS
-def test_minari_pendulum(minari_root: Path, tmp_path: Path, suffix: str) -> None:
+def test_minari_pendulum(minari_root: Path, tmp_path: Path, store_suffix: str) -> None:
     import gymnasium as gym
 
     env = gym.make("Pendulum-v1", max_episode_steps=20)
     source = collect(env, "test/pendulum-v0", episodes=3, partial_steps=5)
     episodes = minari_episodes(source)
-    dest = import_minari(source, tmp_path / f"pendulum{suffix}", batch_steps=25)
+    dest = import_minari(source, tmp_path / f"pendulum{store_suffix}", batch_steps=25)
     with open_store(dest) as store:
         assert store.lengths.tolist() == [20, 20, 20, 5]
         obs = np.concatenate([ep["observations"][:-1] for ep in episodes])
@@ -124,7 +119,7 @@ def test_minari_pendulum(minari_root: Path, tmp_path: Path, suffix: str) -> None
         assert attrs["minari_dataset_id"] == "test/pendulum-v0"
         assert json.loads(attrs["env_spec"])["max_episode_steps"] == 20
         assert json.loads(attrs["source_metadata"])["total_steps"] == 65
-    from_file = import_minari(source / "data" / "main_data.hdf5", tmp_path / f"f{suffix}")
+    from_file = import_minari(source / "data" / "main_data.hdf5", tmp_path / f"f{store_suffix}")
     with open_store(from_file) as store:
         np.testing.assert_array_equal(store.read_steps("steps/observations"), obs)
 
@@ -170,12 +165,14 @@ class DictEnv:
 
 
 @MINARI_WARNINGS
-def test_minari_dict_observations_and_infos(minari_root: Path, tmp_path: Path, suffix: str) -> None:
+def test_minari_dict_observations_and_infos(
+    minari_root: Path, tmp_path: Path, store_suffix: str
+) -> None:
     import minari
 
     source = collect(DictEnv.make(), "test/dict-v0", episodes=4)
     episodes = minari_episodes(source)
-    dest = import_dataset("minari", source, tmp_path / f"dict{suffix}")
+    dest = import_dataset("minari", source, tmp_path / f"dict{store_suffix}")
     with open_store(dest) as store:
         assert store.lengths.tolist() == [len(ep["actions"]) for ep in episodes]
         for key in ("pos", "vel"):
@@ -239,9 +236,9 @@ def write_d4rl(path: Path, endings: list[str | None] = D4RL_ENDINGS) -> dict[str
     return arrays
 
 
-def test_d4rl_import(tmp_path: Path, suffix: str) -> None:
+def test_d4rl_import(tmp_path: Path, store_suffix: str) -> None:
     arrays = write_d4rl(tmp_path / "hopper.hdf5")
-    dest = import_d4rl(tmp_path / "hopper.hdf5", tmp_path / f"hopper{suffix}", batch_steps=6)
+    dest = import_d4rl(tmp_path / "hopper.hdf5", tmp_path / f"hopper{store_suffix}", batch_steps=6)
     with open_store(dest) as store:
         assert store.lengths.tolist() == D4RL_LENGTHS
         pairs = {
@@ -308,9 +305,9 @@ def write_robomimic(path: Path, broken_demo: int | None = None) -> dict[int, dic
     return demos
 
 
-def test_robomimic_import(tmp_path: Path, suffix: str) -> None:
+def test_robomimic_import(tmp_path: Path, store_suffix: str) -> None:
     demos = write_robomimic(tmp_path / "lift.hdf5")
-    dest = import_dataset("robomimic", tmp_path / "lift.hdf5", tmp_path / f"lift{suffix}")
+    dest = import_dataset("robomimic", tmp_path / "lift.hdf5", tmp_path / f"lift{store_suffix}")
     order = [0, 1, 2, 10]
     with open_store(dest) as store:
         assert store.read_episode_field("source_id").tolist() == order
@@ -359,11 +356,11 @@ def write_labels(store_path: Path, episodes: int, k: int = 3) -> LabelSet:
 
 
 @MINARI_WARNINGS
-def test_export_minari_with_labels(minari_root: Path, tmp_path: Path, suffix: str) -> None:
+def test_export_minari_with_labels(minari_root: Path, tmp_path: Path, store_suffix: str) -> None:
     import minari
 
     store_path = make_synthetic_store(
-        tmp_path / f"syn{suffix}", SyntheticConfig(episodes=10, steps=20)
+        tmp_path / f"syn{store_suffix}", SyntheticConfig(episodes=10, steps=20)
     )
     labels = write_labels(store_path, 10)
     dest = export_minari(store_path, minari_root / "hipi" / "synthetic-v0", batch_steps=45)
@@ -399,11 +396,13 @@ def test_export_minari_with_labels(minari_root: Path, tmp_path: Path, suffix: st
         )
 
 
-def test_round_trip_store_minari_store(tmp_path: Path, suffix: str) -> None:
-    store_path = make_synthetic_store(tmp_path / f"a{suffix}", SyntheticConfig(episodes=6, steps=9))
+def test_round_trip_store_minari_store(tmp_path: Path, store_suffix: str) -> None:
+    store_path = make_synthetic_store(
+        tmp_path / f"a{store_suffix}", SyntheticConfig(episodes=6, steps=9)
+    )
     exported = export_minari(store_path, tmp_path / "exported")
     assert (exported / "data" / "metadata.json").is_file()
-    back = import_minari(exported, tmp_path / f"b{suffix}")
+    back = import_minari(exported, tmp_path / f"b{store_suffix}")
     with open_store(store_path) as a, open_store(back) as b:
         np.testing.assert_array_equal(a.ends, b.ends)
         for field in ("steps/observations", "steps/actions", "steps/infos/speed"):

@@ -252,12 +252,11 @@ def test_clean_sources_import(tmp_path: Path, fmt: str) -> None:
     ("fmt", "edit", "needle"),
     [pytest.param(fmt, edit, needle, id=f"{fmt}-{name}") for fmt, name, edit, needle in MALFORMED],
 )
-@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
 def test_malformed_source_is_one_line(
-    tmp_path: Path, fmt: str, edit: Edit, needle: str | None, suffix: str
+    tmp_path: Path, fmt: str, edit: Edit, needle: str | None, store_suffix: str
 ) -> None:
     src = SOURCES[fmt](tmp_path, edit)
-    line = refused(tmp_path, "import", fmt, src, tmp_path / f"out{suffix}")
+    line = refused(tmp_path, "import", fmt, src, tmp_path / f"out{store_suffix}")
     assert needle is None or needle in line
     assert str(src.name) in line or "metadata.json" in line or "main_data" in line
 

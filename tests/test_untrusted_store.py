@@ -34,7 +34,6 @@ from hipi_offline.store.labels import check_label_name, hdf5_sidecar
 from hipi_offline.store.synthetic import SyntheticConfig, make_synthetic_store
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ("h5", "zarr")
 SPEC = "synthetic-velocity"
 WAIT = 300.0  # bound on any wait for another process's signal (generous under load)
 
@@ -223,7 +222,6 @@ def test_crafted_hdf5_sidecar(tmp_path, attack):
     assert snapshot(tmp_path / "data") == before
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_stale_cleanup_touches_only_its_own_temporaries(tmp_path, kind):
     """A killed writer's temporaries (our pattern, dead pid) are removed; files that
     merely look like temporaries, and links, are left alone."""
@@ -273,7 +271,6 @@ def test_good_label_names(name):
     assert check_label_name(name) == name
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", ["", "x\n", "zarr.json", ".sets"])
 def test_relabel_refuses_bad_names_and_changes_nothing(tmp_path, kind, name):
     """``--name ""`` used to become ``hipi`` (and replace it with --overwrite)."""
@@ -303,7 +300,6 @@ cli.main.main()
 """
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_two_relabels_of_one_name_do_not_both_succeed(tmp_path, kind):
     """The first relabel holds the label set's lock from before its computation
     through its commit; a second one meanwhile gets one clear error line, and after
@@ -362,7 +358,6 @@ store.append_episodes(steps, [10, 10, 10], episodes)
 """
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_kill_during_first_append_leaves_a_resumable_store(tmp_path, kind):
     """SIGKILL after the first field of the first append is written (before any
     episode is committed): the store opens, holds no episode, and the resumed
@@ -401,7 +396,6 @@ def test_kill_during_first_append_leaves_a_resumable_store(tmp_path, kind):
 
 
 # ------------------------------------------------------------------ item 9/5: create
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("what", ["dangling-link", "link-to-store", "file", "folder"])
 @pytest.mark.parametrize("overwrite", [False, True], ids=["new", "overwrite"])
 def test_make_synthetic_replaces_only_a_store(tmp_path, kind, what, overwrite):
@@ -424,7 +418,6 @@ def test_make_synthetic_replaces_only_a_store(tmp_path, kind, what, overwrite):
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_make_synthetic_overwrites_a_store(tmp_path, kind):
     out = small_store(tmp_path, kind, ())
     result = cli("make-synthetic", out, "--episodes", 3, "--steps", 5, "--overwrite")
@@ -537,7 +530,6 @@ def one_error_proc(proc: subprocess.CompletedProcess, code: int, *needles: str) 
     return errors[0]
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_make_synthetic_on_a_full_disk(tiny_disk, kind):
     """Was a segfault (exit 139) leaving a temporary; now exit 1 before any write."""
     proc = run_cli("make-synthetic", tiny_disk / f"big.{kind}", "--episodes", 2000)
@@ -553,7 +545,6 @@ def fill(disk: Path, leave: int) -> None:
         f.write(b"\0" * max(0, free - leave))
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_relabel_on_a_full_disk_fails_before_the_work(tiny_disk, kind):
     store = small_store(tiny_disk, kind, ("hipi",))
     fill(tiny_disk, 64 * 1024)
@@ -575,7 +566,6 @@ cli.main.main()
 """
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_write_that_hits_a_full_disk_leaves_the_old_state(tiny_disk, kind):
     """When the prediction is wrong and the disk fills during the label write: one
     line (exit 1), no temporaries, the old label set unchanged."""
@@ -595,7 +585,6 @@ def test_write_that_hits_a_full_disk_leaves_the_old_state(tiny_disk, kind):
     assert snapshot(tiny_disk) == before
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_relabel_in_a_read_only_folder_fails_at_the_start(tiny_disk, kind, monkeypatch):
     store = small_store(tiny_disk, kind, ())
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
@@ -655,7 +644,6 @@ def test_hdf5_append_checks_room_for_its_copy(tiny_disk):
         assert s.num_episodes == 12
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_store_creation_removes_only_its_own_leftovers(tmp_path, kind):
     """A killed creation's staging copy (our name, dead pid) is removed by the next
     creation; the user's files that merely look alike are not."""
