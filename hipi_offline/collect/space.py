@@ -10,7 +10,7 @@ import numpy as np
 from hipi_offline.envs.base import TaskEnv
 from hipi_offline.errors import InputError
 from hipi_offline.preflight import check_free_space, check_writable
-from hipi_offline.store.backends import backend_kind
+from hipi_offline.store.backends import backend_for, backend_kind
 
 MAX_STEPS = 10**8
 """Steps per episode accepted by ``--steps``."""
@@ -55,6 +55,6 @@ def check_space(
     if compression != "none" or new_bytes <= 0:
         return
     need = new_bytes + MARGIN_BYTES
-    if backend_kind(path) == "hdf5":
+    if backend_for(path).append_copies:
         need += new_bytes + (path.stat().st_size if existing else 0)
     check_free_space(folder, need, f"{option} {path} (the new episodes)")

@@ -19,8 +19,7 @@ from hipi_offline.preflight import check_writable, existing_ancestor
 from hipi_offline.progress import progress_bar
 from hipi_offline.store import TrajectoryStore, create_store
 from hipi_offline.store.atomic import remove_abandoned_siblings, remove_path, replace_path, sibling
-from hipi_offline.store.backends import backend_kind
-from hipi_offline.store.labels import hdf5_sidecar
+from hipi_offline.store.backends import backend_for
 
 DEFAULT_BATCH_STEPS = 200_000
 """Steps buffered before one append to the store."""
@@ -43,8 +42,8 @@ def check_store_destination(
     """Refuse a store DEST that cannot be written or must not be replaced: a bad
     suffix, one that overlaps the source (or a path in ``also``), an existing path
     without ``overwrite``, anything but a hipi-offline store with it, or a stray
-    HDF5 label folder."""
-    kind = backend_kind(dest)
+    folder kept beside a store (an HDF5 store's labels)."""
+    backend = backend_for(dest)
     check_disjoint(src, dest, also=also)
     refuse_link(dest)
     if dest.exists():
@@ -52,8 +51,8 @@ def check_store_destination(
             raise InputError(f"{dest}: already exists; pass --overwrite to replace it")
         check_replaceable_store(dest)
     check_parent(dest)
-    if kind == "hdf5":
-        _check_label_folder(src, dest)
+    for side in backend.side_paths(dest):
+        _check_side_path(src, dest, side)
 
 
 def refuse_link(dest: Path) -> None:
@@ -65,10 +64,9 @@ def refuse_link(dest: Path) -> None:
         )
 
 
-def _check_label_folder(src: Path, dest: Path) -> None:
-    """An HDF5 store's label folder is deleted when the store is replaced: refuse
-    when it holds the source, is a link, or belongs to no store."""
-    labels = hdf5_sidecar(dest)
+def _check_side_path(src: Path, dest: Path, labels: Path) -> None:
+    """What a store keeps beside it (an HDF5 store's label folder) is deleted when the
+    store is replaced: refuse when it holds the source, is a link, or belongs to no store."""
     if inside(src, labels):
         raise InputError(
             f"{dest}: replacing it deletes {labels}, which holds the source {src}; "

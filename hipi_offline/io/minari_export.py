@@ -56,8 +56,7 @@ from hipi_offline.io.common import (
 from hipi_offline.ownership import check_disjoint, check_replaceable_folder, write_marker
 from hipi_offline.progress import progress_bar
 from hipi_offline.store import LabelSet, TrajectoryStore, open_store
-from hipi_offline.store.backends import ArrayInfo
-from hipi_offline.store.labels import hdf5_sidecar
+from hipi_offline.store.backends import ArrayInfo, backend_for
 
 MINARI_VERSION = "0.5.0"
 """Written as ``minari_version``: the oldest release of this layout, so every 0.5.x reads it."""
@@ -101,8 +100,7 @@ def export_minari(
 def check_export_destination(store_path: Path, dest: Path, overwrite: bool) -> None:
     """Refuse a DEST that overlaps the store (or an HDF5 store's label folder), an
     existing one without ``overwrite``, and with it anything but an earlier export."""
-    hdf5 = store_path.suffix.lower() in (".h5", ".hdf5")
-    check_disjoint(store_path, dest, also=(hdf5_sidecar(store_path),) if hdf5 else ())
+    check_disjoint(store_path, dest, also=backend_for(store_path).side_paths(store_path))
     refuse_link(dest)
     if dest.exists():
         if not overwrite:

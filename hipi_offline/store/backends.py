@@ -99,6 +99,8 @@ class StorageBackend(ABC):
 
     kind: ClassVar[str]
     """The registered name (``"hdf5"``, ``"zarr"``), shown by ``inspect``."""
+    append_copies: ClassVar[bool] = False
+    """Whether an append copies the whole store (then it needs room for it twice)."""
 
     def __init__(self, path: Path, mode: Mode) -> None:
         self.path = path
@@ -175,6 +177,12 @@ class StorageBackend(ABC):
         """Refuse, before ``--overwrite`` replaces the store at ``path``, what this
         format keeps beside the store and must not be replaced (nothing by default)."""
         return None
+
+    @classmethod
+    def side_paths(cls, path: Path) -> tuple[Path, ...]:
+        """What this format keeps beside the store at ``path`` and replaces with it
+        (nothing by default: the store is one file or folder)."""
+        return ()
 
     @classmethod
     def retire_labels(cls, path: Path) -> Path | None:

@@ -75,6 +75,7 @@ class Hdf5Backend(StorageBackend):
     """HDF5 through h5py; one file, arrays resizable along axis 0."""
 
     kind = "hdf5"
+    append_copies = True
 
     def __init__(self, path: Path, mode: Mode) -> None:
         super().__init__(path, mode)
@@ -200,6 +201,10 @@ class Hdf5Backend(StorageBackend):
         sidecar = hdf5_sidecar(path)
         if sidecar.is_symlink():
             raise InputError(f"{sidecar}: is a symbolic link; --overwrite never replaces a link")
+
+    @classmethod
+    def side_paths(cls, path: Path) -> tuple[Path, ...]:
+        return (hdf5_sidecar(path),)
 
     @classmethod
     def retire_labels(cls, path: Path) -> Path | None:
