@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hipi_offline.collect import CollectConfig, collect
+from hipi_offline.envs import env_entry
 from hipi_offline.store import open_store
 
 BENCHMARK_SETS = {"cheetah": (500, 200), "quadruped": (1000, 200), "desk": (300, 50)}
@@ -61,7 +62,8 @@ def measure(
 ) -> Row:
     """One ``collect`` run of ``units_per_worker * workers`` units into a fresh store."""
     steps = BENCHMARK_SETS[env][1]
-    per_unit = windows if env == "desk" else 1
+    plays = env_entry(env).plays  # a play unit is one stream cut into ``windows`` episodes
+    per_unit = windows if plays else 1
     episodes = units_per_worker * workers * per_unit
     with tempfile.TemporaryDirectory() as folder:
         out, streams = Path(folder) / "data.h5", Path(folder) / "streams.h5"
@@ -73,12 +75,12 @@ def measure(
             windows=windows,
             commit_seconds=1e9,
             expert=expert,
-            stream_out=streams if env == "desk" else None,
+            stream_out=streams if plays else None,
         )
         load = os.getloadavg()[0]
         summary = collect(env, out, config)
         simulated = episodes * steps
-        if env == "desk":
+        if plays:
             with open_store(streams) as store:
                 simulated = store.num_steps
     return Row(env, workers, episodes, steps, summary.seconds, simulated, load, os.getloadavg()[0])
