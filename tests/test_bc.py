@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import two_task_store
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -75,19 +76,9 @@ def labels_for(task: np.ndarray, discrete: bool, name: str) -> LabelSet:
     )
 
 
-def two_task_store(path: Path, seed: int = 0) -> Path:
-    """Observations carry no task information; actions are +0.5 (task 0) or -0.5
-    (task 1) in every dimension, plus a little noise."""
-    rng = np.random.default_rng(seed)
-    task = np.arange(EPISODES) % 2
-    rows = EPISODES * STEPS
-    sign = np.repeat(np.where(task == 0, 1.0, -1.0), STEPS)
-    obs = rng.normal(size=(rows, 3)).astype(np.float32)
-    act = (0.5 * sign[:, None] + 0.05 * rng.normal(size=(rows, 2))).astype(np.float32)
-    with create_store(path, env="two-task") as store:
-        store.append_episodes(
-            {"observations": obs, "actions": act}, [STEPS] * EPISODES, {"task": task}
-        )
+def labeled_two_task_store(path: Path, seed: int = 0) -> Path:
+    """:func:`two_task_store` with the label sets ``original`` and ``onehot``."""
+    task = two_task_store(path, EPISODES, STEPS, seed)
     write_label_set(path, labels_for(task, discrete=False, name="original"))
     write_label_set(path, labels_for(task, discrete=True, name="onehot"))
     return path
@@ -95,7 +86,7 @@ def two_task_store(path: Path, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def two_task(tmp_path_factory) -> Path:
-    return two_task_store(tmp_path_factory.mktemp("bc") / "two.h5")
+    return labeled_two_task_store(tmp_path_factory.mktemp("bc") / "two.h5")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import two_task_store
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from typer.testing import CliRunner
@@ -29,7 +30,7 @@ from hipi_offline.bc import BCConfig, load_policy, train_bc
 from hipi_offline.bc.policy import list_checkpoints
 from hipi_offline.errors import InputError, ResourceError
 from hipi_offline.ownership import MARKER_NAME, marker_kind, write_marker
-from hipi_offline.store import LabelSet, create_store, write_label_set
+from hipi_offline.store import LabelSet, write_label_set
 
 REPO = Path(__file__).resolve().parents[1]
 EPISODES, STEPS = 8, 10
@@ -53,16 +54,7 @@ SMALL_ARGS = [
 
 def make_store(path: Path) -> Path:
     """Two tasks (actions +-0.5), a continuous label set 'original' on them."""
-    rng = np.random.default_rng(0)
-    task = np.arange(EPISODES) % 2
-    rows = EPISODES * STEPS
-    sign = np.repeat(np.where(task == 0, 1.0, -1.0), STEPS)
-    obs = rng.normal(size=(rows, 3)).astype(np.float32)
-    act = (0.5 * sign[:, None] + 0.05 * rng.normal(size=(rows, 2))).astype(np.float32)
-    with create_store(path, env="two-task") as store:
-        store.append_episodes(
-            {"observations": obs, "actions": act}, [STEPS] * EPISODES, {"task": task}
-        )
+    task = two_task_store(path, EPISODES, STEPS, seed=0)
     labels = LabelSet(
         name="original",
         candidates=np.array([[0.0], [2.0]], "f4"),

@@ -173,6 +173,7 @@ def test_rollout_rewards_equal_stored_and_relabel_returns(env, tmp_path):
     np.testing.assert_allclose(engine, offline, rtol=0, atol=1e-9)
 
 
+@pytest.mark.slow  # 300 steps, 150 of them planned by the default MPPI expert
 def test_mppi_cheetah_tracks_a_target_speed():
     env, psi, steps = make_env("cheetah"), 2.0, 150
     expert = make_expert("cheetah")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 
 import hipi_offline.experiments.common as common
@@ -34,20 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 SPEED, ACT = "steps/infos/speed", "steps/actions"
 
 
-def _load_reference() -> Any:
-    """tests/reference.py by path, whether or not ``tests`` is a package."""
-    name = "hipi_offline_tests_reference"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("reference.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
 CHEETAH = load_task_spec("cheetah-velocity").source
 
 
@@ -62,6 +48,7 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ------------------------------------------------------------------ layout and results
+@pytest.mark.slow  # runs the tiny Fig. 7a and 7b presets (module fixture)
 def test_tiny_fig7a_writes_the_layout(tiny_root: Path) -> None:
     config = Fig7aConfig.tiny()
     settings = json.loads((tiny_root / "config.json").read_text())
@@ -93,6 +80,7 @@ def test_tiny_fig7a_writes_the_layout(tiny_root: Path) -> None:
     assert len(fig7a_table(results)) == 2 + len(config.envs) + directed  # velocity rows
 
 
+@pytest.mark.slow  # runs the tiny Fig. 7a and 7b presets (module fixture)
 def test_tiny_fig7b_writes_results_and_hipi_labels_ignore_the_bias(tiny_root: Path) -> None:
     config = Fig7bConfig.tiny()
     results = json.loads((tiny_root / "results.json").read_text())["fig7b"]
@@ -116,6 +104,7 @@ def test_tiny_fig7b_writes_results_and_hipi_labels_ignore_the_bias(tiny_root: Pa
 
 
 # ------------------------------------------------------------------ resume
+@pytest.mark.slow  # runs the tiny Fig. 7a and 7b presets (module fixture)
 def test_rerun_skips_every_finished_stage(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = json.loads((tiny_root / "results.json").read_text())
 
@@ -128,6 +117,7 @@ def test_rerun_skips_every_finished_stage(tiny_root: Path, monkeypatch: pytest.M
     assert run_fig7b(tiny_root, Fig7bConfig.tiny()) == before
 
 
+@pytest.mark.slow  # runs the tiny Fig. 7a and 7b presets (module fixture)
 def test_a_lost_evaluation_reruns_only_that_run(
     tiny_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -148,6 +138,7 @@ def test_a_lost_evaluation_reruns_only_that_run(
     assert lost.is_file()
 
 
+@pytest.mark.slow  # runs the tiny Fig. 7a and 7b presets (module fixture)
 def test_parallel_training_gives_the_sequential_weights(tiny_root: Path, tmp_path: Path) -> None:
     """BC runs on two worker processes end with the weights of the same runs trained
     one after the other in this process."""
@@ -175,6 +166,7 @@ def test_parallel_training_gives_the_sequential_weights(tiny_root: Path, tmp_pat
             assert torch.equal(a[key], b[key]), (name, key)
 
 
+@pytest.mark.slow  # runs the tiny Fig. 7a and 7b presets (module fixture)
 def test_other_settings_on_the_same_root_are_refused(tiny_root: Path) -> None:
     config = Fig7aConfig.tiny()
     changed = Fig7aConfig(envs=config.envs, seeds=(0, 1), train=config.train)

@@ -9,7 +9,6 @@ streaming) must agree with it and with each other.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 import yaml
 
@@ -31,22 +31,6 @@ from hipi_offline.relabel.returns import (
 )
 from hipi_offline.store import LabelSet, create_store, open_store
 from hipi_offline.tasks import parse_task_spec
-
-
-def _load_reference() -> Any:
-    """tests/reference.py by path, whether or not ``tests`` is a package."""
-    name = "hipi_offline_tests_reference"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("reference.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
 
 SPEED = "steps/infos/speed"
 HEIGHT = "steps/infos/height"

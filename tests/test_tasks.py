@@ -8,7 +8,6 @@ until it gets a case here: a minimal spec and a plain-numpy reference reward.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 import yaml
 
@@ -29,22 +29,6 @@ from hipi_offline.tasks.families import BiasedFamily
 from hipi_offline.tasks.label_attrs import label_task_names, labels_are_discrete, task_attrs
 from hipi_offline.tasks.registry import FAMILIES
 from hipi_offline.tasks.spec import COMMON_KEYS, TaskSpec
-
-
-def _load_reference() -> Any:
-    """tests/reference.py by path, whether or not ``tests`` is a package."""
-    name = "hipi_offline_tests_reference"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("reference.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
 
 SPEED, OBS, ACT = "steps/infos/speed", "steps/observations", "steps/actions"
 STORE_FIELDS = {
