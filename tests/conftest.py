@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hipi_offline.store import backend_names, create_store, open_store
+from hipi_offline.store import LabelSet, backend_names, create_store, open_store
 from hipi_offline.store.backends import backend_suffixes
 from hipi_offline.store.synthetic import SyntheticConfig, make_synthetic_store
 
@@ -90,3 +90,24 @@ def two_task_store(path: Path, episodes: int, steps: int, seed: int = 0) -> np.n
             {"observations": obs, "actions": act}, [steps] * episodes, {"task": task}
         )
     return task
+
+
+def two_task_labels(task: np.ndarray, discrete: bool, name: str) -> LabelSet:
+    """A label set of a :func:`two_task_store`: all mass on each episode's commanded
+    task (of two), as a one-hot (``discrete``) or a target-speed family."""
+    n = len(task)
+    return LabelSet(
+        name=name,
+        candidates=np.eye(2, dtype=np.float32) if discrete else np.array([[0.0], [2.0]], "f4"),
+        log_z=np.zeros(2),
+        topk_index=np.stack([task, 1 - task], axis=1).astype(np.int64),
+        topk_logprob=np.tile(np.array([0.0, -np.inf], np.float32), (n, 1)),
+        entropy=np.zeros(n, np.float32),
+        coverage=np.full(2, 0.5),
+        attrs={
+            "family": "discrete" if discrete else "target",
+            "method": "original",
+            "task_names": '["left", "right"]' if discrete else "[]",
+            "spec": "name: two-task\n",
+        },
+    )

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import two_task_store
+from conftest import two_task_labels, two_task_store
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -56,31 +56,11 @@ TINY = dict(
 )
 
 
-def labels_for(task: np.ndarray, discrete: bool, name: str) -> LabelSet:
-    """All mass on each episode's commanded task (of two)."""
-    n = len(task)
-    return LabelSet(
-        name=name,
-        candidates=np.eye(2, dtype=np.float32) if discrete else np.array([[0.0], [2.0]], "f4"),
-        log_z=np.zeros(2),
-        topk_index=np.stack([task, 1 - task], axis=1).astype(np.int64),
-        topk_logprob=np.tile(np.array([0.0, -np.inf], np.float32), (n, 1)),
-        entropy=np.zeros(n, np.float32),
-        coverage=np.full(2, 0.5),
-        attrs={
-            "family": "discrete" if discrete else "target",
-            "method": "original",
-            "task_names": '["left", "right"]' if discrete else "[]",
-            "spec": "name: two-task\n",
-        },
-    )
-
-
 def labeled_two_task_store(path: Path, seed: int = 0) -> Path:
     """:func:`two_task_store` with the label sets ``original`` and ``onehot``."""
     task = two_task_store(path, EPISODES, STEPS, seed)
-    write_label_set(path, labels_for(task, discrete=False, name="original"))
-    write_label_set(path, labels_for(task, discrete=True, name="onehot"))
+    write_label_set(path, two_task_labels(task, discrete=False, name="original"))
+    write_label_set(path, two_task_labels(task, discrete=True, name="onehot"))
     return path
 
 

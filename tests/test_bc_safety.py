@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import two_task_store
+from conftest import two_task_labels, two_task_store
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from typer.testing import CliRunner
@@ -30,7 +30,7 @@ from hipi_offline.bc import BCConfig, load_policy, train_bc
 from hipi_offline.bc.policy import list_checkpoints
 from hipi_offline.errors import InputError, ResourceError
 from hipi_offline.ownership import MARKER_NAME, marker_kind, write_marker
-from hipi_offline.store import LabelSet, write_label_set
+from hipi_offline.store import write_label_set
 
 REPO = Path(__file__).resolve().parents[1]
 EPISODES, STEPS = 8, 10
@@ -55,16 +55,8 @@ SMALL_ARGS = [
 def make_store(path: Path) -> Path:
     """Two tasks (actions +-0.5), a continuous label set 'original' on them."""
     task = two_task_store(path, EPISODES, STEPS, seed=0)
-    labels = LabelSet(
-        name="original",
-        candidates=np.array([[0.0], [2.0]], "f4"),
-        log_z=np.zeros(2),
-        topk_index=np.stack([task, 1 - task], axis=1).astype(np.int64),
-        topk_logprob=np.tile(np.array([0.0, -np.inf], np.float32), (EPISODES, 1)),
-        entropy=np.zeros(EPISODES, np.float32),
-        coverage=np.full(2, 0.5),
-        attrs={"family": "target", "method": "original", "spec": "name: two-task\n"},
-    )
+    labels = two_task_labels(task, discrete=False, name="original")
+    del labels.attrs["task_names"]  # train_bc takes a continuous label set without one
     write_label_set(path, labels)
     return path
 
