@@ -12,21 +12,10 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from hipi_offline.errors import InputError, ResourceError
 
 MAX_SEED = 2**63 - 1
 """Largest seed accepted (seeds are stored as int64 attributes; numpy and torch take it)."""
-
-
-def check_seed(seed: object, option: str = "--seed") -> int:
-    """A seed from 0 to :data:`MAX_SEED`, or a one-line InputError naming ``option``."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise InputError(f"{option}: must be an integer from 0 to {MAX_SEED}, got {seed!r}")
-    if not 0 <= int(seed) <= MAX_SEED:
-        raise InputError(f"{option}: must be from 0 to {MAX_SEED} (2**63 - 1), got {seed}")
-    return int(seed)
 
 
 def human_bytes(size: float) -> str:
