@@ -411,6 +411,7 @@ def test_sigkill_during_relabel(zygote: Zygote, big_stores, kind: str):
 @pytest.mark.parametrize(
     ("kind", "mode"), [("h5", "write"), ("zarr", "write"), ("zarr", "compute")]
 )
+@pytest.mark.slow
 def test_sigkill_real_command(big_stores, kind: str, mode: str):
     """``python -m cli.main relabel`` itself, killed while it relabels (after its
     imports) or as soon as its label write has begun."""

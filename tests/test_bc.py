@@ -77,6 +77,7 @@ def trained(two_task: Path) -> Path:
 
 
 # ---------------------------------------------------------------- conditioning
+@pytest.mark.slow
 def test_task_conditioning_is_real(two_task: Path, trained: Path):
     obs = np.random.default_rng(1).normal(size=(64, 3)).astype(np.float32)
     policy = load_policy(trained, device="cpu")
@@ -207,6 +208,7 @@ def test_label_set_and_task_sampler_draw_alike():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.slow
 def test_training_resumes_bit_exact_in_process(two_task: Path, tmp_path: Path, device: str):
     """Resuming from a mid-run checkpoint ends with the same weights, optimizer state and
     random streams as the straight run; on a GPU the sampler's stream is a CUDA one."""
@@ -382,6 +384,7 @@ def cli(*args: object, code: int = 0):
     return result
 
 
+@pytest.mark.slow
 def test_cli_smoke_on_relabeled_synthetic_store(tmp_path: Path):
     store = make_synthetic_store(tmp_path / "s.zarr", SyntheticConfig(episodes=20, steps=20))
     for method in ("hipi", "no-partition", "random", "original"):

@@ -68,6 +68,7 @@ def test_every_environment_collects_by_its_registered_collection(tmp_path: Path,
         assert data["episodes/task"].ndim == 2 and len(data["episodes/task"]) == windows
 
 
+@pytest.mark.slow
 def test_resume_equals_straight_run(
     tmp_path: Path, straight: dict[str, np.ndarray], store_suffix: str
 ) -> None:
@@ -78,6 +79,7 @@ def test_resume_equals_straight_run(
     assert_same_arrays(store_arrays(path), straight)
 
 
+@pytest.mark.slow
 def test_workers_do_not_change_the_data(tmp_path: Path, straight: dict[str, np.ndarray]) -> None:
     path = tmp_path / "cheetah.zarr"
     collect("cheetah", path, CollectConfig(episodes=4, steps=STEPS, seed=3, workers=2))

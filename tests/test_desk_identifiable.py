@@ -39,6 +39,7 @@ def _top1(path, name: str) -> float:
     return float(np.mean(labels.topk_index[:, 0] == task))
 
 
+@pytest.mark.slow
 def test_relabeling_recovers_the_window_task(desk_store) -> None:
     hipi = _top1(desk_store, "hipi")
     no_partition = _top1(desk_store, "no-partition")

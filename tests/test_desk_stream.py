@@ -85,6 +85,7 @@ def test_windows_do_not_depend_on_the_stream_option(
     assert_same_arrays(store_arrays(plain), store_arrays(stores[0]))
 
 
+@pytest.mark.slow
 def test_resume_fills_both_stores(
     tmp_path: Path, stores: tuple[Path, Path], store_suffix: str
 ) -> None:

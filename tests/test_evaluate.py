@@ -106,6 +106,7 @@ def test_returns_equal_engine_and_float64_reference(cheetah_runs, tmp_path: Path
     assert evaluation.results[1].method == "task-agnostic"
 
 
+@pytest.mark.slow
 def test_episodes_are_paired_and_independent_of_workers(cheetah_runs) -> None:
     hipi, agnostic = cheetah_runs
     one = evaluate([hipi, agnostic], replace(QUICK, group_size=3))
@@ -150,6 +151,7 @@ def test_mean_interval_matches_scipy() -> None:
     assert mean == 3.0 and math.isnan(stderr) and all(math.isnan(v) for v in interval)
 
 
+@pytest.mark.slow
 def test_desk_success_feasible_tasks_json_and_video(desk_runs, tmp_path: Path) -> None:
     hipi, agnostic = desk_runs
     config = EvalConfig(

@@ -147,6 +147,7 @@ def test_cli_expert_option(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]
 
 
+@pytest.mark.slow
 def test_stores_from_before_expert_names_resume_with_their_expert(tmp_path: Path) -> None:
     """A store whose collect_expert holds only options, or nothing, was collected by
     the environment's unnamed (then only) expert: MPPI for the quadruped."""

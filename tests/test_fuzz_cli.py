@@ -360,17 +360,21 @@ def _checkpoint(rng: np.random.Generator, root: Path) -> tuple[str, list[str]]:
     return what, args
 
 
+@pytest.mark.slow
 def test_fuzz_options(base: Path) -> None:
     fuzz("options", _options, base)
 
 
+@pytest.mark.slow
 def test_fuzz_task_specs(base: Path) -> None:
     fuzz("spec", _spec, base)
 
 
+@pytest.mark.slow
 def test_fuzz_damaged_stores(base: Path) -> None:
     fuzz("store", _store, base)
 
 
+@pytest.mark.slow
 def test_fuzz_damaged_checkpoints(base: Path) -> None:
     fuzz("checkpoint", _checkpoint, base)

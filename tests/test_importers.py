@@ -92,6 +92,7 @@ def concat(episodes: list[dict[str, Any]], key: str, sub: str | None = None) -> 
 
 
 @MINARI_WARNINGS
+@pytest.mark.slow
 def test_minari_pendulum(minari_root: Path, tmp_path: Path, store_suffix: str) -> None:
     import gymnasium as gym
 

@@ -499,6 +499,7 @@ def test_failed_import_removes_the_folders_it_made(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_fifo_source_is_refused_without_hanging(tmp_path: Path) -> None:
     """A FIFO as the source is an error, not a read that blocks forever."""
     fifo = tmp_path / "pipe.hdf5"
@@ -564,6 +565,7 @@ def visible(folder: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("replace_existing", [False, True])
+@pytest.mark.slow
 def test_killed_import_and_export_leave_nothing_that_blocks_a_rerun(
     tmp_path: Path, replace_existing: bool
 ) -> None:

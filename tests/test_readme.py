@@ -34,6 +34,7 @@ def _python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README, re.S)
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs_as_written(tmp_path: Path) -> None:
     (block,) = _python_blocks()
     env = {**os.environ, "TQDM_DISABLE": "1"}
@@ -83,6 +84,7 @@ def _cli_without_bar_switch(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_no_progress_hides_the_bars(tmp_path: Path) -> None:
     store = str(tmp_path / "s.h5")
     for args in (

@@ -344,6 +344,7 @@ LONG_CASES = {
 
 
 @pytest.mark.parametrize("case", list(LONG_CASES))
+@pytest.mark.slow
 def test_chunk_size_invariance_on_long_episodes(tmp_path, case):
     lengths = [1000, 1, 1000]
     steps = realistic_steps(lengths, seed=3)

@@ -434,6 +434,7 @@ print(peak - base, sizes.memory, n * k * 8)
 
 
 @pytest.mark.parametrize("tasks", ["synthetic-velocity", "synthetic-goal"])
+@pytest.mark.slow
 def test_memory_estimate_bounds_the_measured_peak(tmp_path: Path, tasks: str):
     """The estimate is an upper bound of the real peak (RSS) and not wildly above it,
     for the sorted-target path and the generic one (N x K float64 = 64 MB)."""

@@ -78,6 +78,7 @@ def test_noise_is_seeded_and_on_by_default() -> None:
     assert not np.allclose(a, c)
 
 
+@pytest.mark.slow
 def test_workers_do_not_change_the_collected_store(tmp_path: Path) -> None:
     stores = []
     for workers in (1, 2):

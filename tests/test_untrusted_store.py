@@ -300,6 +300,7 @@ cli.main.main()
 """
 
 
+@pytest.mark.slow
 def test_two_relabels_of_one_name_do_not_both_succeed(tmp_path, kind):
     """The first relabel holds the label set's lock from before its computation
     through its commit; a second one meanwhile gets one clear error line, and after
@@ -358,6 +359,7 @@ store.append_episodes(steps, [10, 10, 10], episodes)
 """
 
 
+@pytest.mark.slow
 def test_kill_during_first_append_leaves_a_resumable_store(tmp_path, kind):
     """SIGKILL after the first field of the first append is written (before any
     episode is committed): the store opens, holds no episode, and the resumed
@@ -457,6 +459,7 @@ def place_fifo(tmp_path: Path, case: str) -> Path:
 
 
 @pytest.mark.parametrize("case", FIFO_CASES)
+@pytest.mark.slow
 def test_fifo_is_one_error_line_not_a_hang(tmp_path, case):
     """Run as a separate process with a time limit: a hang fails the test."""
     store = place_fifo(tmp_path, case)
@@ -530,6 +533,7 @@ def one_error_proc(proc: subprocess.CompletedProcess, code: int, *needles: str) 
     return errors[0]
 
 
+@pytest.mark.slow
 def test_make_synthetic_on_a_full_disk(tiny_disk, kind):
     """Was a segfault (exit 139) leaving a temporary; now exit 1 before any write."""
     proc = run_cli("make-synthetic", tiny_disk / f"big.{kind}", "--episodes", 2000)
@@ -545,6 +549,7 @@ def fill(disk: Path, leave: int) -> None:
         f.write(b"\0" * max(0, free - leave))
 
 
+@pytest.mark.slow
 def test_relabel_on_a_full_disk_fails_before_the_work(tiny_disk, kind):
     store = small_store(tiny_disk, kind, ("hipi",))
     fill(tiny_disk, 64 * 1024)
@@ -566,6 +571,7 @@ cli.main.main()
 """
 
 
+@pytest.mark.slow
 def test_write_that_hits_a_full_disk_leaves_the_old_state(tiny_disk, kind):
     """When the prediction is wrong and the disk fills during the label write: one
     line (exit 1), no temporaries, the old label set unchanged."""
