@@ -212,10 +212,21 @@ class StorageBackend(ABC):
         """The lock file of label set ``name`` inside the label area."""
 
     @classmethod
-    @abstractmethod
     def list_labels(cls, path: Path) -> list[str]:
         """Names of the committed label sets, sorted (a crafted entry is listed and
         refused when read; links are never followed)."""
+        area = cls.label_area(path)
+        if area is None:
+            return []
+        with os.scandir(area) as entries:
+            names = [cls.label_entry_name(entry) for entry in entries]
+        return sorted(name for name in names if name is not None)
+
+    @classmethod
+    @abstractmethod
+    def label_entry_name(cls, entry: os.DirEntry[str]) -> str | None:
+        """The label-set name an entry of the label area stands for, or None when the
+        entry is not a label set (temporaries, locks, metadata)."""
 
     @classmethod
     @abstractmethod

@@ -243,17 +243,11 @@ class Hdf5Backend(StorageBackend):
         return area / f".{name}.lock"
 
     @classmethod
-    def list_labels(cls, path: Path) -> list[str]:
-        area = cls.label_area(path)
-        if area is None:
-            return []
-        names = []
-        for entry in os.scandir(area):
-            if not entry.name.endswith(".h5") or not is_label_name(entry.name[: -len(".h5")]):
-                continue
-            if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
-                names.append(entry.name[: -len(".h5")])
-        return sorted(names)
+    def label_entry_name(cls, entry: os.DirEntry[str]) -> str | None:
+        name = entry.name[: -len(".h5")]
+        if not entry.name.endswith(".h5") or not is_label_name(name):
+            return None
+        return name if entry.is_symlink() or not entry.is_dir(follow_symlinks=False) else None
 
     @classmethod
     def read_labels(

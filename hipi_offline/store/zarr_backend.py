@@ -25,6 +25,7 @@ import numpy as np
 
 from hipi_offline.errors import InputError
 from hipi_offline.preflight import check_writable
+from hipi_offline.store import backends as base
 from hipi_offline.store.atomic import (
     TOKEN_TEXT,
     abandoned,
@@ -35,17 +36,7 @@ from hipi_offline.store.atomic import (
     special_file_error,
     writer_token,
 )
-from hipi_offline.store.backends import (
-    DAMAGE_ERRORS,
-    ArrayInfo,
-    Mode,
-    StorageBackend,
-    damaged,
-    jsonable,
-    real_folder,
-    rows_text,
-    stat_store,
-)
+from hipi_offline.store.backends import ArrayInfo, Mode, StorageBackend
 from hipi_offline.store.names import NAME_TEXT, is_label_name
 
 _VERSION = re.compile(rf"(?P<name>{NAME_TEXT})\.{TOKEN_TEXT}")  # labels/.sets/<name>.<token>
@@ -84,8 +75,8 @@ class ZarrBackend(StorageBackend):
             group = self._root[prefix]
         except KeyError:
             return found
-        except DAMAGE_ERRORS as err:
-            raise damaged(self.path, f"{prefix}/zarr.json", err) from None
+        except base.DAMAGE_ERRORS as err:
+            raise base.damaged(self.path, f"{prefix}/zarr.json", err) from None
         if not isinstance(group, zarr.Group):
             raise InputError(f"{self.path}: {prefix} must be a group of arrays, not an array")
         try:
@@ -94,8 +85,8 @@ class ZarrBackend(StorageBackend):
                     found[f"{prefix}/{name}"] = ArrayInfo(
                         tuple(member.shape), np.dtype(member.dtype), int(member.chunks[0])
                     )
-        except DAMAGE_ERRORS as err:
-            raise damaged(self.path, f"the metadata under {prefix}/", err) from None
+        except base.DAMAGE_ERRORS as err:
+            raise base.damaged(self.path, f"the metadata under {prefix}/", err) from None
         return found
 
     def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
@@ -104,14 +95,14 @@ class ZarrBackend(StorageBackend):
             if array.shape == ():
                 return np.asarray(array[()])
             return np.asarray(array[start:stop])
-        except DAMAGE_ERRORS as err:
-            raise damaged(self.path, name + rows_text(start, stop), err) from None
+        except base.DAMAGE_ERRORS as err:
+            raise base.damaged(self.path, name + base.rows_text(start, stop), err) from None
 
     def attrs(self) -> dict[str, Any]:
         return dict(self._root.attrs)
 
     def set_attrs(self, values: Mapping[str, Any]) -> None:
-        self._root.attrs.update({key: jsonable(value) for key, value in values.items()})
+        self._root.attrs.update({key: base.jsonable(value) for key, value in values.items()})
 
     def create(self, name: str, data: np.ndarray, chunk_rows: int, compression: str) -> None:
         import zarr
@@ -163,7 +154,7 @@ class ZarrBackend(StorageBackend):
     def check_files(cls, path: Path) -> None:
         """A folder of regular files and folders (the label area is checked when
         label sets are used)."""
-        info = stat_store(path)
+        info = base.stat_store(path)
         if stat.S_ISREG(info.st_mode):
             raise InputError(f"{path}: is a file, not a Zarr store folder")
         if not stat.S_ISDIR(info.st_mode):
@@ -187,9 +178,9 @@ class ZarrBackend(StorageBackend):
     @classmethod
     def label_area(cls, path: Path) -> Path | None:
         area = path / "labels"
-        if not real_folder(area):
+        if not base.real_folder(area):
             return None
-        real_folder(area / ".sets")
+        base.real_folder(area / ".sets")
         return area
 
     @classmethod
@@ -202,17 +193,10 @@ class ZarrBackend(StorageBackend):
         return area / ".sets" / f".{name}.lock"
 
     @classmethod
-    def list_labels(cls, path: Path) -> list[str]:
-        area = cls.label_area(path)
-        if area is None:
-            return []
-        names = []
-        for entry in os.scandir(area):
-            if is_label_name(entry.name) and (
-                entry.is_symlink() or entry.is_dir(follow_symlinks=False)
-            ):
-                names.append(entry.name)
-        return sorted(names)
+    def label_entry_name(cls, entry: os.DirEntry[str]) -> str | None:
+        if not is_label_name(entry.name):
+            return None
+        return entry.name if entry.is_symlink() or entry.is_dir(follow_symlinks=False) else None
 
     @classmethod
     def read_labels(
@@ -287,7 +271,7 @@ def _ensure_labels_group(store_path: Path) -> list[Path]:
     labels = store_path / "labels"
     created = []
     for group in (labels, labels / ".sets"):
-        if not real_folder(group):
+        if not base.real_folder(group):
             group.mkdir()
             created.append(group)
         if lstat_or_none(group / "zarr.json") is None:
