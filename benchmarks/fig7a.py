@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import sys
 
-from hipi_offline.experiments.report import script_main
+from cli.main import exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
-    return script_main("fig7a", __doc__ or "", argv)
+    """``hipi-offline fig7a`` with these arguments (see ``hipi-offline fig7a --help``)."""
+    return exit_code(["fig7a", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

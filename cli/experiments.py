@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -119,6 +120,7 @@ def _command(
             results = runner(root, config)
             return table(results), plot(results, root / f"{figure}.png")
 
+        started = time.perf_counter()
         token = FLAGS.set(flags)
         try:
             lines, png = run(action)
@@ -126,6 +128,11 @@ def _command(
             FLAGS.reset(token)
         for line in lines:
             typer.echo(line)
+        minutes = (time.perf_counter() - started) / 60
+        load = os.getloadavg()[0]
+        typer.echo(
+            f"{values['preset']}: {minutes:.1f} min, load average {load:.2f} (1 min) at the end"
+        )
         typer.echo(f"chart: {png}")
 
     command.__name__ = figure

@@ -221,12 +221,12 @@ def _click_errors() -> Any:
     return exceptions
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: usage errors (a mistyped option value, a missing
     argument) are one line and exit code 2, like every other input error."""
     errors = _click_errors()
     try:
-        code = app(standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except errors.NoArgsIsHelpError:
         raise SystemExit(2) from None  # the help text was printed
     except errors.UsageError as err:
@@ -238,6 +238,16 @@ def main() -> None:
         typer.secho("aborted", fg=typer.colors.RED, err=True)
         raise SystemExit(1) from None
     raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def exit_code(argv: list[str]) -> int:
+    """Run the command line ``argv`` (without the program name) in this process and
+    return its exit code (``benchmarks/fig7a.py`` is ``hipi-offline fig7a``)."""
+    try:
+        main(argv)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else int(done.code is not None)
+    return 0
 
 
 if __name__ == "__main__":

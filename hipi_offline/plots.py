@@ -169,7 +169,7 @@ def posterior_heatmap(
     candidates), so mass outside the top k shows as zero.
     """
     from hipi_offline.store import open_store
-    from hipi_offline.tasks.label_attrs import label_task_names, labels_are_discrete
+    from hipi_offline.store.label_attrs import label_task_names, labels_are_discrete
 
     episodes = [int(e) for e in episodes]
     with open_store(store_path) as store:

@@ -324,7 +324,7 @@ def test_scripts_exit_2_on_bad_input(
     assert main(["--preset", "huge", "--root", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --preset:")
     assert main(["--preset", "tiny", "--root", str(tmp_path), "--workers", "0"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: workers:")
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --workers:")
     if script == "fig7a.py":
         assert main(["--preset", "tiny", "--root", str(tmp_path), "--envs", "quadruped"]) == 2
         assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --envs:")

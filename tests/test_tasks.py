@@ -24,9 +24,9 @@ import yaml
 from hipi_offline.envs.base import env_entry, env_names
 from hipi_offline.errors import InputError
 from hipi_offline.store.backends import ArrayInfo
+from hipi_offline.store.label_attrs import label_task_names, labels_are_discrete, task_attrs
 from hipi_offline.tasks import load_task_spec, parse_task_spec
 from hipi_offline.tasks.families import BiasedFamily
-from hipi_offline.tasks.label_attrs import label_task_names, labels_are_discrete, task_attrs
 from hipi_offline.tasks.registry import FAMILIES
 from hipi_offline.tasks.spec import COMMON_KEYS, TaskSpec
 

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from hipi_offline.errors import InputError
+from hipi_offline.store.label_attrs import labels_are_discrete
 from hipi_offline.store.labels import LabelSet
 from hipi_offline.store.store import DEFAULT_CHUNK_ROWS, TrajectoryStore
-from hipi_offline.tasks.label_attrs import labels_are_discrete
 
 OBSERVATIONS = "steps/observations"
 ACTIONS = "steps/actions"

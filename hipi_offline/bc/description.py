@@ -23,9 +23,9 @@ import numpy as np
 from hipi_offline.bc.config import ACTIVATIONS, HEADS, MAX_LAYERS, BCConfig
 from hipi_offline.bc.data import Normalization
 from hipi_offline.errors import InputError, one_line
+from hipi_offline.store.label_attrs import DISCRETE, label_task_names
 from hipi_offline.store.labels import LabelSet
 from hipi_offline.store.store import TrajectoryStore
-from hipi_offline.tasks.label_attrs import DISCRETE, label_task_names
 
 RUN_FORMAT = "hipi_offline.bc.run/1"
 MAX_DIM = 2**40

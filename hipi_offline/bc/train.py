@@ -88,9 +88,9 @@ from hipi_offline.device import resolve_device
 from hipi_offline.envs.base import env_names, env_task_frame
 from hipi_offline.errors import InputError
 from hipi_offline.ownership import check_disjoint
+from hipi_offline.store.label_attrs import label_task_names, labels_are_discrete
 from hipi_offline.store.labels import LabelSet
 from hipi_offline.store.store import TrajectoryStore, open_store
-from hipi_offline.tasks.label_attrs import label_task_names, labels_are_discrete
 
 __all__ = ["METRICS_HEADER", "RUN_FORMAT", "TrainSummary", "lr_at", "train_bc"]
 

@@ -32,6 +32,7 @@ from hipi_offline.relabel.posterior import (
     uniform_posterior,
 )
 from hipi_offline.relabel.returns import RelabelSizes, check_fits, returns_tiles, tile_columns
+from hipi_offline.store.label_attrs import task_attrs
 from hipi_offline.store.labels import (
     LabelSet,
     PosteriorSpread,
@@ -43,7 +44,6 @@ from hipi_offline.store.labels import (
     write_label_set,
 )
 from hipi_offline.store.store import DEFAULT_CHUNK_ROWS, TrajectoryStore, open_store
-from hipi_offline.tasks.label_attrs import task_attrs
 from hipi_offline.tasks.spec import TaskSpec, check_temperature, load_task_spec
 
 Method = Literal["hipi", "no-partition", "random", "original"]

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from hipi_offline.errors import InputError, one_line
+from hipi_offline.store.label_attrs import label_task_names
 from hipi_offline.store.labels import LabelSet, PosteriorSpread
 from hipi_offline.store.store import TrajectoryStore, open_store
-from hipi_offline.tasks.label_attrs import label_task_names
 
 # what a crafted label set's attributes can make the summary raise
 _SUMMARY_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)

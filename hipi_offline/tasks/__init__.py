@@ -8,7 +8,6 @@ from hipi_offline.tasks.families import (
     RewardFamily,
     TargetFamily,
 )
-from hipi_offline.tasks.label_attrs import label_task_names, labels_are_discrete
 from hipi_offline.tasks.registry import FAMILIES
 from hipi_offline.tasks.spec import TaskSpec, builtin_spec_names, load_task_spec, parse_task_spec
 
@@ -22,8 +21,6 @@ __all__ = [
     "TargetFamily",
     "TaskSpec",
     "builtin_spec_names",
-    "label_task_names",
-    "labels_are_discrete",
     "load_task_spec",
     "parse_task_spec",
 ]

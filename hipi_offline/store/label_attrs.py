@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hipi_offline.errors import InputError
-from hipi_offline.tasks.families import DiscreteFamily
-from hipi_offline.tasks.spec import TaskSpec
 
-DISCRETE = DiscreteFamily.name
-"""The ``family`` attribute of labels whose candidates are one-hot task rows."""
+if TYPE_CHECKING:
+    from hipi_offline.tasks.spec import TaskSpec
+
+DISCRETE = "discrete"
+"""The ``family`` attribute of labels whose candidates are one-hot task rows: the
+discrete family's registered name (tests/test_tasks.py keeps the two equal; this module
+imports no torch, so ``inspect`` starts fast)."""
 
 
 def task_attrs(spec: TaskSpec) -> dict[str, str]:
