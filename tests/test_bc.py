@@ -98,6 +98,7 @@ def test_task_conditioning_is_real(two_task: Path, trained: Path):
     np.testing.assert_array_equal(base.act(obs, [2.0]), actions)  # tasks are ignored
 
 
+@pytest.mark.slow
 def test_discrete_embedding_deterministic_head(two_task: Path):
     out = two_task.parent / "run-onehot"
     config = BCConfig(

@@ -86,12 +86,14 @@ def test_workers_do_not_change_the_data(tmp_path: Path, straight: dict[str, np.n
     assert_same_arrays(store_arrays(path), straight)
 
 
+@pytest.mark.slow
 def test_other_seed_other_data(tmp_path: Path, straight: dict[str, np.ndarray]) -> None:
     path = tmp_path / "cheetah.h5"
     collect("cheetah", path, CollectConfig(episodes=1, steps=STEPS, seed=4))
     assert not np.array_equal(store_arrays(path)["episodes/task"], straight["episodes/task"][:1])
 
 
+@pytest.mark.slow
 def test_resume_with_other_options_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "cheetah.h5"
     collect("cheetah", path, CollectConfig(episodes=1, steps=STEPS, seed=3))
@@ -205,6 +207,7 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+@pytest.mark.slow
 def test_resume_with_nothing_to_do_removes_a_killed_writers_temporaries(
     tmp_path: Path, store_suffix: str
 ) -> None:
@@ -221,6 +224,7 @@ def test_resume_with_nothing_to_do_removes_a_killed_writers_temporaries(
     assert not any(p.exists() for p in left) and other.exists()
 
 
+@pytest.mark.slow
 def test_a_new_store_appears_only_with_its_first_episodes(tmp_path: Path) -> None:
     """Collect creates the store with its first committed episodes (a kill before
     leaves nothing at --out; a Zarr store is never visible half-appended)."""

@@ -84,6 +84,7 @@ def test_every_command_accepts_no_progress(command: str) -> None:
     assert {"--progress", "--no-progress"} <= flags_of(command)
 
 
+@pytest.mark.slow
 def test_inspect_does_not_import_torch() -> None:
     """A command's config (and torch, MuJoCo) is imported only when it is run."""
     code = (

@@ -66,6 +66,7 @@ def test_render(env) -> None:
     assert image.std() > 0
 
 
+@pytest.mark.slow
 def test_render_after_a_closed_dm_control_env() -> None:
     """Closing cheetah (a dm_control context) must not break the desk's rendering."""
     cheetah = make_env("cheetah")
@@ -204,6 +205,7 @@ def test_commanded_achieved_task_holds_still(env) -> None:
     np.testing.assert_array_equal(expert.act(env, None), np.zeros(3, np.float32))
 
 
+@pytest.mark.slow
 def test_play_stream_visits_several_subtasks(env) -> None:
     expert = DeskPlay()
     steps = 600
@@ -239,6 +241,7 @@ def test_play_stream_pieces_continue_the_stream(env) -> None:
         )
 
 
+@pytest.mark.slow
 def test_play_unit_windows_end_at_completions(env) -> None:
     """Windows: `steps` rows ending at a completion of the sub-task played there, in
     stream order, not overlapping, each the first completion allowed; the label is

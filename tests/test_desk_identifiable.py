@@ -20,6 +20,8 @@ from hipi_offline.experts.desk_play import DeskPlay, PlayStream
 from hipi_offline.relabel import RelabelConfig, accumulate_returns, make_accumulator, relabel
 from hipi_offline.store import open_store
 
+pytestmark = pytest.mark.slow  # a desk play collection of its own
+
 STEPS, WINDOWS, EPISODES = 50, 10, 60
 
 
@@ -39,7 +41,6 @@ def _top1(path, name: str) -> float:
     return float(np.mean(labels.topk_index[:, 0] == task))
 
 
-@pytest.mark.slow
 def test_relabeling_recovers_the_window_task(desk_store) -> None:
     hipi = _top1(desk_store, "hipi")
     no_partition = _top1(desk_store, "no-partition")

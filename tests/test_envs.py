@@ -25,6 +25,7 @@ def test_the_built_in_environments_are_registered() -> None:
     assert {"cheetah", "desk", "quadruped"} <= set(env_names())
 
 
+@pytest.mark.slow
 def test_metadata_is_read_without_mujoco() -> None:
     """Reading every entry imports neither MuJoCo nor dm_control."""
     code = (

@@ -78,6 +78,7 @@ def test_info_and_shapes(env):
     assert np.isfinite(observations).all()
 
 
+@pytest.mark.slow
 def test_render(env):
     env.reset(0)
     try:

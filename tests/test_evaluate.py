@@ -182,6 +182,7 @@ def test_desk_success_feasible_tasks_json_and_video(desk_runs, tmp_path: Path) -
         assert Image.open(path).size[1] == 240  # a strip of frames of 240 rows
 
 
+@pytest.mark.slow
 def test_single_run_json_has_top_level_scores(cheetah_runs, tmp_path: Path) -> None:
     hipi, _ = cheetah_runs
     out = tmp_path / "one.json"

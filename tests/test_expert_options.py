@@ -91,6 +91,7 @@ def test_noise_levels_and_duplicates() -> None:
         expert_choice("cheetah", ("samples=8", "samples=9"))
 
 
+@pytest.mark.slow
 def test_expert_options_reach_the_expert_and_the_store(tmp_path: Path) -> None:
     plain, small = tmp_path / "plain.h5", tmp_path / "small.h5"
     collect("cheetah", plain, CollectConfig(episodes=1, steps=STEPS, seed=1))
@@ -126,6 +127,7 @@ def test_expert_options_reach_the_expert_and_the_store(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_cli_expert_option(tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "c.h5"

@@ -11,7 +11,11 @@ from hipi_offline.envs import env_entry, env_names, env_task_spec, make_env
 from hipi_offline.errors import InputError
 from hipi_offline.experts import default_expert, expert_names, make_expert
 
-EXPERTS = [(env, name) for env in env_names() for name in expert_names(env)]
+EXPERTS = [
+    pytest.param(env, name, marks=[pytest.mark.slow] if name == "mppi" else [])  # MPPI plans
+    for env in env_names()
+    for name in expert_names(env)
+]
 
 
 def test_every_environment_has_a_default_expert() -> None:

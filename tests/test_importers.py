@@ -357,6 +357,7 @@ def write_labels(store_path: Path, episodes: int, k: int = 3) -> LabelSet:
 
 
 @MINARI_WARNINGS
+@pytest.mark.slow
 def test_export_minari_with_labels(minari_root: Path, tmp_path: Path, store_suffix: str) -> None:
     import minari
 

@@ -462,6 +462,7 @@ def test_import_refuses_when_the_disk_is_too_full(
     succeeds("import", fmt, src, tmp_path / "new" / "o.zarr")
 
 
+@pytest.mark.slow
 def test_free_space_prediction_counts_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The prediction grows with the source: a source whose arrays alone exceed
     what is free is refused although the fixed margin would fit."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
 from hipi_offline.parallel import ordered_map
 
 
@@ -30,6 +32,7 @@ def test_one_job_runs_here_whatever_the_workers() -> None:
     assert list(ordered_map(lambda job: -job, [4], workers=8)) == [-4]
 
 
+@pytest.mark.slow
 def test_workers_return_results_in_job_order_from_spawned_processes() -> None:
     results = list(ordered_map(_job, list(range(5)), workers=2))
     assert [job for job, _ in results] == [0, 1, 2, 3, 4]
