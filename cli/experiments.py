@@ -54,6 +54,16 @@ def _fixed(figure: str) -> list[inspect.Parameter]:
         fixed.append(
             inspect.Parameter("envs", keyword, default=None, annotation=Annotated[str | None, envs])
         )
+        env = typer.Option(
+            help="ENV.FIELD=VALUE: one environment's setting (episodes, steps, eval_episodes, "
+            "eval_steps, temperature, candidates; none: the default), e.g. "
+            "cheetah.episodes=300. Repeatable."
+        )
+        fixed.append(
+            inspect.Parameter(
+                "env", keyword, default=None, annotation=Annotated[list[str] | None, env]
+            )
+        )
     return fixed
 
 
@@ -115,6 +125,8 @@ def _command(
             config = config.with_control(**changed_control)
             if changed_train is not config.train:
                 config = replace(config, train=changed_train)
+            if values.get("env"):
+                config = config.with_env_settings(values["env"])
             if values.get("envs"):
                 config = config.only_envs(values["envs"].split(","))
             results = runner(root, config)

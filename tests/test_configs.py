@@ -141,6 +141,9 @@ def test_help_comes_from_the_field_docstring() -> None:
         (["fig7a", "--preset", "tiny", "--seeds", "1", "--seeds", "1"], "error: --seeds: "),
         (["fig7b", "--preset", "tiny", "--eval-episodes", "0"], "error: --eval-episodes: "),
         (["fig7b", "--preset", "tiny", "--workers", "0"], "error: --workers: must be"),
+        (["fig7a", "--preset", "tiny", "--env", "cheetah.episodes=0"], "error: envs.cheetah.ep"),
+        (["fig7a", "--preset", "tiny", "--env", "walker.steps=3"], "error: --env: expected ENV"),
+        (["fig7a", "--preset", "tiny", "--env", "desk.steps=x"], "error: --env: steps must be"),
     ],
 )
 def test_field_errors_name_the_flag(
@@ -166,6 +169,17 @@ def test_new_flags_reach_the_config(tmp_path: Path) -> None:
                  "--max-memory-mb", 12.5, "--no-progress")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads((run / "config.json").read_text())["config"]["max_memory_mb"] == 12.5
+
+
+def test_env_settings_reach_each_environment_alone() -> None:
+    """``--env ENV.FIELD=VALUE`` (fig7a) changes one environment's setup, nothing else."""
+    tiny = Fig7aConfig.tiny()
+    changed = tiny.with_env_settings(["cheetah.episodes=7", "desk.eval_steps=none"])
+    before, after = {e.env: e for e in tiny.envs}, {e.env: e for e in changed.envs}
+    assert after["cheetah"].episodes == 7 and after["desk"].eval_steps is None
+    assert after["cheetah"].eval_steps == before["cheetah"].eval_steps
+    assert after["desk"].episodes == before["desk"].episodes
+    assert changed.train == tiny.train and changed.seeds == tiny.seeds
 
 
 # ------------------------------------------------------------------ the configs themselves

@@ -93,6 +93,32 @@ class EnvSetup:
             self.train.check(f"{where}.train")
 
 
+ENV_SETTINGS: dict[str, type] = {
+    "episodes": int,
+    "steps": int,
+    "eval_episodes": int,
+    "eval_steps": int,
+    "temperature": float,
+    "candidates": int,
+}
+"""The :class:`EnvSetup` fields ``--env ENV.FIELD=VALUE`` sets, and their types."""
+
+
+def _setting(key: str, text: str) -> int | float | None:
+    """One ``--env`` value: a number of the field's type, or ``none`` (the default)
+    where the field may be None; the config's checks then apply."""
+    optional = key not in ("episodes", "eval_episodes")
+    if optional and text.lower() in ("none", "default"):
+        return None
+    try:
+        return ENV_SETTINGS[key](text)
+    except ValueError:
+        kind = "an integer" if ENV_SETTINGS[key] is int else "a number"
+        raise InputError(
+            f"--env: {key} must be {kind}{' or none' if optional else ''}, got {text!r}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Fig7aConfig:
     """Settings of the Fig. 7a experiment; presets :meth:`tiny`, :meth:`reduced`, :meth:`full`."""
@@ -201,6 +227,21 @@ class Fig7aConfig:
         if unknown or not names:
             raise InputError(f"--envs: expected names from {', '.join(known)}, got {list(names)}")
         return replace(self, envs=tuple(e for e in self.envs if e.env in names))
+
+    def with_env_settings(self, items: Sequence[str]) -> Fig7aConfig:
+        """The same experiment with settings of single environments changed, each item
+        ``ENV.FIELD=VALUE`` (``cheetah.episodes=300``, ``desk.eval_steps=none``)."""
+        setups = {e.env: e for e in self.envs}
+        for item in items:
+            name, _, value = item.partition("=")
+            env, _, key = name.strip().partition(".")
+            if not value or env not in setups or key not in ENV_SETTINGS:
+                raise InputError(
+                    f"--env: expected ENV.FIELD=VALUE with ENV one of {', '.join(setups)} and "
+                    f"FIELD one of {', '.join(ENV_SETTINGS)}, got {item!r}"
+                )
+            setups[env] = replace(setups[env], **{key: _setting(key, value.strip())})
+        return replace(self, envs=tuple(setups[e.env] for e in self.envs))
 
     def with_control(self, **changes: Any) -> Fig7aConfig:
         """The same experiment run differently (workers, threads, progress)."""

@@ -46,7 +46,6 @@ from hipi_offline.store.labels import (
 from hipi_offline.store.store import DEFAULT_CHUNK_ROWS, TrajectoryStore, open_store
 from hipi_offline.tasks.spec import TaskSpec, check_temperature, load_task_spec
 
-Method = Literal["hipi", "no-partition", "random", "original"]
 METHODS: tuple[str, ...] = ("hipi", "no-partition", "random", "original")
 
 
