@@ -56,8 +56,9 @@ def _fixed(figure: str) -> list[inspect.Parameter]:
         )
         env = typer.Option(
             help="ENV.FIELD=VALUE: one environment's setting (episodes, steps, eval_episodes, "
-            "eval_steps, temperature, candidates; none: the default), e.g. "
-            "cheetah.episodes=300. Repeatable."
+            "eval_steps, temperature, candidates, or train.FIELD for its own behavior-cloning "
+            "settings; none: the default), e.g. cheetah.episodes=300 or "
+            "quadruped.train.steps=20000. Repeatable."
         )
         fixed.append(
             inspect.Parameter(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,8 @@ def test_help_comes_from_the_field_docstring() -> None:
         (["fig7b", "--preset", "tiny", "--workers", "0"], "error: --workers: must be"),
         (["fig7a", "--preset", "tiny", "--env", "cheetah.episodes=0"], "error: envs.cheetah.ep"),
         (["fig7a", "--preset", "tiny", "--env", "walker.steps=3"], "error: --env: expected ENV"),
-        (["fig7a", "--preset", "tiny", "--env", "desk.steps=x"], "error: --env: steps must be"),
+        (["fig7a", "--preset", "tiny", "--env", "desk.steps=x"], "error: --env: steps cannot"),
+        (["fig7a", "--preset", "tiny", "--env", "desk.train.lr=-1"], "error: envs.desk.train.lr"),
     ],
 )
 def test_field_errors_name_the_flag(
@@ -174,12 +175,16 @@ def test_new_flags_reach_the_config(tmp_path: Path) -> None:
 def test_env_settings_reach_each_environment_alone() -> None:
     """``--env ENV.FIELD=VALUE`` (fig7a) changes one environment's setup, nothing else."""
     tiny = Fig7aConfig.tiny()
-    changed = tiny.with_env_settings(["cheetah.episodes=7", "desk.eval_steps=none"])
+    changed = tiny.with_env_settings(
+        ["cheetah.episodes=7", "desk.eval_steps=none", "cheetah.train.hidden=8,8"]
+    )
     before, after = {e.env: e for e in tiny.envs}, {e.env: e for e in changed.envs}
     assert after["cheetah"].episodes == 7 and after["desk"].eval_steps is None
     assert after["cheetah"].eval_steps == before["cheetah"].eval_steps
     assert after["desk"].episodes == before["desk"].episodes
     assert changed.train == tiny.train and changed.seeds == tiny.seeds
+    assert after["cheetah"].train == replace(tiny.train, hidden=(8, 8))
+    assert after["desk"].train == before["desk"].train
 
 
 # ------------------------------------------------------------------ the configs themselves

@@ -18,11 +18,12 @@ Every stage skips what is already on disk, so rerunning continues a killed run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from hipi_offline.bc.config import parse_hidden
 from hipi_offline.collect import CollectConfig
 from hipi_offline.configs import FieldError, check_seed, named, nested
 from hipi_offline.envs.base import env_entry, env_names
@@ -93,30 +94,45 @@ class EnvSetup:
             self.train.check(f"{where}.train")
 
 
-ENV_SETTINGS: dict[str, type] = {
-    "episodes": int,
-    "steps": int,
-    "eval_episodes": int,
-    "eval_steps": int,
-    "temperature": float,
-    "candidates": int,
+def _flag(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError(text)
+    return text.lower() == "true"
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": _flag,
+    "tuple[int, ...]": parse_hidden,
 }
-"""The :class:`EnvSetup` fields ``--env ENV.FIELD=VALUE`` sets, and their types."""
 
 
-def _setting(key: str, text: str) -> int | float | None:
-    """One ``--env`` value: a number of the field's type, or ``none`` (the default)
-    where the field may be None; the config's checks then apply."""
-    optional = key not in ("episodes", "eval_episodes")
+Settings = dict[str, tuple[Callable[[str], Any], bool]]
+
+
+def _settings(cls: type) -> Settings:
+    """Field -> (parser, may be None) of each plainly typed field of a settings class:
+    what ``--env ENV.FIELD=VALUE`` can set, read from the dataclass itself."""
+    out = {}
+    for f in fields(cls):
+        base, none, _ = str(f.type).partition(" | None")
+        if base in _PARSERS and f.name != "env":
+            out[f.name] = (_PARSERS[base], bool(none))
+    return out
+
+
+def _setting(settings: Settings, field_name: str, text: str, shown: str) -> Any:
+    """One ``--env`` value parsed for its field (``none``: the default, where the field
+    may be None); the config's checks then apply."""
+    parse, optional = settings[field_name]
     if optional and text.lower() in ("none", "default"):
         return None
     try:
-        return ENV_SETTINGS[key](text)
-    except ValueError:
-        kind = "an integer" if ENV_SETTINGS[key] is int else "a number"
-        raise InputError(
-            f"--env: {key} must be {kind}{' or none' if optional else ''}, got {text!r}"
-        ) from None
+        return parse(text)
+    except (ValueError, InputError):
+        raise InputError(f"--env: {shown} cannot be {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -232,15 +248,24 @@ class Fig7aConfig:
         """The same experiment with settings of single environments changed, each item
         ``ENV.FIELD=VALUE`` (``cheetah.episodes=300``, ``desk.eval_steps=none``)."""
         setups = {e.env: e for e in self.envs}
+        own, train_fields = _settings(EnvSetup), _settings(TrainSettings)
         for item in items:
             name, _, value = item.partition("=")
             env, _, key = name.strip().partition(".")
-            if not value or env not in setups or key not in ENV_SETTINGS:
+            setup, train_key = setups.get(env), key.removeprefix("train.")
+            known = key in own or (key != train_key and train_key in train_fields)
+            if not value or setup is None or not known:
                 raise InputError(
                     f"--env: expected ENV.FIELD=VALUE with ENV one of {', '.join(setups)} and "
-                    f"FIELD one of {', '.join(ENV_SETTINGS)}, got {item!r}"
+                    f"FIELD one of {', '.join(own)} or train.FIELD "
+                    f"({', '.join(train_fields)}), got {item!r}"
                 )
-            setups[env] = replace(setups[env], **{key: _setting(key, value.strip())})
+            if key in own:
+                setups[env] = replace(setup, **{key: _setting(own, key, value.strip(), key)})
+            else:  # this environment's own behavior-cloning settings
+                parsed = _setting(train_fields, train_key, value.strip(), key)
+                train = replace(setup.train or self.train, **{train_key: parsed})
+                setups[env] = replace(setup, train=train)
         return replace(self, envs=tuple(setups[e.env] for e in self.envs))
 
     def with_control(self, **changes: Any) -> Fig7aConfig:
