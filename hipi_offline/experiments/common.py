@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,16 +64,7 @@ class TrainSettings:
         """InputError naming the first bad field (``<where>.<field>``): the checks of
         the :class:`BCConfig` each run is given."""
         with nested(lambda name: f"{where}.{name}"):
-            BCConfig(
-                out=".",
-                labels="any",
-                steps=self.steps,
-                batch_size=self.batch_size,
-                hidden=self.hidden,
-                lr=self.lr,
-                head=self.head,
-                body_frame_task=self.body_frame_task,
-            )
+            BCConfig(out=".", labels="any", **asdict(self))  # every field is a BCConfig field
 
 
 @dataclass(frozen=True)
