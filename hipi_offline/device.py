@@ -20,3 +20,22 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device: cuda requested but no CUDA device is available")
     return torch.device(name)
+
+
+def rank_device(name: str, local_rank: int) -> torch.device:
+    """The device of one rank of a torchrun group: ``cuda:LOCAL_RANK`` when ``name``
+    resolves to CUDA (one GPU per rank on each node), else the CPU."""
+    device = resolve_device(name)
+    if device.type != "cuda":
+        return device
+    if device.index is not None:
+        raise InputError(
+            f"--device: {name} under torchrun; each rank uses cuda:LOCAL_RANK, pass cuda or auto"
+        )
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise InputError(
+            f"--device: rank with LOCAL_RANK={local_rank} has no GPU of its own ({count} on "
+            "this node); start at most one rank per GPU (--nproc-per-node)"
+        )
+    return torch.device("cuda", local_rank)

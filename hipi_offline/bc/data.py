@@ -303,7 +303,9 @@ def sampler_generator(data: WorkingSet, device: torch.device, seed: int) -> torc
 
 class BatchSampler:
     """Uniform minibatches of steps with one freshly drawn task per step; indices and
-    posterior uniforms come from ``generator`` (see :func:`sampler_generator`)."""
+    posterior uniforms come from ``generator`` (see :func:`sampler_generator`). With a
+    ``shard``, the whole batch is drawn (every rank of a data-parallel run draws the
+    same) and only the shard's rows are gathered."""
 
     def __init__(
         self,
@@ -312,9 +314,12 @@ class BatchSampler:
         batch_size: int,
         generator: torch.Generator,
         device: torch.device | str,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
+        self.shard = shard
+        """``[start, stop)``: this rank's slice of every (global) batch; None: all."""
         self.generator = generator
         self.tasks = tasks
         where = working_device(data, self.device)
@@ -331,14 +336,24 @@ class BatchSampler:
         """(observations [B, obs_dim], actions [B, act_dim], tasks [B, D] or None)."""
         g = self.generator
         idx = torch.randint(self.num_steps, (self.batch_size,), generator=g, device=g.device)
+        u = None
+        if self.tasks is not None:  # the posterior uniforms of the whole batch
+            u = torch.rand(self.batch_size, generator=g, dtype=torch.float64, device=g.device)
+        if self.shard is not None:
+            start, stop = self.shard
+            idx = idx[start:stop]
+            u = None if u is None else u[start:stop]
         where = self.observations.device
         idx_where = to_device(idx, where)
         task = None
-        if self.tasks is not None:
+        if self.tasks is not None and u is not None:
             on = self.step_episode.device
             idx_ep = idx_where if on == where else to_device(idx, on)
             episodes = self.step_episode.index_select(0, idx_ep)
-            _, task = self.tasks.sample(episodes, self.generator)
+            chosen = self.tasks.choose(
+                episodes.to(self.tasks.device), to_device(u, self.tasks.device)
+            )
+            task = self.tasks.candidates.index_select(0, chosen)
             task = task.to(self.device, non_blocking=True)
         obs = self.observations.index_select(0, idx_where)
         act = self.actions.index_select(0, idx_where)

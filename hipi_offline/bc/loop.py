@@ -4,7 +4,9 @@ Each iteration draws a minibatch of steps uniformly and, for every step, a task
 psi ~ q(psi | tau) from its episode's stored posterior (redrawn every time), and
 takes one AdamW step on the behavior-cloning loss of pi(a | s, psi). A metrics row
 every ``log_every`` steps (mean loss over the window), a checkpoint every
-``checkpoint_every`` steps and at the end.
+``checkpoint_every`` steps and at the end. Under torchrun every rank runs this loop
+on its slice of the global batch (:mod:`~hipi_offline.bc.distributed`); rank 0
+alone writes.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,10 @@ from hipi_offline.bc.data import (
     sampler_generator,
 )
 from hipi_offline.bc.description import RunDescription
+from hipi_offline.bc.distributed import DebugHooks, Ranks
 from hipi_offline.bc.policy import build_network, checkpoint_path
 from hipi_offline.bc.rundir import Start, truncate_metrics, write_error
-from hipi_offline.errors import one_line
+from hipi_offline.errors import ResourceError, one_line
 from hipi_offline.progress import progress_bar
 from hipi_offline.store.labels import LabelSet
 
@@ -65,8 +68,16 @@ class TrainSummary:
     cpu_seconds: float = 0.0
     """CPU time of the calling thread in the training loop: with one torch thread on
     the CPU, the work done, unlike ``seconds`` hardly affected by other processes."""
+    world_size: int = 1
+    """Ranks of the torchrun group that trained the run (1: a single process)."""
+    rank: int = 0
+    """This process's rank; only rank 0 reports (:meth:`lines` is empty elsewhere)."""
+    backend: str | None = None
+    """The group's torch.distributed backend (gloo, nccl); None for one process."""
 
     def lines(self) -> list[str]:
+        if self.rank != 0:
+            return []
         what = (
             "task-agnostic"
             if self.labels is None
@@ -81,6 +92,8 @@ class TrainSummary:
                 f"{resumed} to {self.step}/{self.total_steps}, batch {self.batch_size}, "
                 f"{self.parameters:,} parameters, device={self.device}"
             )
+            if self.world_size > 1:
+                first += f" on each of {self.world_size} ranks ({self.backend})"
         loss = "n/a" if self.final_loss is None else f"{self.final_loss:.4f}"
         board = f"; tensorboard {Path(self.run_dir) / 'tensorboard'}" if self.tensorboard else ""
         return [
@@ -137,12 +150,20 @@ class TrainingRun:
     resumed: dict[str, torch.Tensor] | None
     """The checked tensors of the checkpoint the run continues from."""
     device: torch.device
+    ranks: Ranks = field(default_factory=Ranks)
+    """The torchrun group (one rank without torchrun)."""
 
 
 def summary_of(
-    run_dir: Path, config: BCConfig, labels: LabelSet | None, device: torch.device, **found: Any
+    run_dir: Path,
+    config: BCConfig,
+    labels: LabelSet | None,
+    device: torch.device,
+    ranks: Ranks | None = None,
+    **found: Any,
 ) -> TrainSummary:
     """The summary of a run with what the loop ``found`` (steps, time, loss...)."""
+    ranks = ranks or Ranks()
     return TrainSummary(
         run_dir=str(run_dir),
         labels=None if labels is None else labels.name,
@@ -151,13 +172,46 @@ def summary_of(
         total_steps=config.steps,
         batch_size=config.batch_size,
         device=str(device),
+        world_size=ranks.world,
+        rank=ranks.rank,
+        backend=ranks.backend,
         **found,
     )
 
 
+def _write_row(metrics: Any, row: str, path: Path, saved: int) -> None:
+    """Append a metrics row (rank 0; ``metrics`` is None on the other ranks)."""
+    if metrics is None:
+        return
+    try:
+        metrics.write(row)
+        metrics.flush()
+    except OSError as err:
+        raise write_error(err, path, saved) from None
+
+
+def _commit(
+    lead: bool,
+    run_dir: Path,
+    step: int,
+    state: TrainState,
+    run: RunDescription,
+    keep: int,
+    saved: int,
+) -> Path:
+    """Commit the checkpoint of ``step`` on rank 0 (a one-line error naming it when
+    that fails); the other ranks write nothing. Its path."""
+    if not lead:
+        return checkpoint_path(run_dir, step)
+    try:
+        return save(run_dir, step, state, run, keep)
+    except OSError as err:
+        raise write_error(err, checkpoint_path(run_dir, step), saved) from None
+
+
 def train_loop(run: TrainingRun, stack: contextlib.ExitStack) -> TrainSummary:
     """Train from ``run.start`` to ``config.steps``; files stay open on ``stack``."""
-    config, run_dir, device = run.config, run.run_dir, run.device
+    config, run_dir, device, ranks = run.config, run.run_dir, run.device, run.ranks
     torch.manual_seed(config.seed)
     sampler_seed = int(np.random.default_rng(config.seed).integers(2**62))
     network = build_network(run.description)
@@ -182,21 +236,26 @@ def train_loop(run: TrainingRun, stack: contextlib.ExitStack) -> TrainSummary:
             raise damaged(run.start.checkpoint, one_line(str(err), 200)) from None
     window = state.window
     tasks = None if run.labels is None else TaskSampler(run.labels, device)
-    batches = BatchSampler(run.data, tasks, config.batch_size, state.generator, device)
+    shard = ranks.shard(config.batch_size) if ranks.distributed else None
+    batches = BatchSampler(run.data, tasks, config.batch_size, state.generator, device, shard)
+    loss_of = ranks.loss_function(network)
+    hooks = DebugHooks.from_env(ranks.rank)
 
     metrics_path = run_dir / "metrics.csv"
-    truncate_metrics(metrics_path, start)
-    metrics = stack.enter_context(open(metrics_path, "a"))  # noqa: SIM115
-    writer = _tensorboard_writer(run_dir, start)
-    if writer is not None:
-        stack.callback(writer.close)
+    metrics = writer = None
+    if ranks.lead:
+        truncate_metrics(metrics_path, start)
+        metrics = stack.enter_context(open(metrics_path, "a"))  # noqa: SIM115
+        writer = _tensorboard_writer(run_dir, start)
+        if writer is not None:
+            stack.callback(writer.close)
     bar = stack.enter_context(
         progress_bar(
             total=config.steps,
             initial=start,
             desc="train-bc",
             unit="step",
-            enabled=config.progress,
+            enabled=config.progress and ranks.lead,
             dynamic_ncols=True,
         )
     )
@@ -209,49 +268,53 @@ def train_loop(run: TrainingRun, stack: contextlib.ExitStack) -> TrainSummary:
     saved = start  # step of the last committed checkpoint
     started = window_start = time.perf_counter()
     cpu_started = time.thread_time()
-    for step in range(start, config.steps):
-        lr = lr_at(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        obs, act, task = batches.sample()
-        loss = network.loss(obs, act, task)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            window.norm += torch.nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
-        optimizer.step()
-        window.loss += loss.detach()
-        window.steps += 1
-        timed_steps += 1
-        done = step + 1
-        bar.update(1)
+    try:
+        for step in range(start, config.steps):
+            lr = lr_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            obs, act, task = batches.sample()
+            loss = loss_of(obs, act, task)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # several ranks: averages the gradients over them
+            if config.grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
+                window.norm += norm
+            optimizer.step()
+            window.loss += loss.detach()
+            window.steps += 1
+            timed_steps += 1
+            done = step + 1
+            bar.update(1)
 
-        if done % config.log_every == 0 or done == config.steps:
-            final_loss = float(window.loss) / window.steps
-            now = time.perf_counter()
-            rate = timed_steps * config.batch_size / max(now - window_start, 1e-9)
-            grad = f"{float(window.norm) / window.steps:.6g}" if config.grad_clip > 0 else ""
-            try:
-                metrics.write(f"{done},{final_loss:.9g},{lr:.9g},{rate:.1f},{grad}\n")
-                metrics.flush()
-            except OSError as err:
-                raise write_error(err, metrics_path, saved) from None
-            if writer is not None:
-                writer.add_scalar("train/loss", final_loss, done)
-                writer.add_scalar("train/lr", lr, done)
-                writer.add_scalar("train/samples_per_s", rate, done)
-            bar.set_postfix(loss=f"{final_loss:.4f}", sps=f"{rate:,.0f}")
-            window.reset()
-            timed_steps, window_start = 0, now
+            if done % config.log_every == 0 or done == config.steps:
+                ranks.mean_(window.loss)  # the global batch's mean loss
+                final_loss = float(window.loss) / window.steps
+                now = time.perf_counter()
+                rate = timed_steps * config.batch_size / max(now - window_start, 1e-9)
+                grad = f"{float(window.norm) / window.steps:.6g}" if config.grad_clip > 0 else ""
+                row = f"{done},{final_loss:.9g},{lr:.9g},{rate:.1f},{grad}\n"
+                ranks.agree(_write_row, metrics, row, metrics_path, saved)
+                if writer is not None:
+                    writer.add_scalar("train/loss", final_loss, done)
+                    writer.add_scalar("train/lr", lr, done)
+                    writer.add_scalar("train/samples_per_s", rate, done)
+                bar.set_postfix(loss=f"{final_loss:.4f}", sps=f"{rate:,.0f}")
+                window.reset()
+                timed_steps, window_start = 0, now
 
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            try:
-                last_checkpoint = save(
-                    run_dir, done, state, run.description, config.keep_checkpoints
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                ranks.mean_(window.loss)  # the saved window is the same on every rank
+                keep = config.keep_checkpoints
+                last_checkpoint = ranks.agree(
+                    _commit, ranks.lead, run_dir, done, state, run.description, keep, saved
                 )
-            except OSError as err:
-                raise write_error(err, checkpoint_path(run_dir, done), saved) from None
-            saved = done
+                saved = done
+            hooks.after_step(done, network)
+    except RuntimeError as err:  # a collective of the backward pass whose peer is gone
+        if not ranks.distributed or isinstance(err, ResourceError):
+            raise
+        raise ranks.failed(err, saved) from None
 
     seconds = time.perf_counter() - started
     trained = config.steps - start
@@ -260,6 +323,7 @@ def train_loop(run: TrainingRun, stack: contextlib.ExitStack) -> TrainSummary:
         config,
         run.labels,
         device,
+        ranks,
         start_step=start,
         step=config.steps,
         parameters=sum(p.numel() for p in params),

@@ -35,6 +35,8 @@ import contextlib
 import json
 import math
 import shutil
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,7 @@ from hipi_offline.bc.description import (
     data_fingerprint,
     describe_new_run,
 )
+from hipi_offline.bc.distributed import Ranks, join_group
 from hipi_offline.bc.loop import (
     TrainingRun,
     TrainSummary,
@@ -84,7 +87,6 @@ from hipi_offline.bc.rundir import (
     start_point,
     write_error,
 )
-from hipi_offline.device import resolve_device
 from hipi_offline.envs.base import env_names, env_task_frame
 from hipi_offline.errors import InputError
 from hipi_offline.ownership import check_disjoint
@@ -165,84 +167,125 @@ def train_bc(store_path: str | Path, config: BCConfig) -> TrainSummary:
     """Train a (task-conditioned) behavior-cloning policy; see the module docstring.
 
     Every option, the sizes, the destination and its free space are checked before
-    the run folder is created or any data is loaded."""
-    store_path = Path(store_path)
-    run_dir = Path(config.out)
-    device = resolve_device(config.device)
-    check_disjoint(store_path, run_dir)
-    check_destination(run_dir, config)
+    the run folder is created or any data is loaded. Under torchrun this process is
+    one rank of a data-parallel run (:mod:`~hipi_offline.bc.distributed`)."""
+    ranks = join_group(config.device, config.batch_size)
     with contextlib.ExitStack() as stack:
-        if config.threads:
-            stack.callback(torch.set_num_threads, torch.get_num_threads())
-            torch.set_num_threads(config.threads)
-        store_scope = stack.enter_context(contextlib.ExitStack())
+        stack.callback(ranks.close)
+        return _train(Path(store_path), config, ranks, stack)
+
+
+def _train(
+    store_path: Path, config: BCConfig, ranks: Ranks, stack: contextlib.ExitStack
+) -> TrainSummary:
+    """:func:`train_bc` on this rank: every pre-flight step is agreed by all ranks
+    (:meth:`Ranks.agree`); rank 0 alone reads and writes the run folder."""
+    run_dir = Path(config.out)
+    device, lead = ranks.device, ranks.lead
+
+    def destination() -> None:
+        if lead:
+            check_disjoint(store_path, run_dir)
+            check_destination(run_dir, config)
+
+    ranks.agree(destination)
+    if config.threads:
+        stack.callback(torch.set_num_threads, torch.get_num_threads())
+        torch.set_num_threads(config.threads)
+    store_scope = stack.enter_context(contextlib.ExitStack())
+
+    def inspect() -> tuple[TrajectoryStore, LabelSet | None, dict[str, Any], dict[str, Any]]:
         store = store_scope.enter_context(open_store(store_path))
         labels = _read_labels(store, config)
         spec = _spec(config, store, labels)
         top_k = 0 if labels is None else labels.k
         check_memory(config, spec, store.num_steps, top_k, device)
         fingerprint = data_fingerprint(store, labels)
-        start_point(run_dir, config, fingerprint, spec)  # refuse before writing anything
-        check_writable(run_dir, _needed_space(config, spec, store, labels) + MARGIN)
-        folder = RunFolder(run_dir)
+        if lead:
+            start_point(run_dir, config, fingerprint, spec)  # refuse before writing anything
+            check_writable(run_dir, _needed_space(config, spec, store, labels) + MARGIN)
+        return store, labels, spec, fingerprint
+
+    store, labels, spec, fingerprint = ranks.agree(inspect)
+    ranks.same(str(store_path), fingerprint)
+    folder = RunFolder(run_dir)
+    opened = []
+
+    def take_folder() -> tuple[Start, dict[str, torch.Tensor] | None]:
         folder.open(stack)
-        try:
-            start = start_point(run_dir, config, fingerprint, spec)  # now under the lock
-            resumed = None
-            if start.checkpoint is not None:
-                resumed = read_resumable(start.checkpoint, start.step, spec)
-            else:
-                remove_own(run_dir)
-            folder.mark()
-            if resumed is not None and start.step >= config.steps:
-                return _already_complete(run_dir, config, labels, start, resumed, device)
+        opened.append(folder)
+        start = start_point(run_dir, config, fingerprint, spec)  # now under the lock
+        resumed = None
+        if start.checkpoint is not None:
+            resumed = read_resumable(start.checkpoint, start.step, spec)
+        else:
+            remove_own(run_dir)
+        folder.mark()
+        return start, resumed
+
+    try:
+        start, resumed = ranks.broadcast(ranks.agree(take_folder if lead else lambda: None))
+        if resumed is not None and start.step >= config.steps:
+            return _already_complete(run_dir, config, labels, start, resumed, device, ranks)
+        if lead:
             clean_temporaries(run_dir)
             stack.callback(shutil.rmtree, run_dir / ".cache", True)
-            data = load_working_set(
-                store, max_memory_mb=config.max_memory_mb, spill_dir=run_dir / ".cache"
+            spill_dir = run_dir / ".cache"
+        else:  # other ranks write nothing in the run folder
+            spill_dir = Path(tempfile.gettempdir()) / f"hipi-offline-{uuid.uuid4().hex}"
+            stack.callback(shutil.rmtree, spill_dir, True)
+        data = ranks.agree(
+            lambda: load_working_set(store, max_memory_mb=config.max_memory_mb, spill_dir=spill_dir)
+        )
+        if labels is not None:
+            candidates, task_mean, task_std = encode_candidates(labels)
+        else:
+            candidates, task_mean, task_std = None, np.zeros(0), np.ones(0)
+        norm = data.normalization(task_mean, task_std)
+        description = start.description
+        if description is None and lead:
+            new = NewRun(
+                store_path=store_path,
+                store=store,
+                config=config,
+                labels=labels,
+                norm=norm,
+                obs_shape=data.obs_shape,
+                fingerprint=fingerprint,
+                network=spec,
+                tensorboard=tensorboard_available(),
             )
-            if labels is not None:
-                candidates, task_mean, task_std = encode_candidates(labels)
-            else:
-                candidates, task_mean, task_std = None, np.zeros(0), np.ones(0)
-            norm = data.normalization(task_mean, task_std)
-            description = start.description
-            if description is None:
-                new = NewRun(
-                    store_path=store_path,
-                    store=store,
-                    config=config,
-                    labels=labels,
-                    norm=norm,
-                    obs_shape=data.obs_shape,
-                    fingerprint=fingerprint,
-                    network=spec,
-                    tensorboard=tensorboard_available(),
-                )
-                description = describe_new_run(new)
-            store_scope.close()
-            if resumed is None:
+            description = describe_new_run(new)
+        description, norm = ranks.broadcast((description, norm))
+        store_scope.close()
+
+        def write_description() -> None:
+            if resumed is None and lead:
                 text = json.dumps(description.to_json(), indent=2).encode()
                 try:
                     atomic_write_bytes(run_dir / "config.json", text)
                 except OSError as err:
                     raise write_error(err, run_dir / "config.json", 0) from None
-            run = TrainingRun(
-                run_dir=run_dir,
-                config=config,
-                description=description,
-                data=data,
-                labels=labels,
-                candidates=candidates,
-                norm=norm,
-                start=start,
-                resumed=resumed,
-                device=device,
-            )
-            return train_loop(run, stack)
-        except BaseException:
+
+        ranks.agree(write_description)
+        run = TrainingRun(
+            run_dir=run_dir,
+            config=config,
+            description=description,
+            data=data,
+            labels=labels,
+            candidates=candidates,
+            norm=norm,
+            start=start,
+            resumed=resumed,
+            device=device,
+            ranks=ranks,
+        )
+        return train_loop(run, stack)
+    except BaseException:
+        if opened:
             folder.discard_if_unused()
-            raise
+        raise
 
 
 def _already_complete(
@@ -252,6 +295,7 @@ def _already_complete(
     start: Start,
     tensors: dict[str, torch.Tensor],
     device: torch.device,
+    ranks: Ranks,
 ) -> TrainSummary:
     """The summary of a resumed run that has nothing left to do."""
     return summary_of(
@@ -259,6 +303,7 @@ def _already_complete(
         config,
         labels,
         device,
+        ranks,
         start_step=start.step,
         step=start.step,
         parameters=policy_parameters(tensors),
