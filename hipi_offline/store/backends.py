@@ -20,13 +20,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from hipi_offline.errors import InputError
 from hipi_offline.store.atomic import lstat_or_none, remove_abandoned_siblings
+from hipi_offline.store.location import is_url, store_location
 
 Compression = Literal["none", "fast", "small"]
 COMPRESSIONS: tuple[str, ...] = ("none", "fast", "small")
@@ -101,6 +102,8 @@ class StorageBackend(ABC):
     """The registered name (``"hdf5"``, ``"zarr"``), shown by ``inspect``."""
     append_copies: ClassVar[bool] = False
     """Whether an append copies the whole store (then it needs room for it twice)."""
+    locks_labels: ClassVar[bool] = True
+    """Whether writers of a label set take a file lock (object stores have none)."""
 
     def __init__(self, path: Path, mode: Mode) -> None:
         self.path = path
@@ -264,18 +267,24 @@ class Registration:
     title: str
     suffixes: tuple[str, ...]
     target: str  # "module:Class", imported on first use
+    url_target: str | None = None  # the class for stores at fsspec URLs, if any
 
 
 _REGISTRY: dict[str, Registration] = {}
 
 
-def register_backend(kind: str, title: str, suffixes: Sequence[str], target: str) -> None:
+def register_backend(
+    kind: str, title: str, suffixes: Sequence[str], target: str, url_target: str | None = None
+) -> None:
     """Register a backend: ``kind`` (its name), ``title`` (for messages), the file
-    suffixes that choose it, and ``"module:Class"`` (imported when first used)."""
+    suffixes that choose it, and ``"module:Class"`` (imported when first used);
+    ``url_target``: the class for stores of this format at fsspec URLs (``s3://``),
+    None when the format lives on local disks only."""
     taken = {s for r in _REGISTRY.values() for s in r.suffixes} & set(suffixes)
     if kind in _REGISTRY or taken:
         raise ValueError(f"backend {kind}: name or suffix {sorted(taken)} already registered")
-    _REGISTRY[kind] = Registration(kind, title, tuple(s.lower() for s in suffixes), target)
+    lowered = tuple(s.lower() for s in suffixes)
+    _REGISTRY[kind] = Registration(kind, title, lowered, target, url_target)
 
 
 def backend_names() -> list[str]:
@@ -288,35 +297,59 @@ def backend_suffixes(kind: str) -> tuple[str, ...]:
     return _REGISTRY[kind].suffixes
 
 
-def backend_class(kind: str) -> type[StorageBackend]:
-    """The class of a registered backend (its module is imported now)."""
-    module, _, name = _REGISTRY[kind].target.partition(":")
+def backend_class(kind: str, url: bool = False) -> type[StorageBackend]:
+    """The class of a registered backend (its module is imported now); ``url``: its
+    class for stores at fsspec URLs."""
+    registration = _REGISTRY[kind]
+    target = registration.url_target if url else registration.target
+    if target is None:
+        raise InputError(f"{registration.title} stores live on local disks only")
+    module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
-def backend_kind(path: Path) -> str:
-    """The backend the suffix names, or an InputError naming the suffix."""
-    suffix = Path(path).suffix.lower()
+def backend_kind(path: Path | str) -> str:
+    """The backend the suffix names, or an InputError naming the suffix (a store at a
+    URL: only a format registered with a ``url_target``)."""
+    url = is_url(path)
+    suffix = (PurePosixPath(str(path).partition("://")[2]) if url else Path(path)).suffix.lower()
     for registration in _REGISTRY.values():
         if suffix in registration.suffixes:
+            if url and registration.url_target is None:
+                remote = [r for r in _REGISTRY.values() if r.url_target is not None]
+                usable = " or ".join(f"{r.suffixes[0]} ({r.title})" for r in remote) or "none"
+                raise InputError(
+                    f"{path}: {registration.title} stores live on local disks only; "
+                    f"a store at a URL must be {usable}"
+                )
             return registration.kind
-    choices = [f"{'/'.join(r.suffixes)} ({r.title})" for r in _REGISTRY.values()]
+    registrations = [r for r in _REGISTRY.values() if r.url_target is not None or not url]
+    choices = [f"{'/'.join(r.suffixes)} ({r.title})" for r in registrations]
     listed = ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]
-    raise InputError(f"{path}: unknown store suffix {suffix!r}; use {listed}")
+    where = " for a store at a URL" if url else ""
+    raise InputError(f"{path}: unknown store suffix {suffix!r}{where}; use {listed}")
 
 
-def backend_for(path: Path) -> type[StorageBackend]:
-    """The backend class that the suffix of ``path`` chooses."""
-    return backend_class(backend_kind(path))
+def backend_for(path: Path | str) -> type[StorageBackend]:
+    """The backend class that the suffix of ``path`` (a path or a URL) chooses."""
+    path = store_location(path)
+    return backend_class(backend_kind(path), url=is_url(path))
 
 
-def open_backend(path: Path, mode: Mode) -> StorageBackend:
+def open_backend(path: Path | str, mode: Mode) -> StorageBackend:
     """Open (``r``/``a``, files checked first) or create (``w``) a store's backend."""
+    path = store_location(path)
     cls = backend_for(path)
     if mode != "w":
-        cls.check_files(path)
-    return cls(path, mode)
+        cls.check_files(path)  # type: ignore[arg-type]
+    return cls(path, mode)  # type: ignore[arg-type]
 
 
 register_backend("hdf5", "HDF5", (".h5", ".hdf5"), "hipi_offline.store.hdf5_backend:Hdf5Backend")
-register_backend("zarr", "Zarr", (".zarr",), "hipi_offline.store.zarr_backend:ZarrBackend")
+register_backend(
+    "zarr",
+    "Zarr",
+    (".zarr",),
+    "hipi_offline.store.zarr_backend:ZarrBackend",
+    url_target="hipi_offline.store.object_backend:ObjectZarrBackend",
+)

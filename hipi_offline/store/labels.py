@@ -31,6 +31,7 @@ from hipi_offline.preflight import check_free_space, check_writable
 from hipi_offline.store.atomic import lstat_or_none, special_file_error
 from hipi_offline.store.backends import StorageBackend, backend_for, jsonable
 from hipi_offline.store.hdf5_backend import hdf5_sidecar
+from hipi_offline.store.location import Location, is_url, store_location
 from hipi_offline.store.names import MAX_NAME_LENGTH, RESERVED_NAMES, check_label_name
 
 __all__ = [
@@ -140,24 +141,30 @@ class PosteriorSpread:
         )
 
 
-def _backend(store_path: Path) -> type[StorageBackend]:
-    return backend_for(Path(store_path))
+def _backend(store_path: Location) -> type[StorageBackend]:
+    return backend_for(store_path)
 
 
-def label_area(store_path: Path) -> Path | None:
+def _where(store_path: str | os.PathLike[str]) -> Any:
+    """The store's location as its backend takes it: a Path, or a URL string."""
+    return store_location(store_path)
+
+
+def label_area(store_path: Location) -> Any:
     """The checked folder of a store's label sets (``X.h5.labels/`` or ``X.zarr/labels/``
-    with its ``.sets/``), or None when there is none yet."""
-    return _backend(store_path).label_area(Path(store_path))
+    with its ``.sets/``; ``URL/labels`` at a URL), or None when there is none yet."""
+    return _backend(store_path).label_area(_where(store_path))
 
 
-def prepare_label_area(store_path: Path) -> tuple[Path, list[Path]]:
-    """The label area, created if missing and checked to be writable (before any work),
-    and the folders that were created for it."""
+def prepare_label_area(store_path: Location) -> tuple[Any, list[Path]]:
+    """The label area, created if missing and checked to be writable (before any work;
+    at a URL by writing and deleting a probe object), and the folders created for it."""
     try:
-        area, created = _backend(store_path).make_label_area(Path(store_path))
+        area, created = _backend(store_path).make_label_area(_where(store_path))
     except OSError as err:
         raise describe_os_error(err) from None
-    check_writable(area, "label sets")
+    if not is_url(area):
+        check_writable(area, "label sets")
     return area, created
 
 
@@ -172,13 +179,13 @@ def _remove_if_unused(created: list[Path]) -> None:
             pass
 
 
-def list_label_sets(store_path: Path) -> list[str]:
+def list_label_sets(store_path: Location) -> list[str]:
     """Names of the committed label sets of a store, sorted (links are not followed;
     a damaged or crafted entry is listed and refused when read)."""
-    return _backend(store_path).list_labels(Path(store_path))
+    return _backend(store_path).list_labels(_where(store_path))
 
 
-def _check_listed(store_path: Path, name: str) -> None:
+def _check_listed(store_path: Location, name: str) -> None:
     """An InputError naming the label sets there are, unless ``name`` is one."""
     if name not in list_label_sets(store_path):
         known = ", ".join(list_label_sets(store_path)) or "none"
@@ -220,13 +227,13 @@ def _check_label_arrays(name: str, arrays: dict[str, np.ndarray]) -> None:
         raise InputError(f"labels/{name}: damaged label set ({problem}); relabel with --overwrite")
 
 
-def read_label_set(store_path: Path, name: str) -> LabelSet:
+def read_label_set(store_path: Location, name: str) -> LabelSet:
     """Load one committed label set; an InputError if it is missing, damaged or leads
     out of the store through a link."""
     check_label_name(name)
     _check_listed(store_path, name)
     try:
-        arrays, raw = _backend(store_path).read_labels(Path(store_path), name, LABEL_ARRAYS)
+        arrays, raw = _backend(store_path).read_labels(_where(store_path), name, LABEL_ARRAYS)
         attrs = {key: attr_value(value) for key, value in raw.items()}
     except InputError:
         raise
@@ -250,14 +257,14 @@ def _label_arrays(labels: LabelSet) -> dict[str, np.ndarray]:
     }
 
 
-def check_can_write(store_path: Path, name: str, overwrite: bool) -> None:
+def check_can_write(store_path: Location, name: str, overwrite: bool) -> None:
     """Refuse early (before any work) an invalid name, an entry that cannot be
     replaced safely, and an existing label set without ``overwrite``."""
     check_label_name(name)
     area = label_area(store_path)
     if area is None:
         return
-    exists = _backend(store_path).label_exists(Path(store_path), area, name)
+    exists = _backend(store_path).label_exists(_where(store_path), area, name)
     if exists and not overwrite:
         raise InputError(f"labels/{name}: already exists; pass --overwrite to replace it")
 
@@ -305,13 +312,17 @@ def _release_lock(fd: int, path: Path) -> None:
 
 
 @contextmanager
-def label_lock(store_path: Path, name: str) -> Iterator[Path]:
+def label_lock(store_path: Location, name: str) -> Iterator[Any]:
     """Hold the exclusive lock of label set ``name`` (creating the label area, checked
     writable); a second writer, in any process, gets an InputError at once. Yields the
     label area. Re-entrant within one process. The lock file is removed on release,
-    and so is a label area it created when nothing was committed into it."""
+    and so is a label area it created when nothing was committed into it. Object
+    stores have no locks (see ``object_backend.py``): there it checks writability only."""
     check_label_name(name)
     area, created = prepare_label_area(store_path)
+    if not _backend(store_path).locks_labels:
+        yield area
+        return
     path = _backend(store_path).label_lock_path(area, name)
     key = os.path.realpath(path)
     fd = None
@@ -344,25 +355,27 @@ def label_set_bytes(episodes: int, candidates: int, task_dim: int, top_k: int) -
     return episodes * per_episode + candidates * per_candidate + LABEL_OVERHEAD_BYTES
 
 
-def check_label_space(store_path: Path, name: str, needed: int) -> None:
-    """A ResourceError before any work when the label area lacks ``needed`` bytes."""
+def check_label_space(store_path: Location, name: str, needed: int) -> None:
+    """A ResourceError before any work when the label area lacks ``needed`` bytes (at a
+    URL there is no free space to ask for: writability is checked)."""
     area, _ = prepare_label_area(store_path)
-    check_free_space(area, needed, f"label set {name}")
+    if not is_url(area):
+        check_free_space(area, needed, f"label set {name}")
 
 
-def write_label_set(store_path: Path, labels: LabelSet, overwrite: bool = False) -> None:
+def write_label_set(store_path: Location, labels: LabelSet, overwrite: bool = False) -> None:
     """Commit a label set atomically (see the backend's docstring) under its lock."""
     with label_lock(store_path, labels.name):
         check_can_write(store_path, labels.name, overwrite)
         arrays = _label_arrays(labels)
         attrs = {k: attr_value(v) for k, v in labels.attrs.items()}
-        _backend(store_path).commit_labels(Path(store_path), labels.name, arrays, attrs)
+        _backend(store_path).commit_labels(_where(store_path), labels.name, arrays, attrs)
 
 
-def remove_label_set(store_path: Path, name: str) -> None:
+def remove_label_set(store_path: Location, name: str) -> None:
     """Delete one committed label set under its lock. Only an entry that this toolkit
     writes is removed (a label file, or a Zarr link to one of the set's own versions);
     anything else, a link out of the store included, is refused and left in place."""
     with label_lock(store_path, name):
         _check_listed(store_path, name)
-        _backend(store_path).remove_labels(Path(store_path), name)
+        _backend(store_path).remove_labels(_where(store_path), name)

@@ -38,6 +38,7 @@ from hipi_offline.store.backends import (
     open_backend,
 )
 from hipi_offline.store.labels import LabelSet, list_label_sets, read_label_set
+from hipi_offline.store.location import Location, is_url, store_location
 
 FORMAT_VERSION = 1
 FORMAT_ATTR = "hipi_offline_format"
@@ -73,12 +74,13 @@ class TrajectoryStore:
     :func:`create_store`; close it (or use ``with``) when done."""
 
     def __init__(
-        self, backend: StorageBackend, path: Path | None = None, staging: bool = False
+        self, backend: StorageBackend, path: Location | None = None, staging: bool = False
     ) -> None:
         self._backend = backend
-        self.path = path or backend.path
+        self.path: Location = path or backend.path
         self.kind = backend.kind
         self._staging = backend.path if staging else None
+        self._created_at_url = False  # created in place at a URL: removed unless committed
         self._overwrite = False
         self._ends: np.ndarray | None = None
 
@@ -102,11 +104,16 @@ class TrajectoryStore:
         any existing store at ``path`` untouched). Only a hipi-offline store is ever
         replaced, and only with ``overwrite``; a link or anything else is refused.
         ``expected_bytes``: the size the caller will write, checked against the free
-        space before anything is written."""
-        path = Path(path)
-        storage = backend_for(path)
+        space before anything is written. At a URL see :meth:`_create_at_url`."""
+        location = store_location(path)
+        storage = backend_for(location)
         if compression not in COMPRESSIONS:
             raise InputError(f"compression: {compression!r} is not one of {COMPRESSIONS}")
+        if is_url(location):
+            return cls._create_at_url(
+                str(location), env, metadata, compression, chunk_rows, overwrite
+            )
+        path = Path(location)
         _check_replaceable(path, overwrite)
         check_writable(path.parent, f"the store {path.name}")
         storage.remove_leftovers(path)
@@ -121,9 +128,36 @@ class TrajectoryStore:
         store._overwrite = overwrite
         return store
 
+    @classmethod
+    def _create_at_url(
+        cls,
+        url: str,
+        env: str,
+        metadata: Mapping[str, Any] | None,
+        compression: str,
+        chunk_rows: int,
+        overwrite: bool,
+    ) -> TrajectoryStore:
+        """Create a store at a URL. Object stores cannot rename a finished store into
+        place, so it is written where it belongs: after every check (what is there,
+        ``overwrite``, a write probe) an old store of the toolkit is deleted (its root
+        ``zarr.json`` last), and a creation that fails deletes what it wrote. Its
+        ``episodes/ends`` is still the commit of every append."""
+        storage = backend_for(url)
+        if storage.prepare_create(url, overwrite, FORMAT_ATTR):  # type: ignore[attr-defined]
+            storage.discard(url)  # type: ignore[attr-defined]
+        try:
+            started = cls._start(url, env, metadata, compression, chunk_rows)
+        except BaseException:
+            storage.discard(url)  # type: ignore[attr-defined]
+            raise
+        store = cls(started)
+        store._created_at_url = True
+        return store
+
     @staticmethod
     def _start(
-        staging: Path,
+        staging: Location,
         env: str,
         metadata: Mapping[str, Any] | None,
         compression: str,
@@ -148,8 +182,9 @@ class TrajectoryStore:
 
     @classmethod
     def open(cls, path: str | Path, mode: Literal["r", "a"] = "r") -> TrajectoryStore:
-        """Open and validate an existing store; read-only unless ``mode="a"``."""
-        store = cls(open_backend(Path(path), mode))
+        """Open and validate an existing store (a path or an fsspec URL); read-only
+        unless ``mode="a"``."""
+        store = cls(open_backend(store_location(path), mode))
         try:
             store._validate()
         except BaseException:
@@ -165,8 +200,15 @@ class TrajectoryStore:
 
     def close(self, commit: bool = True) -> None:
         """Close the store; a store being created is moved into place (``commit``)
-        or discarded (also when closing or moving it fails: nothing is left behind)."""
+        or discarded (also when closing or moving it fails: nothing is left behind).
+        A store created at a URL is deleted unless ``commit``."""
         staging, self._staging = self._staging, None
+        if self._created_at_url:
+            self._created_at_url = False
+            self._backend.close()
+            if not commit:
+                type(self._backend).discard(self.path)  # type: ignore[attr-defined]
+            return
         if staging is None:
             self._backend.close()
             return
@@ -512,7 +554,8 @@ def _check_replaceable(path: Path, overwrite: bool) -> None:
 
 
 def open_store(path: str | Path, mode: Literal["r", "a"] = "r") -> TrajectoryStore:
-    """Open and validate a store; the backend follows the suffix (.h5/.hdf5, .zarr)."""
+    """Open and validate a store; the backend follows the suffix (.h5/.hdf5, .zarr) and
+    whether it is a path or an fsspec URL (``s3://bucket/x.zarr``)."""
     return TrajectoryStore.open(path, mode)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from hipi_offline.configs import check_choice, check_int, check_seed
 from hipi_offline.progress import progress_bar
 from hipi_offline.store.backends import COMPRESSIONS
+from hipi_offline.store.location import Location, store_location
 from hipi_offline.store.store import DEFAULT_CHUNK_ROWS, TrajectoryStore
 
 
@@ -96,12 +97,13 @@ def synthetic_store_bytes(config: SyntheticConfig) -> int:
 
 def make_synthetic_store(
     path: str | Path, config: SyntheticConfig = SyntheticConfig(), overwrite: bool = False
-) -> Path:
-    """Write the synthetic dataset to ``path`` (.h5/.hdf5 or .zarr) and return the path.
+) -> Location:
+    """Write the synthetic dataset to ``path`` (.h5/.hdf5 or .zarr, or a .zarr URL such
+    as ``s3://bucket/x.zarr``) and return its location.
     Everything (path, options, writability, free space) is checked before the first
     byte is written; a failure leaves nothing behind."""
     rng = np.random.default_rng(config.seed)
-    path = Path(path)
+    path = store_location(path)
     with TrajectoryStore.create(
         path,
         env="synthetic-runner",
