@@ -69,8 +69,36 @@ def inverse_rl_posterior(
     device: torch.device,
 ) -> Posterior:
     """Posterior summaries from R given tile by tile (see the module docstring)."""
+    options = dict(temperature=temperature, log_prior=log_prior, partition=partition)
+    posterior = posterior_rows(block, n, k, **options, top_k=top_k, tile=tile, device=device)
+    if posterior is None:
+        bounds = [(j, min(j + tile, k)) for j in range(0, k, tile)]
+        raise_non_finite(ReturnsScan.of(block, bounds, k), temperature, tile)
+    return posterior
+
+
+def posterior_rows(
+    block: Block,
+    n: int,
+    k: int,
+    *,
+    temperature: float,
+    log_prior: Tensor | None,
+    partition: bool,
+    top_k: int,
+    tile: int,
+    device: torch.device,
+    log_z: Tensor | None = None,
+    total: int | None = None,
+) -> Posterior | None:
+    """:func:`inverse_rl_posterior` of ``n`` rows, or None when anything came out NaN or
+    inf. Rows of a larger set pass that set's ``log_z`` (else it is computed from these
+    rows) and its size ``total``: ``coverage`` is then these rows' share of the
+    coverage (sum_i q_ij / total), and the shares of all rows add up to it."""
     bounds = [(j, min(j + tile, k)) for j in range(0, k, tile)]
-    log_z = torch.empty(k, dtype=torch.float64, device=device)
+    given = log_z is not None
+    if log_z is None:
+        log_z = torch.empty(k, dtype=torch.float64, device=device)
     row_norm = torch.full((n,), -math.inf, dtype=torch.float64, device=device)
     single = len(bounds) == 1
 
@@ -85,7 +113,8 @@ def inverse_rl_posterior(
     kept: Tensor | None = None  # the scores of a single tile, reused by the second sweep
     for j0, j1 in bounds:
         returns = block(j0, j1)
-        log_z[j0:j1] = log_partition(returns, temperature)
+        if not given:
+            log_z[j0:j1] = log_partition(returns, temperature)
         s = scores(j0, j1, returns)
         row_norm = torch.logaddexp(row_norm, torch.logsumexp(s, dim=1))
         kept = s if single else None
@@ -103,7 +132,7 @@ def inverse_rl_posterior(
         if zero_mass:  # q log q -> 0 where the prior (so q) is 0: 0 * -inf is not NaN
             qs = torch.where(q > 0, qs, 0.0)
         expected_score += qs.sum(dim=1)
-        coverage[j0:j1] = q.sum(dim=0) / n
+        coverage[j0:j1] = q.sum(dim=0) / (n if total is None else total)
         vals, idx = torch.topk(s, min(top_k, j1 - j0), dim=1)  # log q is s minus a row constant
         merged_val = torch.cat([best_val, vals], dim=1)
         merged_idx = torch.cat([best_idx, idx + j0], dim=1)
@@ -117,7 +146,7 @@ def inverse_rl_posterior(
     if not _all_finite(log_z, row_norm, entropy, coverage, best_val[:, :1]) or bool(
         best_val.isnan().any() or best_val.isposinf().any()
     ):
-        _diagnose(block, bounds, temperature)
+        return None
     return Posterior(
         log_z=log_z.cpu().numpy(),
         topk_index=best_idx.cpu().numpy(),
@@ -132,18 +161,61 @@ def _all_finite(*tensors: Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
-def _diagnose(block: Block, bounds: list[tuple[int, int]], temperature: float) -> None:
+@dataclass(frozen=True, repr=False)
+class ReturnsScan:
+    """What :func:`raise_non_finite` needs to know of R: the largest finite |R| and, per
+    candidate, the first episode whose return is NaN or inf (-1: none) and that value.
+    Scans of row blocks combine (:meth:`merge`) into the scan of all rows."""
+
+    largest: float
+    first_bad: np.ndarray  # int64 [K]
+    bad_value: np.ndarray  # float64 [K]
+
+    @classmethod
+    def of(cls, block: Block, bounds: list[tuple[int, int]], k: int, first: int = 0) -> ReturnsScan:
+        """Scan R tile by tile; its rows are episodes ``first, first + 1, ...``."""
+        largest = 0.0
+        first_bad = np.full(k, -1, dtype=np.int64)
+        bad_value = np.zeros(k, dtype=np.float64)
+        for j0, j1 in bounds:
+            returns = block(j0, j1)
+            finite = torch.isfinite(returns)
+            if not bool(finite.all()):
+                bad = ~finite
+                hit = bad.any(dim=0)
+                row = bad.to(torch.uint8).argmax(dim=0)  # first bad row per column
+                for j in hit.nonzero()[:, 0].tolist():
+                    first_bad[j0 + j] = first + int(row[j])
+                    bad_value[j0 + j] = float(returns[int(row[j]), j])
+            magnitude = torch.where(finite, returns.abs(), 0.0)
+            largest = max(largest, float(magnitude.max()) if magnitude.numel() else 0.0)
+        return cls(largest, first_bad, bad_value)
+
+    @classmethod
+    def merge(cls, scans: list[ReturnsScan]) -> ReturnsScan:
+        """The scan of all rows from the scans of consecutive row blocks, in order."""
+        first_bad = scans[0].first_bad.copy()
+        bad_value = scans[0].bad_value.copy()
+        for scan in scans[1:]:
+            new = (first_bad < 0) & (scan.first_bad >= 0)
+            first_bad[new], bad_value[new] = scan.first_bad[new], scan.bad_value[new]
+        return cls(max(scan.largest for scan in scans), first_bad, bad_value)
+
+
+def raise_non_finite(scan: ReturnsScan, temperature: float, tile: int) -> None:
     """Name why the posterior is not finite (called only then): R itself overflowed,
-    R / alpha does, or the scores do; always raises :class:`NonFinitePosterior`."""
-    largest, bad = 0.0, None
-    for j0, j1 in bounds:
-        returns = block(j0, j1)
-        finite = torch.isfinite(returns)
-        if bad is None and not bool(finite.all()):
-            i, j = (~finite).nonzero()[0].tolist()
-            bad = (i, j0 + j, float(returns[i, j]))
-        magnitude = torch.where(finite, returns.abs(), 0.0)
-        largest = max(largest, float(magnitude.max()) if magnitude.numel() else 0.0)
+    R / alpha does, or the scores do; always raises :class:`NonFinitePosterior`. The
+    R entry named is the first one a sweep over column tiles of width ``tile`` meets
+    (row by row within a tile)."""
+    largest = scan.largest
+    bad = None
+    for j0 in range(0, len(scan.first_bad), tile):
+        rows = scan.first_bad[j0 : j0 + tile]
+        if bool((rows >= 0).any()):
+            row = int(rows[rows >= 0].min())
+            j = j0 + int(np.flatnonzero(rows == row)[0])
+            bad = (row, j, float(scan.bad_value[j]))
+            break
     if bad is not None:
         i, j, value = bad
         raise NonFinitePosterior(

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,7 +28,8 @@ from torch import Tensor
 from hipi_offline.errors import InputError
 from hipi_offline.preflight import available_memory
 from hipi_offline.progress import progress_bar
-from hipi_offline.store.store import TrajectoryStore
+from hipi_offline.store.backends import ArrayInfo
+from hipi_offline.store.store import StepChunk, TrajectoryStore
 from hipi_offline.tasks.families import (
     LinearFamily,
     NonFiniteReward,
@@ -51,10 +53,19 @@ class ReturnAccumulator(Protocol):
 
 class GenericAccumulator:
     """Evaluates the family's reward for every (step, task) pair; ``tasks`` are the
-    candidates from index ``first`` on (for messages)."""
+    candidates from index ``first`` on and the episodes start at ``first_episode``
+    (both for messages)."""
 
-    def __init__(self, family: RewardFamily, tasks: Tensor, episodes: int, first: int = 0) -> None:
+    def __init__(
+        self,
+        family: RewardFamily,
+        tasks: Tensor,
+        episodes: int,
+        first: int = 0,
+        first_episode: int = 0,
+    ) -> None:
         self.family, self.tasks, self.first = family, tasks, first
+        self.first_episode = first_episode
         self.returns = torch.zeros(episodes, len(tasks), dtype=torch.float64, device=tasks.device)
 
     def add(self, fields: Fields, episode: Tensor, weight: Tensor | None) -> None:
@@ -65,7 +76,8 @@ class GenericAccumulator:
             try:
                 rewards = self.family.reward(part, self.tasks)  # [C, K]
             except NonFiniteReward as err:
-                raise err.at_episode(int(episode[a + err.row]), self.first) from None
+                where = self.first_episode + int(episode[a + err.row])
+                raise err.at_episode(where, self.first) from None
             if weight is not None:
                 rewards = rewards * weight[a : a + step, None]
             self.returns.index_add_(0, episode[a : a + step], rewards)
@@ -129,14 +141,76 @@ class SortedTargetAccumulator:
 
 
 def make_accumulator(
-    family: RewardFamily, tasks: Tensor, episodes: int, first: int = 0
+    family: RewardFamily, tasks: Tensor, episodes: int, first: int = 0, first_episode: int = 0
 ) -> ReturnAccumulator:
-    """The fastest exact accumulator for a family (``tasks`` start at candidate ``first``)."""
+    """The fastest exact accumulator for a family (``tasks`` start at candidate ``first``,
+    the episodes at ``first_episode``: both only name things in messages)."""
     if isinstance(family, LinearFamily):
         return LinearAccumulator(family, tasks.shape[1], episodes, tasks.device)
     if isinstance(family, TargetFamily) and tasks.shape[1] == 1:
         return SortedTargetAccumulator(family, tasks, episodes)
-    return GenericAccumulator(family, tasks, episodes, first)
+    return GenericAccumulator(family, tasks, episodes, first, first_episode)
+
+
+class StoreRows:
+    """Whole episodes ``[first_episode, stop_episode)`` of a store, read as if they were
+    the whole store: row numbers stay the store's (``ends``/``starts`` and chunk rows),
+    episode indices count from 0 (add ``first_episode`` for the store's). A Dask
+    partition reads only its rows through this."""
+
+    def __init__(self, store: TrajectoryStore, first_episode: int, stop_episode: int) -> None:
+        if not 0 <= first_episode <= stop_episode <= store.num_episodes:
+            raise ValueError(f"episodes [{first_episode}, {stop_episode}) out of range")
+        self.store, self.first_episode = store, first_episode
+        self.ends = store.ends[first_episode:stop_episode]
+        self.starts = store.starts[first_episode:stop_episode]
+        empty = first_episode == stop_episode
+        self.start_row = 0 if empty else int(self.starts[0])
+        self.stop_row = 0 if empty else int(self.ends[-1])
+        self.whole = first_episode == 0 and stop_episode == store.num_episodes
+
+    @classmethod
+    def of(cls, store: TrajectoryStore | StoreRows) -> StoreRows:
+        """``store`` itself when it is a view already, else a view of all of it."""
+        return store if isinstance(store, StoreRows) else cls(store, 0, store.num_episodes)
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.ends)
+
+    @property
+    def num_steps(self) -> int:
+        return self.stop_row - self.start_row
+
+    def step_fields(self) -> dict[str, ArrayInfo]:
+        return self.store.step_fields()
+
+    def iter_chunks(self, fields: Sequence[str], chunk_steps: int) -> Iterator[StepChunk]:
+        """The rows in chunks cut where the whole store's chunks are cut (storage
+        aligned), the next one read in a background thread."""
+        if self.whole:
+            yield from self.store.iter_chunks(fields, chunk_steps)
+            return
+        for name in fields:
+            self.store.field_info(name)
+        a, b = self.start_row, self.stop_row
+        if a == b:
+            return
+        size = _chunk_rows(self.store, chunk_steps)
+        cuts = [a, *range((a // size + 1) * size, b, size), b]
+        bounds = list(zip(cuts[:-1], cuts[1:], strict=True))
+
+        def load(bound: tuple[int, int]) -> StepChunk:
+            lo, hi = bound
+            return StepChunk(lo, hi, {name: self.store.read_steps(name, lo, hi) for name in fields})
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(load, bounds[0])
+            for nxt in bounds[1:]:
+                current = pending.result()
+                pending = pool.submit(load, nxt)
+                yield current
+            yield pending.result()
 
 
 def _to_device(name: str, array: np.ndarray, device: torch.device) -> Tensor:
@@ -146,11 +220,19 @@ def _to_device(name: str, array: np.ndarray, device: torch.device) -> Tensor:
     return tensor.to(device=device, dtype=torch.float64, non_blocking=True)
 
 
+def _chunk_rows(store: TrajectoryStore, chunk_steps: int) -> int:
+    """The rows of :meth:`TrajectoryStore.chunk_bounds`' chunks (storage aligned)."""
+    if chunk_steps <= 0:
+        raise InputError(f"chunk_steps: must be positive, got {chunk_steps}")
+    storage = min((f.chunk_rows for f in store.step_fields().values()), default=1)
+    return (chunk_steps // storage) * storage if chunk_steps >= storage else chunk_steps
+
+
 def _check_finite(
-    name: str, value: Tensor, rows: Tensor | None, start: int, episode: Tensor
+    name: str, value: Tensor, rows: Tensor | None, start: int, episode: Tensor, first: int = 0
 ) -> None:
     """InputError at the first row holding NaN or inf; ``rows`` None means the rows
-    are ``start, start + 1, ...``."""
+    are ``start, start + 1, ...``; episode indices start at ``first``."""
     if bool(torch.isfinite(value.sum())):
         return  # a finite sum means every value is finite (NaN and inf propagate)
     # slow path: find the first bad row (or none: a sum of finite values overflowed)
@@ -158,7 +240,8 @@ def _check_finite(
     if not bool(finite.all()):
         bad = int(torch.argmin(finite.to(torch.uint8)))
         row = int(rows[bad]) if rows is not None else start + bad
-        raise InputError(f"{name}: NaN or inf at step row {row} (episode {int(episode[bad])})")
+        where = first + int(episode[bad])
+        raise InputError(f"{name}: NaN or inf at step row {row} (episode {where})")
 
 
 def _episode_ids(
@@ -175,7 +258,7 @@ def _episode_ids(
 
 
 def accumulate_returns(
-    store: TrajectoryStore,
+    store: TrajectoryStore | StoreRows,
     spec: TaskSpec,
     accumulator: ReturnAccumulator,
     *,
@@ -183,20 +266,22 @@ def accumulate_returns(
     chunk_steps: int,
     progress: Callable[[int], None] | None = None,
 ) -> ReturnAccumulator:
-    """One streaming pass over the steps the family reads, into ``accumulator``.
+    """One streaming pass over the steps the family reads (of the whole store or of a
+    :class:`StoreRows` view), into ``accumulator``.
 
     On CUDA, ``index_add_`` is made deterministic for the pass (the default uses
     atomics, whose order of float additions changes the last bits run to run)."""
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(previous or device.type == "cuda", warn_only=True)
     try:
-        return _accumulate(store, spec, accumulator, device, chunk_steps, progress)
+        rows = StoreRows.of(store)
+        return _accumulate(rows, spec, accumulator, device, chunk_steps, progress)
     finally:
         torch.use_deterministic_algorithms(previous)
 
 
 def _accumulate(
-    store: TrajectoryStore,
+    store: StoreRows,
     spec: TaskSpec,
     accumulator: ReturnAccumulator,
     device: torch.device,
@@ -221,7 +306,7 @@ def _accumulate(
                 values = {name: value[keep] for name, value in values.items()}
             weight = spec.discounts(offset)
         for name, value in values.items():
-            _check_finite(name, value, rows, chunk.start, episode)
+            _check_finite(name, value, rows, chunk.start, episode, store.first_episode)
         if len(episode):
             accumulator.add(values, episode, weight)
         if progress is not None:
@@ -230,30 +315,37 @@ def _accumulate(
 
 
 def returns_tiles(
-    store: TrajectoryStore,
+    store: TrajectoryStore | StoreRows,
     spec: TaskSpec,
     candidates: np.ndarray,
     *,
     device: torch.device,
     chunk_steps: int,
     tile: int,
+    show_progress: bool = True,
 ) -> Iterator[tuple[int, int, Tensor]]:
-    """R [N, K] in column tiles of at most ``tile`` tasks: yields (j0, j1, R[:, j0:j1]).
+    """R [N, K] in column tiles of at most ``tile`` tasks: yields (j0, j1, R[:, j0:j1]),
+    N the episodes of ``store`` (a :class:`StoreRows` view: its episodes only).
 
     ``linear`` reads the data once for all tiles; other families once per tile.
     """
+    store = StoreRows.of(store)
     tasks = torch.from_numpy(candidates.astype(np.float64)).to(device)
     n, k = store.num_episodes, len(candidates)
     bounds = [(j, min(j + tile, k)) for j in range(0, k, tile)]
     linear = isinstance(spec.family, LinearFamily)
     passes = 1 if linear else len(bounds)
     with progress_bar(
-        total=store.num_steps * passes, desc="relabel", unit="step", unit_scale=True
+        enabled=show_progress,
+        total=store.num_steps * passes,
+        desc="relabel",
+        unit="step",
+        unit_scale=True,
     ) as bar:
         shared: ReturnAccumulator | None = None
         for j0, j1 in bounds:
             if shared is None or not linear:
-                acc = make_accumulator(spec.family, tasks[j0:j1], n, j0)
+                acc = make_accumulator(spec.family, tasks[j0:j1], n, j0, store.first_episode)
                 shared = accumulate_returns(
                     store, spec, acc, device=device, chunk_steps=chunk_steps, progress=bar.update
                 )
@@ -287,7 +379,7 @@ class RelabelSizes:
     @classmethod
     def of(
         cls,
-        store: TrajectoryStore,
+        store: TrajectoryStore | StoreRows,
         spec: TaskSpec,
         method: str,
         counts: tuple[int, int, int],

@@ -24,6 +24,7 @@ from hipi_offline.configs import (
 )
 from hipi_offline.device import resolve_device
 from hipi_offline.errors import InputError
+from hipi_offline.relabel.partitions import parse_memory
 from hipi_offline.relabel.posterior import (
     NonFinitePosterior,
     Posterior,
@@ -32,6 +33,7 @@ from hipi_offline.relabel.posterior import (
     uniform_posterior,
 )
 from hipi_offline.relabel.returns import RelabelSizes, check_fits, returns_tiles, tile_columns
+from hipi_offline.scheduler import check_scheduler
 from hipi_offline.store.label_attrs import task_attrs
 from hipi_offline.store.labels import (
     LabelSet,
@@ -76,6 +78,13 @@ class RelabelConfig:
     max_matrix_mb: float = 2048.0
     """Largest part of the N x K returns matrix held in memory; larger ones are tiled
     over K and spilled to a temporary file."""
+    scheduler: str | None = None
+    """local:N starts a LocalCluster of N one-thread worker processes; tcp://HOST:PORT
+    uses a running Dask scheduler; unset: this process."""
+    worker_memory: str | None = None
+    """Memory limit of each local:N worker (1GiB, 512MiB, 2GB; a plain number is MiB);
+    with tcp:// it caps what a task is planned for. Unset: the machine's memory shared
+    by the workers (or the running workers' limit). Partitions are sized to fit it."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.tasks, str) or not self.tasks:
@@ -97,6 +106,9 @@ class RelabelConfig:
         check_seed(self.seed)
         check_flag(self.overwrite, "overwrite")
         check_number(self.max_matrix_mb, "max_matrix_mb")
+        check_scheduler(self.scheduler)
+        if self.worker_memory is not None:
+            parse_memory(self.worker_memory)
 
 
 @dataclass(frozen=True)
@@ -187,6 +199,13 @@ def _hipi_posterior(
         )
 
 
+def _check_driver(n: int, k: int, dim: int, top_k: int, config: RelabelConfig) -> None:
+    """Refuse a distributed run whose gathered top-k would not fit the driver."""
+    sizes = RelabelSizes(k * (dim * 20 + 48), n * top_k * 48, 0, 0, 0)
+    options = {"candidates": "--candidates", "top_k": f"--top-k {config.top_k}", "chunk": ""}
+    check_fits(sizes, torch.device("cpu"), options)
+
+
 def _check_sizes(
     store: TrajectoryStore, spec: TaskSpec, config: RelabelConfig, dim: int, device: torch.device
 ) -> None:
@@ -229,17 +248,22 @@ def relabel(store_path: str | Path, config: RelabelConfig) -> RelabelSummary:
     """Compute the posterior over tasks of every episode and write it as a label set.
     Options and store are checked first; then the label set's lock is held from before
     the computation through the commit (a concurrent writer of the set is refused)."""
-    store_path = Path(store_path)
+    location, store_path = store_path, Path(store_path)
     name = config.method if config.name is None else config.name
     spec = _spec_with_overrides(config)
     device = resolve_device(config.device)
     open_store(store_path).close()  # a missing or damaged store: nothing is created
     with label_lock(store_path, name):
-        return _relabel_locked(store_path, config, name, spec, device)
+        return _relabel_locked(location, store_path, config, name, spec, device)
 
 
 def _relabel_locked(
-    store_path: Path, config: RelabelConfig, name: str, spec: TaskSpec, device: torch.device
+    location: str | Path,
+    store_path: Path,
+    config: RelabelConfig,
+    name: str,
+    spec: TaskSpec,
+    device: torch.device,
 ) -> RelabelSummary:
     started = time.perf_counter()
     with open_store(store_path) as store:
@@ -247,11 +271,13 @@ def _relabel_locked(
         if store.num_episodes == 0:
             raise InputError(f"{store_path}: the store has no episodes")
         dim = spec.task_dim(store.step_fields())
+        distributed = config.scheduler is not None and config.method in ("hipi", "no-partition")
         if config.method == "original":
             candidates, assigned = _original(store, spec, dim)
             log_prior = None
         else:
-            _check_sizes(store, spec, config, dim, device)  # before anything is allocated
+            if not distributed:  # (a distributed run's workers are planned to fit)
+                _check_sizes(store, spec, config, dim, device)  # before anything is allocated
             candidates, log_prior = spec.draw_candidates(config.seed, config.candidates)
         k = len(candidates)
         top_k = _top_k(config.top_k, k)
@@ -264,9 +290,17 @@ def _relabel_locked(
             posterior = uniform_posterior(store.num_episodes, k, top_k, config.seed)
         else:
             try:
-                posterior = _hipi_posterior(
-                    store, spec, candidates, log_prior, config, device, top_k
-                )
+                if distributed:
+                    from hipi_offline.relabel.distributed import dask_posterior
+
+                    _check_driver(store.num_episodes, k, task_size, top_k, config)
+                    posterior = dask_posterior(
+                        location, store, spec, candidates, log_prior, config, top_k
+                    )
+                else:
+                    posterior = _hipi_posterior(
+                        store, spec, candidates, log_prior, config, device, top_k
+                    )
             except NonFinitePosterior as err:  # nothing non-finite is committed
                 raise InputError(f"{spec.origin} ({spec.family.name} family): {err}") from None
         n, steps = store.num_episodes, store.num_steps
