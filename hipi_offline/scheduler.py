@@ -86,8 +86,10 @@ def dask_client(spec: SchedulerSpec, memory_limit: str | int | None = "auto") ->
     (and stopped after) with ``memory_limit`` per worker; an address is connected to,
     and an unreachable one is an :class:`InputError` naming it."""
     distributed = _distributed()
-    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "bokeh"):
+    for name in ("distributed", "distributed.nanny", "bokeh"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # a task failed after its workers died: cluster_errors says it in one line
+    logging.getLogger("distributed.scheduler").setLevel(logging.CRITICAL)
     if spec.address is not None:
         _probe(spec.address)
         try:
@@ -105,7 +107,7 @@ def dask_client(spec: SchedulerSpec, memory_limit: str | int | None = "auto") ->
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # None still serves HTTP on *:8787 (or warns)
             memory_limit=memory_limit,
             silence_logs=logging.ERROR,
         )
