@@ -2,18 +2,21 @@
 
 Deterministic for a seed (each work unit has its own seed sequence), resumable
 (an existing store of the same environment and seed is continued), and safe to
-kill: finished episodes are committed in batches by crash-safe appends.
+kill: finished episodes are committed in batches by crash-safe appends. Units run
+here, on a local process pool (``workers``) or as tasks of a Dask cluster
+(``scheduler``, :mod:`hipi_offline.collect.distributed`); the store is the same.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hipi_offline.collect.distributed import dask_units, remove_abandoned_shard_areas
 from hipi_offline.collect.episodes import (
     Episode,
     ExpertChoice,
@@ -35,10 +38,11 @@ from hipi_offline.configs import (
     check_texts,
 )
 from hipi_offline.envs.base import env_entry, env_names, make_env
-from hipi_offline.errors import InputError, one_line
+from hipi_offline.errors import InputError, ResourceError, one_line
 from hipi_offline.experts.base import default_expert, make_expert, unnamed_expert
 from hipi_offline.parallel import ordered_map
 from hipi_offline.progress import progress_bar
+from hipi_offline.scheduler import check_scheduler
 from hipi_offline.store.atomic import remove_abandoned_siblings
 from hipi_offline.store.backends import COMPRESSIONS
 from hipi_offline.store.store import TrajectoryStore, create_store, open_store
@@ -55,7 +59,8 @@ class CollectConfig:
     seed: int = 0
     """Seed of every draw: tasks, initial states, expert noise."""
     workers: int = 1
-    """Worker processes (one thread each)."""
+    """Worker processes (one thread each) of a local process pool; with --scheduler,
+    leave it at 1 (local:N sets the workers)."""
     windows: int = 10
     """Play environments (desk): windows cut from each play stream."""
     commit_seconds: float = 20.0
@@ -70,6 +75,10 @@ class CollectConfig:
     """Play environments (desk): also store each whole play stream, from its start to
     its last window's end, as one episode of this second store, with the step field
     ``infos/subtask`` (the sub-task played at each step). Resumed with the main store."""
+    scheduler: str | None = None
+    """Run the episodes as tasks of a Dask cluster: local:N (N worker processes here)
+    or tcp://HOST:PORT (a running scheduler; its workers must share the --out folder).
+    Each task writes its own shard; the store is the same as without."""
 
     def __post_init__(self) -> None:
         check_int(self.episodes, "episodes")
@@ -82,6 +91,14 @@ class CollectConfig:
         check_texts(self.expert, "expert")
         if self.stream_out is not None and not isinstance(self.stream_out, (str, Path)):
             raise FieldError("stream_out", f"expected a store path, got {self.stream_out!r}")
+        check_scheduler(self.scheduler)
+        if self.scheduler is not None and self.workers != 1:
+            raise FieldError(
+                "workers",
+                f"cannot be combined with scheduler (got {self.workers}); "
+                "the cluster's workers run the episodes (local:N starts N)",
+                ["scheduler"],
+            )
 
 
 @dataclass(frozen=True)
@@ -167,15 +184,47 @@ def _reopen(
 def _units(
     env_name: str, steps: int, config: CollectConfig, expert: ExpertChoice, first: int, last: int
 ) -> Iterator[UnitResult]:
+    try:
+        yield from ordered_map(
+            run_unit, _jobs(env_name, steps, config, expert, first, last), config.workers
+        )
+    finally:
+        close_workers()  # this process's environments, when it ran the units itself
+
+
+def _jobs(
+    env_name: str, steps: int, config: CollectConfig, expert: ExpertChoice, first: int, last: int
+) -> list[tuple[str, int, int, int, int, bool, ExpertChoice]]:
+    """The :func:`run_unit` arguments of units ``first .. last - 1``."""
     keep_stream = config.stream_out is not None
-    jobs = [
+    return [
         (env_name, steps, config.seed, u, config.windows, keep_stream, expert)
         for u in range(first, last)
     ]
-    try:
-        yield from ordered_map(run_unit, jobs, config.workers)
-    finally:
-        close_workers()  # this process's environments, when it ran the units itself
+
+
+@contextmanager
+def _unit_results(
+    env_name: str,
+    out: Path,
+    steps: int,
+    config: CollectConfig,
+    expert: ExpertChoice,
+    first: int,
+    last: int,
+) -> Iterator[Iterator[UnitResult]]:
+    """The results of units ``first .. last - 1`` in unit order: from the Dask cluster
+    of ``config.scheduler`` (shards beside ``out``), else from :func:`_units`."""
+    if config.scheduler is None or first >= last:  # nothing to run: no cluster either
+        results = _units(env_name, steps, config, expert, first, last)
+        try:
+            yield results
+        finally:
+            results.close()  # closes this process's environments even after an error
+        return
+    jobs = _jobs(env_name, steps, config, expert, first, last)
+    with dask_units(config.scheduler, out, jobs) as results:
+        yield results
 
 
 def expert_choice(env_name: str, items: tuple[str, ...]) -> ExpertChoice:
@@ -306,6 +355,11 @@ def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSum
     Every option, the stores to continue, writability and the free space the new
     episodes need are checked before the first rollout; a store is created only with
     its first committed episodes."""
+    if config.scheduler is not None and "://" in str(out):
+        raise InputError(
+            f"--out {out}: collect --scheduler writes to local paths only for now "
+            "(shards at URLs are not supported yet)"
+        )
     out = Path(out)
     _check_options(env_name, out, config)
     env = make_env(env_name)
@@ -342,7 +396,18 @@ def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSum
             rows *= config.windows if stream else 1  # a stream holds at least its windows
             check_space(path, rows * step_bytes, str(sink.compression), sink.store is not None)
             remove_abandoned_siblings(path)  # what killed writers left beside the store
-        _collect_units(env_name, steps, config, expert, sinks, first, last, per_unit)
+        remove_abandoned_shard_areas(out)  # what killed --scheduler drivers left
+        try:
+            with _unit_results(env_name, out, steps, config, expert, first, last) as results:
+                _collect_units(env_name, config, sinks, results, first, last, per_unit)
+        except ResourceError as err:
+            if config.scheduler is None:
+                raise
+            cause = str(err).removesuffix("; nothing was committed")
+            raise ResourceError(
+                f"{cause}; {out} keeps the {sinks[0].episodes} episodes committed before "
+                "(run again to resume)"
+            ) from None
         total = sinks[0].episodes
         streams = sinks[-1].episodes if len(sinks) > 1 else 0
     stream_path = None if config.stream_out is None else str(config.stream_out)
@@ -354,22 +419,21 @@ def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSum
 
 def _collect_units(
     env_name: str,
-    steps: int,
     config: CollectConfig,
-    expert: ExpertChoice,
     sinks: list[_Sink],
+    results: Iterator[UnitResult],
     first: int,
     last: int,
     per_unit: int,
 ) -> None:
-    """Run units ``first .. last - 1`` and commit their episodes to the sinks."""
+    """Commit the results of units ``first .. last - 1`` (in unit order) to the sinks."""
     last_commit = time.perf_counter()
     with progress_bar(
         total=max(0, last - sinks[0].first_unit) * per_unit,
         desc=f"collect {env_name}",
         unit="ep",
     ) as bar:
-        for unit, result in enumerate(_units(env_name, steps, config, expert, first, last), first):
+        for unit, result in enumerate(results, first):
             sinks[0].add(unit, result.episodes)
             if result.stream is not None and len(sinks) > 1:
                 sinks[1].add(unit, [result.stream])
