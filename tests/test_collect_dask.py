@@ -190,9 +190,11 @@ def test_worker_killed_mid_unit_neither_duplicates_nor_loses(
 ) -> None:
     """The first attempt of unit 2 exits its worker process after writing part of a
     temporary shard; Dask reruns the unit on a fresh worker."""
-    out = tmp_path / "cheetah.zarr"
-    done = _cli(_collect_args(out, 4, "local:2"), **{DIE_ENV: "2"})
+    out, marks = tmp_path / "cheetah.zarr", tmp_path / "marks"
+    marks.mkdir()
+    done = _cli(_collect_args(out, 4, "local:2"), **{DIE_ENV: f"2:{marks}"})
     assert done.returncode == 0, done.stderr
+    assert [p.name for p in marks.iterdir()] == ["died-2"]  # the first attempt died
     assert_same_arrays(store_arrays(out), serial)
     assert _hidden(tmp_path) == []
 

@@ -42,9 +42,10 @@ UnitJob = tuple[Any, ...]
 SHARDS = "shards"
 """The purpose part of a shard area's name."""
 DIE_ENV = "HIPI_OFFLINE_TEST_COLLECT_DIE"
-"""Test hook read by the task on the worker: ``U`` makes the first attempt of unit U
-exit its process (``os._exit(1)``) after writing part of a temporary shard; ``U:always``
-makes every attempt do so. Unset in normal use."""
+"""Test hook read by the task on the worker: ``U:FOLDER`` makes the first attempt of
+unit U exit its process (``os._exit(1)``) after writing part of a temporary shard (the
+file ``FOLDER/died-U`` records the attempt); ``U:always`` makes every attempt do so.
+Unset in normal use."""
 TASKS_PER_WORKER = 4
 """Units submitted ahead per worker thread (bounds the shards waiting on disk)."""
 
@@ -89,7 +90,7 @@ def write_shard(area: str, job: UnitJob) -> Shard:
     tmp = final.with_name(f".{final.name}.{writer_token()}.tmp")
     try:
         with open(tmp, "xb") as file:
-            _test_death(Path(area), unit, file)
+            _test_death(unit, file)
             np.savez(file, **arrays)
         fsync_path(tmp)
         os.replace(tmp, final)
@@ -98,16 +99,17 @@ def write_shard(area: str, job: UnitJob) -> Shard:
     return Shard(unit, str(final))
 
 
-def _test_death(area: Path, unit: int, file: Any) -> None:
+def _test_death(unit: int, file: Any) -> None:
     """The :data:`DIE_ENV` test hook: a worker killed while it writes a shard."""
     plan = os.environ.get(DIE_ENV, "")
     target, _, mode = plan.partition(":")
-    if not target.isdigit() or int(target) != unit:
+    if not target.isdigit() or int(target) != unit or not mode:
         return
-    marker = area / f".died-{unit}"
-    if mode != "always" and marker.exists():
-        return
-    marker.touch()
+    if mode != "always":
+        marker = Path(mode) / f"died-{unit}"
+        if marker.exists():
+            return
+        marker.touch()
     file.write(b"PK\x03\x04 a partial shard")
     file.flush()
     os._exit(1)
