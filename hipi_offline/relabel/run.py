@@ -45,6 +45,7 @@ from hipi_offline.store.labels import (
     label_set_bytes,
     write_label_set,
 )
+from hipi_offline.store.location import store_location
 from hipi_offline.store.store import DEFAULT_CHUNK_ROWS, TrajectoryStore, open_store
 from hipi_offline.tasks.spec import TaskSpec, check_temperature, load_task_spec
 
@@ -248,7 +249,7 @@ def relabel(store_path: str | Path, config: RelabelConfig) -> RelabelSummary:
     """Compute the posterior over tasks of every episode and write it as a label set.
     Options and store are checked first; then the label set's lock is held from before
     the computation through the commit (a concurrent writer of the set is refused)."""
-    location, store_path = store_path, Path(store_path)
+    location, store_path = store_path, store_location(store_path)  # a Path, or a URL
     name = config.method if config.name is None else config.name
     spec = _spec_with_overrides(config)
     device = resolve_device(config.device)
