@@ -193,7 +193,7 @@ def test_partition_tasks_equal_the_whole_posterior_with_tiles(stores, tmp_path):
     """The worker tasks run here on three partitions, tiled over K (3 columns): the
     reduced log Z and the joined rows equal the single-process posterior."""
     store_path = stores["h5"]
-    spec = parse_task_spec(open(family_spec(tmp_path, "goal", "")).read(), origin="goal")
+    spec = parse_task_spec(Path(family_spec(tmp_path, "goal", "")).read_text(), origin="goal")
     candidates, log_prior = spec.draw_candidates(0, None)
     with open_store(store_path) as store:
         n, k = store.num_episodes, len(candidates)
