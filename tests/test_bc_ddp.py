@@ -101,12 +101,17 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def two_ranks(store: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """An uninterrupted 2-rank run of :data:`STEPS` steps, each rank writing the
-    digest of its parameters after every step to ``digests/``."""
-    root = store.parent / "two-ranks"
-    root.mkdir()
-    (root / "digests").mkdir()
-    result = torchrun(_args(store, root / "run"), root, **{DIGEST_ENV: str(root / "digests")})
+    digest of its parameters after every step to ``digests/``. The working set is
+    spilled to a file (rank 0: in the run folder; rank 1: in its own temporary folder,
+    ``TMPDIR`` here, which must be empty again at the end)."""
+    root, tmp = store.parent / "two-ranks", store.parent / "tmp"
+    (root / "digests").mkdir(parents=True)
+    tmp.mkdir()
+    args = [*_args(store, root / "run"), "--max-memory-mb", "0.001"]
+    digests = str(root / "digests")
+    result = torchrun(args, root, **{DIGEST_ENV: digests, "TMPDIR": str(tmp)})
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not list(tmp.glob("hipi-offline-*"))  # torchrun leaves its own folder there
     return root, result
 
 
@@ -213,8 +218,10 @@ def test_two_ranks_follow_one_process_and_stay_identical(store: Path, two_ranks,
         np.testing.assert_allclose(theirs[step], ours[step], rtol=1e-5, err_msg=str(step))
     # identical parameters on both ranks after every step
     digests = [(root / "digests" / f"rank{r}.txt").read_text().splitlines() for r in (0, 1)]
-    assert [line.split()[0] for line in digests[0]] == [str(s) for s in range(1, STEPS + 1)]
-    assert digests[0] == digests[1]
+    assert [line.split()[:2] for line in digests[0]] == [
+        [str(s), "16"] for s in range(1, STEPS + 1)
+    ]
+    assert digests[0] == digests[1]  # each rank trained on its half of the batch of 32
     # rank 0 alone wrote: the run folder of one process, each metrics row once, one report
     assert files_under(run) == files_under(one)
     assert files_under(root) == {"run", "digests", "digests/rank0.txt", "digests/rank1.txt"} | {

@@ -354,13 +354,15 @@ class DebugHooks:
         kill_step = int(step) if who.isdigit() and int(who) == rank and step.isdigit() else None
         return cls(Path(folder) / f"rank{rank}.txt" if folder else None, kill_step)
 
-    def after_step(self, step: int, network: torch.nn.Module) -> None:
+    def after_step(self, step: int, network: torch.nn.Module, rows: int) -> None:
+        """After ``step`` (trained on ``rows`` rows here): ``STEP ROWS SHA256`` of the
+        parameters and buffers to the digest file; the kill."""
         if self.digest is not None:
             digest = hashlib.sha256()
             for tensor in network.state_dict().values():
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
             with open(self.digest, "a") as out:
-                out.write(f"{step} {digest.hexdigest()}\n")
+                out.write(f"{step} {rows} {digest.hexdigest()}\n")
         if self.kill_step == step:
             with contextlib.suppress(OSError):
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -310,7 +310,7 @@ def train_loop(run: TrainingRun, stack: contextlib.ExitStack) -> TrainSummary:
                     _commit, ranks.lead, run_dir, done, state, run.description, keep, saved
                 )
                 saved = done
-            hooks.after_step(done, network)
+            hooks.after_step(done, network, len(obs))
     except RuntimeError as err:  # a collective of the backward pass whose peer is gone
         if not ranks.distributed or isinstance(err, ResourceError):
             raise
