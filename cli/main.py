@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -28,12 +29,38 @@ app = lazy_app(
     pretty_exceptions_enable=False,
 )
 T = TypeVar("T")
+_URL = ", or a .zarr URL such as s3://bucket/x.zarr"
 
 
 def _progress(enabled: bool) -> None:
     """``--no-progress``: hide every bar of this process and of its workers."""
     if not enabled:
         os.environ["TQDM_DISABLE"] = "1"
+
+
+@app.callback()
+def _root(
+    storage_options: Annotated[
+        str | None,
+        typer.Option(
+            "--storage-options",
+            metavar="JSON",
+            help="Options of the file system of stores at URLs (s3://bucket/x.zarr, gs://...), "
+            'a JSON object passed to fsspec, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\' '
+            "(also read from HIPI_STORAGE_OPTIONS). Without it the endpoint and credentials "
+            "come from the usual variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "AWS_ENDPOINT_URL, AWS_DEFAULT_REGION). Given before the command.",
+        ),
+    ] = None,
+) -> None:
+    """Hindsight inference for policy improvement on offline trajectory data."""
+    if storage_options is None:
+        return
+    from hipi_offline.store.location import STORAGE_OPTIONS_ENV, parse_storage_options
+
+    options = _run(lambda: parse_storage_options(storage_options, "--storage-options"))
+    # the environment carries them to the library and to the workers it starts
+    os.environ[STORAGE_OPTIONS_ENV] = json.dumps(options)
 
 
 def _fail(err: BaseException, code: int) -> typer.Exit:
@@ -70,7 +97,7 @@ def _run(action: Callable[[], T]) -> T:
 )
 def make_synthetic(
     config: Callable[[], SyntheticConfig],
-    out: Annotated[Path, typer.Argument(help="Store to write (.h5/.hdf5 or .zarr).")],
+    out: Annotated[str, typer.Argument(help=f"Store to write (.h5/.hdf5 or .zarr{_URL}).")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
 ) -> None:
     """Generate the built-in synthetic runner dataset (hidden target speeds)."""
@@ -85,7 +112,9 @@ def make_synthetic(
 def collect(
     config: Callable[[], CollectConfig],
     env: Annotated[str, typer.Argument(help="Environment: cheetah, quadruped or desk.")],
-    out: Annotated[Path, typer.Option(help="Store to write or continue (.h5/.hdf5 or .zarr).")],
+    out: Annotated[
+        str, typer.Option(help=f"Store to write or continue (.h5/.hdf5 or .zarr{_URL}).")
+    ],
 ) -> None:
     """Collect expert episodes (commanded tasks in episodes/task; no rewards stored)."""
     from hipi_offline.collect import collect as run_collect
@@ -116,7 +145,7 @@ def _top_k(text: str) -> int | str:
 )
 def relabel(
     config: Callable[[], RelabelConfig],
-    store: Annotated[Path, typer.Argument(help="Trajectory store (.h5/.hdf5 or .zarr).")],
+    store: Annotated[str, typer.Argument(help=f"Trajectory store (.h5/.hdf5 or .zarr{_URL}).")],
 ) -> None:
     """Infer each episode's posterior over tasks (HIPI) and store it as a label set."""
     from hipi_offline.relabel import relabel as run_relabel
@@ -128,7 +157,7 @@ def relabel(
 
 @config_command(app, "inspect", on_progress=_progress)
 def inspect(
-    store: Annotated[Path, typer.Argument(help="Trajectory store (.h5/.hdf5 or .zarr).")],
+    store: Annotated[str, typer.Argument(help=f"Trajectory store (.h5/.hdf5 or .zarr{_URL}).")],
 ) -> None:
     """Show a store's fields, episodes and label sets (entropy, task coverage)."""
     from hipi_offline.store.describe import describe_store
@@ -146,7 +175,7 @@ def inspect(
 )
 def train_bc(
     config: Callable[[], BCConfig],
-    store: Annotated[Path, typer.Argument(help="Trajectory store (.h5/.hdf5 or .zarr).")],
+    store: Annotated[str, typer.Argument(help=f"Trajectory store (.h5/.hdf5 or .zarr{_URL}).")],
 ) -> None:
     """Train a task-conditioned behavior-cloning policy on a label set (paper Alg. 3)."""
     from hipi_offline.bc import train_bc as run_train_bc
@@ -193,7 +222,7 @@ def import_cmd(
 @config_command(app, "export", on_progress=_progress)
 def export_cmd(
     fmt: Annotated[str, typer.Argument(help="Target format: minari.")],
-    store: Annotated[Path, typer.Argument(help="Trajectory store to export.")],
+    store: Annotated[str, typer.Argument(help=f"Trajectory store to export{_URL}.")],
     dest: Annotated[Path, typer.Argument(help="Dataset folder to write.")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:

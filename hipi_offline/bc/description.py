@@ -25,6 +25,7 @@ from hipi_offline.bc.data import Normalization
 from hipi_offline.errors import InputError, one_line
 from hipi_offline.store.label_attrs import DISCRETE, label_task_names
 from hipi_offline.store.labels import LabelSet
+from hipi_offline.store.location import is_url
 from hipi_offline.store.store import TrajectoryStore
 
 RUN_FORMAT = "hipi_offline.bc.run/1"
@@ -437,7 +438,7 @@ def describe_new_run(new: NewRun) -> RunDescription:
     return RunDescription(
         config=new.config.to_json(),
         store=StoreInfo(
-            path=str(new.store_path.resolve()),
+            path=str(new.store_path if is_url(new.store_path) else new.store_path.resolve()),
             env=str(new.store.attrs.get("env", "")),
             num_episodes=new.store.num_episodes,
             num_steps=new.store.num_steps,

@@ -92,6 +92,7 @@ from hipi_offline.errors import InputError
 from hipi_offline.ownership import check_disjoint
 from hipi_offline.store.label_attrs import label_task_names, labels_are_discrete
 from hipi_offline.store.labels import LabelSet
+from hipi_offline.store.location import is_url, store_location
 from hipi_offline.store.store import TrajectoryStore, open_store
 
 __all__ = ["METRICS_HEADER", "RUN_FORMAT", "TrainSummary", "lr_at", "train_bc"]
@@ -172,7 +173,7 @@ def train_bc(store_path: str | Path, config: BCConfig) -> TrainSummary:
     ranks = join_group(config.device, config.batch_size)
     with contextlib.ExitStack() as stack:
         stack.callback(ranks.close)
-        return _train(Path(store_path), config, ranks, stack)
+        return _train(store_location(store_path), config, ranks, stack)  # a Path, or a URL
 
 
 def _train(
@@ -185,7 +186,8 @@ def _train(
 
     def destination() -> None:
         if lead:
-            check_disjoint(store_path, run_dir)
+            if not is_url(store_path):  # a run folder cannot overlap a store at a URL
+                check_disjoint(store_path, run_dir)
             check_destination(run_dir, config)
 
     ranks.agree(destination)

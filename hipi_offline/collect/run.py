@@ -45,7 +45,14 @@ from hipi_offline.progress import progress_bar
 from hipi_offline.scheduler import check_scheduler
 from hipi_offline.store.atomic import remove_abandoned_siblings
 from hipi_offline.store.backends import COMPRESSIONS
-from hipi_offline.store.store import TrajectoryStore, create_store, open_store
+from hipi_offline.store.location import is_url, store_location
+from hipi_offline.store.store import (
+    TrajectoryStore,
+    create_store,
+    open_store,
+    same_store,
+    store_exists,
+)
 
 
 @dataclass(frozen=True)
@@ -154,7 +161,7 @@ def _reopen(
     """Reopen an existing store for appending, checking that it was collected with
     these options; None when there is none yet (it is created with its first episodes,
     so a new store is never visible without them)."""
-    if not out.exists() and not out.is_symlink():
+    if not store_exists(out):
         return None
     expected = _metadata(env_name, config, steps, expert, stream)
     store = open_store(out, "a")
@@ -299,8 +306,9 @@ def _check_options(env_name: str, out: Path, config: CollectConfig) -> None:
                 f"--stream-out: only play environments ({', '.join(plays)}) "
                 f"record streams, not {env_name!r}"
             )
-        check_target(Path(config.stream_out), "--stream-out")
-        if Path(config.stream_out).resolve() == out.resolve():
+        stream_out = store_location(config.stream_out)
+        check_target(stream_out, "--stream-out")
+        if same_store(stream_out, out):
             raise InputError("--stream-out: must be another store than --out")
 
 
@@ -360,7 +368,7 @@ def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSum
             f"--out {out}: collect --scheduler writes to local paths only for now "
             "(shards at URLs are not supported yet)"
         )
-    out = Path(out)
+    out = store_location(out)  # a Path, or a URL
     _check_options(env_name, out, config)
     env = make_env(env_name)
     try:
@@ -375,7 +383,7 @@ def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSum
     started = time.perf_counter()
     targets = [(out, False)]
     if config.stream_out is not None:
-        targets.append((Path(config.stream_out), True))
+        targets.append((store_location(config.stream_out), True))
     with ExitStack() as stack:
         sinks = []
         for path, stream in targets:  # check existing stores before writing anything
@@ -395,8 +403,10 @@ def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSum
             rows = (last - sink.first_unit) * (1 if stream else per_unit) * steps
             rows *= config.windows if stream else 1  # a stream holds at least its windows
             check_space(path, rows * step_bytes, str(sink.compression), sink.store is not None)
-            remove_abandoned_siblings(path)  # what killed writers left beside the store
-        remove_abandoned_shard_areas(out)  # what killed --scheduler drivers left
+            if not is_url(path):  # (object stores: no temporaries beside the store)
+                remove_abandoned_siblings(path)  # what killed writers left beside the store
+        if not is_url(out):
+            remove_abandoned_shard_areas(out)  # what killed --scheduler drivers left
         try:
             with _unit_results(env_name, out, steps, config, expert, first, last) as results:
                 _collect_units(env_name, config, sinks, results, first, last, per_unit)

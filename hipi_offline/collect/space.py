@@ -11,6 +11,8 @@ from hipi_offline.envs.base import TaskEnv
 from hipi_offline.errors import InputError
 from hipi_offline.preflight import check_free_space, check_writable
 from hipi_offline.store.backends import backend_for, backend_kind
+from hipi_offline.store.location import is_url
+from hipi_offline.store.remote import probe_writable
 
 MAX_STEPS = 10**8
 """Steps per episode accepted by ``--steps``."""
@@ -25,6 +27,9 @@ def check_target(path: Path, option: str) -> None:
         backend_kind(path)
     except InputError as err:
         raise InputError(f"{option}: {err}") from None
+    if is_url(path):  # object storage: a write probe (no folders, no free space to ask)
+        probe_writable(path, f"{option} {path}")
+        return
     parent = path.parent
     if not parent.is_dir():
         raise InputError(f"{option}: folder {parent} does not exist")
@@ -49,7 +54,10 @@ def check_space(
 
     HDF5 appends copy the store and replace it (crash safety), so they need room for
     the grown store twice over; Zarr appends grow it in place. Compressed stores are
-    checked only for writability (their size cannot be predicted)."""
+    checked only for writability (their size cannot be predicted). A store at a URL
+    was checked by :func:`check_target` (object stores report no free space)."""
+    if is_url(path):
+        return
     folder = path if existing and path.is_dir() else path.parent
     check_writable(folder, option)
     if compression != "none" or new_bytes <= 0:

@@ -57,6 +57,7 @@ from hipi_offline.ownership import check_disjoint, check_replaceable_folder, wri
 from hipi_offline.progress import progress_bar
 from hipi_offline.store import LabelSet, TrajectoryStore, open_store
 from hipi_offline.store.backends import ArrayInfo, backend_for
+from hipi_offline.store.location import Location, is_url, store_location, url_name
 
 MINARI_VERSION = "0.5.0"
 """Written as ``minari_version``: the oldest release of this layout, so every 0.5.x reads it."""
@@ -79,7 +80,7 @@ def export_minari(
 ) -> Path:
     """Write the store at ``store_path`` as a Minari dataset directory ``dest``;
     ``dataset_id`` defaults to DEST's name (``-v0`` added when it has no version)."""
-    store_path, dest = Path(store_path), Path(dest)
+    store_path, dest = store_location(store_path), Path(dest)  # a path, or a URL string
     dataset_id = _dataset_id(dest, dataset_id)
     check_export_destination(store_path, dest, overwrite)
     with open_store(store_path) as store:
@@ -97,10 +98,16 @@ def export_minari(
     return dest
 
 
-def check_export_destination(store_path: Path, dest: Path, overwrite: bool) -> None:
+def _name(location: Location) -> str:
+    """The store's file or folder name (the last part of a URL)."""
+    return url_name(str(location)) if is_url(location) else Path(location).name
+
+
+def check_export_destination(store_path: Location, dest: Path, overwrite: bool) -> None:
     """Refuse a DEST that overlaps the store (or an HDF5 store's label folder), an
     existing one without ``overwrite``, and with it anything but an earlier export."""
-    check_disjoint(store_path, dest, also=backend_for(store_path).side_paths(store_path))
+    if not is_url(store_path):  # a local DEST cannot overlap a store at a URL
+        check_disjoint(store_path, dest, also=backend_for(store_path).side_paths(store_path))
     refuse_link(dest)
     if dest.exists():
         if not overwrite:
@@ -443,7 +450,7 @@ def _metadata_values(
         "jpeg_encoding": False,
         "observation_space": json.dumps(_space(plan.observations, plan.step_info, "observations")),
         "action_space": json.dumps(_space(plan.actions, plan.step_info, "actions")),
-        "description": f"Exported by hipi-offline from {store.path.name}",
+        "description": f"Exported by hipi-offline from {_name(store.path)}",
         "final_observation_repeated": not plan.final_observations,
         "final_info_repeated": sorted(set(plan.infos) - set(plan.final_infos)),
         "rewards_filled_with_zeros": plan.rewards is None,
@@ -451,7 +458,7 @@ def _metadata_values(
         "truncations_filled": plan.truncations is None,
         "skipped_episode_fields": plan.skipped_episode_fields,
         "hipi_offline": {
-            "store": str(store.path.resolve()),
+            "store": store.path if is_url(store.path) else str(Path(store.path).resolve()),
             "env": jsonable(attrs.get("env", "")),
             "source_format": jsonable(attrs.get("source_format")),
             "source": jsonable(attrs.get("source")),

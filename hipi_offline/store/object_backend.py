@@ -5,13 +5,14 @@ committed the same way (data arrays first, ``episodes/ends`` last). Object store
 have neither atomic renames nor links, so a label set is committed manifest-last::
 
     URL/labels/<name>/v-<UTC time>-<hex32>/   one version: a Zarr group of the arrays
-    URL/labels/<name>/CURRENT                 pointer: the version and the size of
-                                              each of its objects (JSON)
+    URL/labels/<name>/CURRENT                 pointer: the version, and the size and
+                                              SHA-256 of each of its objects (JSON)
 
 A commit writes a new version under a unique prefix, then ``CURRENT`` with one
 PUT (atomic on S3 and GCS): a version without a pointer is invisible. Readers
-follow the pointer and check the version's objects against it before and after
-reading (a set replaced while it was read is read again). The version it replaced
+follow the pointer and read exactly the objects it lists, each checked against its
+size and SHA-256 (a set replaced while it was read is read again; a missing chunk
+can never read as Zarr's fill value). The version it replaced
 is deleted after the pointer; versions no pointer names are deleted by the next
 writer of that set once they are older than :data:`STALE_AFTER_S` (a concurrent
 writer's version is never younger than its commit). There are no locks: of two
@@ -22,6 +23,7 @@ version or the other.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import re
 import uuid
@@ -48,6 +50,9 @@ STALE_AFTER_S = 3600
 _VERSION = re.compile(r"v-(?P<time>\d{8}T\d{6}Z)-[0-9a-f]{32}")
 _TIME = "%Y%m%dT%H%M%SZ"
 _READ_TRIES = 3
+_MAX_OBJECTS = 1000
+_OBJECT_KEY = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def new_version_name(now: dt.datetime | None = None) -> str:
@@ -212,9 +217,11 @@ class ObjectZarrBackend(ZarrBackend):
     def read_labels(  # type: ignore[override]
         cls, path: str, name: str, keys: Sequence[str]
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Follow the pointer; the version's objects must match it before and after the
-        read (a set replaced meanwhile is read again, up to three times)."""
+        """Follow the pointer and read the objects it lists, each checked against its
+        size and SHA-256 (a set replaced meanwhile is read again, up to three times)."""
         import zarr
+        from zarr.core.buffer import cpu
+        from zarr.storage import MemoryStore
 
         fs, root = filesystem(path)
         with remote_errors(path):
@@ -222,14 +229,18 @@ class ObjectZarrBackend(ZarrBackend):
                 pointer = _pointer(fs, root, path, name)
                 if pointer is None:
                     raise InputError(f"labels/{name}: no such label set in {path}")
-                version = f"{root}/labels/{name}/{pointer['version']}"
-                _check_version(fs, version, pointer, name)
-                store = remote.zarr_store(join(path, "labels", name, pointer["version"]), True)
-                group = zarr.open_group(store, mode="r")
+                found = _fetch_version(fs, f"{root}/labels/{name}/{pointer['version']}", pointer)
+                if found is None:  # missing or changed objects
+                    if _pointer(fs, root, path, name) != pointer:
+                        continue  # replaced while we read it: read the new one
+                    raise InputError(
+                        f"labels/{name}: version {pointer['version']} does not match its "
+                        "pointer (objects missing or changed); relabel with --overwrite"
+                    )
+                buffers = {key: cpu.Buffer.from_bytes(raw) for key, raw in found.items()}
+                group = zarr.open_group(MemoryStore(buffers, read_only=True), mode="r")
                 arrays = {key: np.asarray(group[key][...]) for key in keys}
-                attrs = dict(group.attrs)
-                if _pointer(fs, root, path, name) == pointer and _matches(fs, version, pointer):
-                    return arrays, attrs
+                return arrays, dict(group.attrs)
         raise InputError(
             f"labels/{name}: was replaced while being read, {_READ_TRIES} times; try again"
         )
@@ -244,29 +255,28 @@ class ObjectZarrBackend(ZarrBackend):
     def commit_labels(  # type: ignore[override]
         cls, path: str, name: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]
     ) -> None:
-        """A new version, then its pointer; then the replaced version is deleted."""
-        import zarr
-
+        """A new version (its objects written concurrently), then its pointer; then the
+        replaced version is deleted."""
         fs, root = filesystem(path)
         folder = f"{root}/labels/{name}"
         version = new_version_name()
         with remote_errors(path):
             old = _pointer(fs, root, path, name)  # checked: a pointer of ours, or None
             _remove_stale(fs, folder, keep=old["version"] if old else None)
+            encoded = _encode(arrays, attrs)
+            pointer = {
+                "made_by": "hipi-offline",
+                "kind": POINTER_KIND,
+                "format": 1,
+                "label_set": name,
+                "version": version,
+                "objects": {
+                    key: {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+                    for key, raw in encoded.items()
+                },
+            }
             try:
-                store = remote.zarr_store(join(path, "labels", name, version), False)
-                group = zarr.open_group(store, mode="w-")
-                for key, value in arrays.items():
-                    group.create_array(key, data=value, chunks=value.shape or None)
-                group.attrs.update(dict(attrs))
-                pointer = {
-                    "made_by": "hipi-offline",
-                    "kind": POINTER_KIND,
-                    "format": 1,
-                    "label_set": name,
-                    "version": version,
-                    "objects": remote.object_sizes(fs, f"{folder}/{version}"),
-                }
+                fs.pipe({f"{folder}/{version}/{key}": raw for key, raw in encoded.items()})
                 fs.pipe_file(f"{folder}/{POINTER}", json.dumps(pointer, sort_keys=True).encode())
             except BaseException:
                 _remove_unpointed(fs, root, path, name, version)
@@ -328,6 +338,20 @@ def _some_objects(fs: Any, root: str) -> list[str]:
         return []
 
 
+def _object_entry(key: object, entry: object) -> bool:
+    """True for a pointer's ``key: {"size", "sha256"}`` as this toolkit writes them."""
+    return (
+        isinstance(key, str)
+        and _OBJECT_KEY.fullmatch(key) is not None
+        and ".." not in key.split("/")
+        and isinstance(entry, dict)
+        and isinstance(entry.get("size"), int)
+        and not isinstance(entry.get("size"), bool)
+        and isinstance(entry.get("sha256"), str)
+        and _SHA256.fullmatch(entry["sha256"]) is not None
+    )
+
+
 def _pointer(fs: Any, root: str, url: str, name: str) -> dict[str, Any] | None:
     """The checked pointer of label set ``name``, or None when it has none."""
     where = f"{url}/labels/{name}/{POINTER}"
@@ -347,7 +371,8 @@ def _pointer(fs: Any, root: str, url: str, name: str) -> dict[str, Any] | None:
         or not isinstance(pointer.get("version"), str)
         or not _VERSION.fullmatch(pointer["version"])
         or not isinstance(objects, dict)
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in objects.values())
+        or not 0 < len(objects) <= _MAX_OBJECTS
+        or not all(_object_entry(key, entry) for key, entry in objects.items())
     ):
         raise InputError(
             f"{where}: is not a label-set pointer written by hipi-offline; it is never "
@@ -356,17 +381,37 @@ def _pointer(fs: Any, root: str, url: str, name: str) -> dict[str, Any] | None:
     return pointer
 
 
-def _matches(fs: Any, version: str, pointer: Mapping[str, Any]) -> bool:
-    """True when the objects under ``version`` are the pointer's, size for size."""
-    return remote.object_sizes(fs, version) == pointer["objects"]
+def _encode(arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> dict[str, bytes]:
+    """The objects of a Zarr group holding ``arrays`` (one chunk each) and ``attrs``."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    objects: dict[str, Any] = {}
+    group = zarr.open_group(MemoryStore(objects), mode="w-")
+    for key, value in arrays.items():
+        group.create_array(key, data=value, chunks=value.shape or None)
+    group.attrs.update(dict(attrs))
+    return {key: buffer.to_bytes() for key, buffer in objects.items()}
 
 
-def _check_version(fs: Any, version: str, pointer: Mapping[str, Any], name: str) -> None:
-    if not _matches(fs, version, pointer):
-        raise InputError(
-            f"labels/{name}: version {pointer['version']} does not match its pointer "
-            "(objects missing or changed); relabel with --overwrite"
-        )
+def _fetch_version(fs: Any, version: str, pointer: Mapping[str, Any]) -> dict[str, bytes] | None:
+    """The objects the pointer lists, read under ``version``; None when one is missing
+    or differs from the pointer's size and SHA-256."""
+    listed = pointer["objects"]
+    keys = sorted(listed)
+    try:
+        found = fs.cat([f"{version}/{key}" for key in keys], on_error="raise")
+    except FileNotFoundError:
+        return None
+    out = {}
+    for key in keys:
+        raw = found.get(f"{version}/{key}")
+        if raw is None or len(raw) != listed[key]["size"]:
+            return None
+        if hashlib.sha256(raw).hexdigest() != listed[key]["sha256"]:
+            return None
+        out[key] = raw
+    return out
 
 
 def _remove_stale(fs: Any, folder: str, keep: str | None) -> None:

@@ -88,7 +88,11 @@ def _cached_fs(url: str, asynchronous: bool) -> tuple[Any, str]:
     with remote_errors(url):
         if key not in _FILESYSTEMS:
             fs, _ = fsspec.core.url_to_fs(
-                url, asynchronous=asynchronous, skip_instance_cache=True, **options
+                url,
+                asynchronous=asynchronous,
+                skip_instance_cache=True,
+                use_listings_cache=False,  # other writers (Zarr's file system) change them
+                **options,
             )
             _FILESYSTEMS[key] = fs
         fs = _FILESYSTEMS[key]

@@ -553,6 +553,27 @@ def _check_replaceable(path: Path, overwrite: bool) -> None:
     backend_for(path).check_replaceable(path)
 
 
+def store_exists(location: str | os.PathLike[str]) -> bool:
+    """Whether anything is at a local path (a dangling link included), or whether a
+    Zarr store (its root ``zarr.json``) is at a URL."""
+    where = store_location(location)
+    if not is_url(where):
+        return os.path.lexists(where)
+    from hipi_offline.store.remote import filesystem, remote_errors
+
+    fs, root = filesystem(str(where))
+    with remote_errors(str(where)):
+        return bool(fs.exists(f"{root}/zarr.json"))
+
+
+def same_store(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two locations name one store (local paths resolved, URLs as written)."""
+    first, second = store_location(a), store_location(b)
+    if is_url(first) or is_url(second):
+        return str(first) == str(second)
+    return Path(first).resolve() == Path(second).resolve()
+
+
 def open_store(path: str | Path, mode: Literal["r", "a"] = "r") -> TrajectoryStore:
     """Open and validate a store; the backend follows the suffix (.h5/.hdf5, .zarr) and
     whether it is a path or an fsspec URL (``s3://bucket/x.zarr``)."""
