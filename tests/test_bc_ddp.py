@@ -290,3 +290,16 @@ def test_a_rank_that_dies_ends_the_run_with_one_error(store: Path, tmp_path: Pat
     assert "hipi_offline" not in result.stderr  # no traceback of ours (torchrun prints its own)
     assert [step for step, _ in list_checkpoints(out)] == [10]
     assert not [p for p in files_under(out) if p.endswith(".tmp")]
+
+
+def test_ranks_on_one_machine_share_its_memory(monkeypatch, tmp_path: Path):
+    """A working set that fits once is refused for 4 ranks on the same machine."""
+    from hipi_offline.bc import budget
+
+    monkeypatch.setattr(budget, "available_memory", lambda device: 2**30)
+    config = BCConfig(out=tmp_path / "run", labels="x", hidden=(16,), device="cpu")
+    spec = budget.network_spec(config, 10, 4, 2)
+    steps = 3 * 2**30 // (4 * 14) // 10  # a working set of 0.3 GiB
+    budget.check_memory(config, spec, steps, 8, torch.device("cpu"))
+    with pytest.raises(InputError, match=r"--max-memory-mb: .*share for one of 4 ranks"):
+        budget.check_memory(config, spec, steps, 8, torch.device("cpu"), sharing=4)

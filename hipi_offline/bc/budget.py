@@ -85,10 +85,16 @@ def batch_bytes(spec: dict[str, Any], batch_size: int, top_k: int) -> int:
 
 
 def check_memory(
-    config: BCConfig, spec: dict[str, Any], num_steps: int, top_k: int, device: torch.device
+    config: BCConfig,
+    spec: dict[str, Any],
+    num_steps: int,
+    top_k: int,
+    device: torch.device,
+    sharing: int = 1,
 ) -> None:
     """Refuse hidden sizes, batch sizes and working sets that cannot fit in memory, with
-    an InputError naming the option."""
+    an InputError naming the option. ``sharing`` processes of this machine (torchrun's
+    ranks on one node) each need as much: host memory is split among them."""
     params = _parameters(spec)
     model = TRAIN_COPIES * FLOAT * params
     batch = batch_bytes(spec, config.batch_size, top_k)
@@ -97,7 +103,10 @@ def check_memory(
     avail = available_memory(device)
     if avail is None:
         return
-    where = "GPU memory" if device.type == "cuda" else "memory"
+    if device.type != "cuda":
+        avail //= sharing
+    share = f" (its share for one of {sharing} ranks on this machine)" if sharing > 1 else ""
+    where = "GPU memory" if device.type == "cuda" else f"memory{share}"
     if model > avail:
         raise InputError(
             f"--hidden: a network of {params:,} parameters needs about {_gib(model)} of "
@@ -110,12 +119,14 @@ def check_memory(
             f"than the {_gib(avail - model)} left; use a smaller --batch-size"
         )
     host = avail if device.type != "cuda" else available_memory(torch.device("cpu"))
+    if host is not None and device.type == "cuda":
+        host //= sharing
     host_used = model + batch if device.type != "cuda" else 0
     if in_memory and host is not None and host_used + working_set > host:
         raise InputError(
             f"--max-memory-mb: the working set of {num_steps:,} steps needs {_gib(working_set)} "
-            f"of memory, more than the {_gib(max(host - host_used, 0))} left; pass a smaller "
-            "--max-memory-mb to spill it to a file in the run folder"
+            f"of memory{share}, more than the {_gib(max(host - host_used, 0))} left; pass a "
+            "smaller --max-memory-mb to spill it to a file in the run folder"
         )
 
 

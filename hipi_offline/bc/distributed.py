@@ -75,6 +75,8 @@ class Launch:
     world: int
     local_rank: int
     address: str
+    local_world: int = 1
+    """Ranks on this node (``LOCAL_WORLD_SIZE``; 1 when unset)."""
 
 
 def torchrun_launch(environ: dict[str, str] | None = None) -> Launch | None:
@@ -97,7 +99,10 @@ def torchrun_launch(environ: dict[str, str] | None = None) -> Launch | None:
     world, rank = values["WORLD_SIZE"], values["RANK"]
     if world < 1 or rank >= world:
         raise InputError(f"torchrun environment: RANK={rank} with WORLD_SIZE={world}")
-    return Launch(rank, world, values["LOCAL_RANK"], f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}")
+    local = env.get("LOCAL_WORLD_SIZE", "1")
+    local_world = int(local) if local.isascii() and local.isdigit() and int(local) > 0 else 1
+    address = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
+    return Launch(rank, world, values["LOCAL_RANK"], address, min(local_world, world))
 
 
 def group_timeout(environ: dict[str, str] | None = None) -> float:
@@ -155,6 +160,8 @@ class Ranks:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
     """gloo or nccl; None for a single process."""
+    local_world: int = 1
+    """Ranks on this machine (they share its memory)."""
     _objects: Any = None
     """The gloo group picklable objects travel over."""
     _owns_group: bool = False
@@ -300,7 +307,7 @@ def join_group(device_name: str, batch_size: int) -> Ranks:
         )
     device = rank_device(device_name, launch.local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    ranks = Ranks(rank=launch.rank, world=launch.world, device=device, backend=backend)
+    ranks = Ranks(launch.rank, launch.world, device, backend, launch.local_world)
     timeout = datetime.timedelta(seconds=group_timeout())
     import torch.distributed as dist
 

@@ -27,6 +27,11 @@ sampler's RNG state; the learning rate is a pure function of the step. So
 device, the losses and weights equal those of an uninterrupted run bit for bit. The
 logging window's running sums are checkpointed too, so the metrics rows after a
 resume are those of the uninterrupted run.
+
+Under torchrun (``torchrun --nproc-per-node N --no-python hipi-offline train-bc ...``)
+every rank runs :func:`train_bc`: ``--batch-size`` is the global batch, each step's
+gradients are averaged over the ranks, rank 0 alone reads and writes the run folder,
+and a resumed run continues exactly as well (:mod:`~hipi_offline.bc.distributed`).
 """
 
 from __future__ import annotations
@@ -201,7 +206,7 @@ def _train(
         labels = _read_labels(store, config)
         spec = _spec(config, store, labels)
         top_k = 0 if labels is None else labels.k
-        check_memory(config, spec, store.num_steps, top_k, device)
+        check_memory(config, spec, store.num_steps, top_k, device, ranks.local_world)
         fingerprint = data_fingerprint(store, labels)
         if lead:
             start_point(run_dir, config, fingerprint, spec)  # refuse before writing anything
