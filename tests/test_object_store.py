@@ -114,6 +114,22 @@ def assert_same_labels(a: LabelSet, b: LabelSet) -> None:
     np.testing.assert_allclose(a.coverage, b.coverage, rtol=1e-6)
 
 
+def full_posterior(labels: LabelSet) -> np.ndarray:
+    """float64 [N, K]: each episode's log-posterior over all K (the top-k is all K)."""
+    assert labels.k == labels.num_candidates
+    full = np.full((labels.num_episodes, labels.num_candidates), np.nan)
+    np.put_along_axis(full, labels.topk_index, labels.topk_logprob.astype(np.float64), axis=1)
+    return full
+
+
+def assert_same_posterior(a: LabelSet, b: LabelSet) -> None:
+    """Equal labels up to the order of exactly tied candidates in the top-k."""
+    np.testing.assert_allclose(a.log_z, b.log_z, rtol=1e-12)
+    np.testing.assert_allclose(full_posterior(a), full_posterior(b), rtol=1e-6)
+    np.testing.assert_allclose(a.entropy, b.entropy, rtol=1e-6)
+    np.testing.assert_allclose(a.coverage, b.coverage, rtol=1e-6)
+
+
 def versions(url: str, name: str) -> list[str]:
     return sorted(
         {key.split("/")[2] for key in objects(url) if key.startswith(f"labels/{name}/v-")}
@@ -329,6 +345,21 @@ def test_relabel_at_s3_matches_local(bucket: str, tmp_path: Path):
     assert_same_labels(read_label_set(url, "hipi"), read_label_set(local, "hipi"))
     shown = cli("inspect", url).stdout
     assert "hipi" in shown
+
+
+@pytest.mark.slow
+def test_dask_relabel_at_s3(bucket: str, tmp_path: Path):
+    """Workers of ``--scheduler local:1`` open the store at its URL (they inherit the
+    endpoint and credentials from the environment) and give the local result."""
+    url = f"s3://{bucket}/runner.zarr"
+    local = tmp_path / "runner.zarr"
+    spec = tmp_path / "speed.yaml"
+    spec.write_text(SPEED_TARGET_SPEC)
+    synthetic(url)
+    synthetic(local)
+    cli("relabel", url, "--tasks", spec, "--device", "cpu", "--scheduler", "local:1")
+    cli("relabel", local, "--tasks", spec, "--device", "cpu")
+    assert_same_posterior(read_label_set(url, "hipi"), read_label_set(local, "hipi"))
 
 
 # ----------------------------------------------------------------------------- errors
