@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -303,3 +304,49 @@ def test_ranks_on_one_machine_share_its_memory(monkeypatch, tmp_path: Path):
     budget.check_memory(config, spec, steps, 8, torch.device("cpu"))
     with pytest.raises(InputError, match=r"--max-memory-mb: .*share for one of 4 ranks"):
         budget.check_memory(config, spec, steps, 8, torch.device("cpu"), sharing=4)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_nodes_share_no_folder(store: Path, two_ranks, tmp_path: Path):
+    """Two torchrun agents of one rank each (two "nodes", c10d rendezvous on
+    127.0.0.1) in separate working folders, with a relative --out: the run is written
+    beside rank 0 alone, and equals the 2-rank run of one node."""
+    nodes = [tmp_path / "node-a", tmp_path / "node-b"]
+    endpoint = f"127.0.0.1:{_free_port()}"
+    environ = {k: v for k, v in os.environ.items() if k not in (DIGEST_ENV, KILL_ENV)}
+    environ |= {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
+    command += ["--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint]
+    command += ["--rdzv-id", "two-nodes", "--no-python", _hipi_offline()]
+    command += [*_args(store, Path("run"))]
+    agents = []
+    for node in nodes:
+        node.mkdir()
+        with open(tmp_path / f"{node.name}.err", "w") as err:
+            agents.append(
+                subprocess.Popen(
+                    command, cwd=node, env=environ, stdout=subprocess.PIPE, stderr=err, text=True
+                )
+            )
+    try:
+        outputs = [agent.communicate(timeout=300)[0] for agent in agents]
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.kill()
+    errors = [(tmp_path / f"{node.name}.err").read_text()[-2000:] for node in nodes]
+    assert [agent.returncode for agent in agents] == [0, 0], errors
+    written = [node for node in nodes if list(node.iterdir())]
+    assert len(written) == 1 and files_under(written[0] / "run") == files_under(
+        two_ranks[0] / "run"
+    )
+    assert sum(out.count("trained gaussian policy") for out in outputs) == 1
+    ours, theirs = tensors(two_ranks[0] / "run", STEPS), tensors(written[0] / "run", STEPS)
+    for key in ours:  # the same ranks and batch slices as on one node
+        assert torch.equal(theirs[key], ours[key]), key
