@@ -209,7 +209,7 @@ def evaluate(
 def import_cmd(
     fmt: Annotated[str, typer.Argument(help="Source format: minari, d4rl or robomimic.")],
     src: Annotated[Path, typer.Argument(help="Source dataset (file or Minari dataset folder).")],
-    dest: Annotated[Path, typer.Argument(help="Store to write (.h5/.hdf5 or .zarr).")],
+    dest: Annotated[str, typer.Argument(help=f"Store to write (.h5/.hdf5 or .zarr{_URL}).")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
 ) -> None:
     """Convert a Minari, D4RL or robomimic dataset into a hipi-offline store."""

@@ -530,3 +530,31 @@ def test_collect_out_s3(bucket: str, tmp_path: Path):
         code=2,
     )
     assert "--out s3://no-such-bucket-hipi/c.zarr" in error_line(bad)
+
+
+@pytest.mark.slow
+def test_import_into_s3(bucket: str, tmp_path: Path):
+    import h5py
+
+    rng = np.random.default_rng(0)
+    total = 9
+    arrays = {
+        "observations": rng.standard_normal((total, 4)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (total, 2)).astype(np.float32),
+        "rewards": rng.standard_normal(total).astype(np.float32),
+        "terminals": np.zeros(total, bool),
+        "timeouts": np.zeros(total, bool),
+    }
+    arrays["timeouts"][[3, 8]] = True
+    with h5py.File(tmp_path / "d.hdf5", "w") as file:
+        for key, value in arrays.items():
+            file[key] = value
+    url = f"s3://{bucket}/d.zarr"
+    cli("import", "d4rl", tmp_path / "d.hdf5", url)
+    cli("import", "d4rl", tmp_path / "d.hdf5", tmp_path / "d.zarr")
+    remote, here = store_arrays(url), store_arrays(tmp_path / "d.zarr")
+    assert remote.keys() == here.keys() and remote["episodes/ends"].tolist() == [4, 9]
+    for key in here:
+        np.testing.assert_array_equal(remote[key], here[key])
+    again = cli("import", "d4rl", tmp_path / "d.hdf5", url, code=2)
+    assert "already exists; pass --overwrite" in error_line(again)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from hipi_offline.progress import progress_bar
 from hipi_offline.store import TrajectoryStore, create_store
 from hipi_offline.store.atomic import remove_abandoned_siblings, remove_path, replace_path, sibling
 from hipi_offline.store.backends import backend_for
+from hipi_offline.store.location import is_url
+from hipi_offline.store.store import FORMAT_ATTR
 
 DEFAULT_BATCH_STEPS = 200_000
 """Steps buffered before one append to the store."""
@@ -42,8 +44,12 @@ def check_store_destination(
     """Refuse a store DEST that cannot be written or must not be replaced: a bad
     suffix, one that overlaps the source (or a path in ``also``), an existing path
     without ``overwrite``, anything but a hipi-offline store with it, or a stray
-    folder kept beside a store (an HDF5 store's labels)."""
+    folder kept beside a store (an HDF5 store's labels). At a URL: what is there, and
+    a write probe (see ``ObjectZarrBackend.prepare_create``)."""
     backend = backend_for(dest)
+    if is_url(dest):
+        backend.prepare_create(str(dest), overwrite, FORMAT_ATTR)  # type: ignore[attr-defined]
+        return
     check_disjoint(src, dest, also=also)
     refuse_link(dest)
     if dest.exists():
@@ -466,9 +472,11 @@ def new_store(
     bytes free): the store stages itself beside ``dest`` and is moved into place
     when the block succeeds (discarded, with any parent folders it made, when it fails)."""
     check_store_destination(src, dest, overwrite, also=also)
-    check_free_space(dest, needed)
+    url = is_url(dest)
+    if not url:  # object stores report no free space and have no folders to make
+        check_free_space(dest, needed)
     with (
-        created_parents(dest),
+        nullcontext() if url else created_parents(dest),
         create_store(dest, env=env, metadata=dict(metadata), overwrite=overwrite) as store,
     ):
         yield store

@@ -53,6 +53,7 @@ from hipi_offline.io.common import (
     store_metadata,
     text_value,
 )
+from hipi_offline.store.location import store_location
 
 _RENAMED = {
     "actions": "actions",
@@ -74,7 +75,7 @@ def import_d4rl(
     batch_bytes: int = DEFAULT_BATCH_BYTES,
 ) -> Path:
     """Convert the D4RL HDF5 file ``src`` into a new store at ``dest``."""
-    src, dest = Path(src), Path(dest)
+    src, dest = Path(src), store_location(dest)  # a path, or a URL
     check_store_destination(src, dest, overwrite)
     with open_hdf5_source(src) as source:
         fields, skipped, ignored = _step_fields(source, src)

@@ -59,6 +59,7 @@ from hipi_offline.io.common import (
     store_metadata,
     text_value,
 )
+from hipi_offline.store.location import store_location
 
 MAIN_FILE = "main_data.hdf5"
 METADATA_FILE = "metadata.json"
@@ -76,7 +77,7 @@ def import_minari(
     batch_bytes: int = DEFAULT_BATCH_BYTES,
 ) -> Path:
     """Convert the Minari dataset at ``src`` into a new store at ``dest``."""
-    src, dest = Path(src), Path(dest)
+    src, dest = Path(src), store_location(dest)  # a path, or a URL
     main = locate_main_file(src)
     also = (main.parent / METADATA_FILE,)
     check_store_destination(main, dest, overwrite, also=also)

@@ -53,6 +53,7 @@ from hipi_offline.io.common import (
     store_metadata,
     text_value,
 )
+from hipi_offline.store.location import store_location
 
 _RENAMED = {"rewards": "rewards", "dones": "terminations", "states": "physics/states"}
 
@@ -66,7 +67,7 @@ def import_robomimic(
     batch_bytes: int = DEFAULT_BATCH_BYTES,
 ) -> Path:
     """Convert the robomimic HDF5 file ``src`` into a new store at ``dest``."""
-    src, dest = Path(src), Path(dest)
+    src, dest = Path(src), store_location(dest)  # a path, or a URL
     check_store_destination(src, dest, overwrite)
     with open_hdf5_source(src) as source:
         data = require_group(source, "data", src)
