@@ -203,6 +203,21 @@ def test_killed_append_at_s3_is_not_committed(bucket: str, monkeypatch: pytest.M
         assert store.num_episodes == EPISODES and store.num_steps == EPISODES * STEPS
 
 
+@pytest.mark.slow
+def test_failed_creation_at_s3_leaves_nothing(bucket: str, monkeypatch: pytest.MonkeyPatch):
+    from hipi_offline.store import synthetic as synthetic_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("generator failed")
+
+    monkeypatch.setattr(synthetic_module, "synthetic_episodes", broken)
+    url = f"s3://{bucket}/runner.zarr"
+    with pytest.raises(RuntimeError, match="generator failed"):
+        synthetic(url)
+    assert objects(url) == []
+    assert "--storage-options" in cli("--help").stdout
+
+
 def test_refuses_objects_it_did_not_write(bucket: str):
     fs, root = filesystem(f"s3://{bucket}/other.zarr")
     fs.pipe_file(f"{root}/notes.txt", b"someone else's")
