@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from cli.main import app
 from hipi_offline.bc import BatchSampler, BCConfig, TaskSampler, load_working_set, train_bc
 from hipi_offline.bc.distributed import (
     DIGEST_ENV,
     KILL_ENV,
+    Launch,
     Ranks,
+    check_launch,
     join_group,
     torchrun_launch,
 )
@@ -140,19 +140,18 @@ def test_single_process_is_one_rank_and_collectives_are_no_ops(monkeypatch):
     assert ranks.shard(32) == (0, 32)
 
 
-def test_indivisible_batch_is_refused_before_joining(monkeypatch, tmp_path: Path):
-    """Checked from torchrun's variables alone: no process group, nothing written."""
-    env = {"WORLD_SIZE": "3", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1"}
-    for name, value in {**env, "MASTER_PORT": "9"}.items():
-        monkeypatch.setenv(name, value)
+def test_indivisible_batch_and_a_rank_without_its_device_are_refused():
+    """Checked from torchrun's variables alone (every rank refuses, once joined)."""
+    launch = Launch(rank=1, world=3, local_rank=1, address="127.0.0.1:9", local_world=3)
     with pytest.raises(FieldError, match="batch_size: 32 does not split evenly over the 3"):
-        join_group("cpu", 32)
-    out = tmp_path / "run"
-    result = CliRunner().invoke(app, _args(tmp_path / "none.zarr", out))
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "--batch-size: 32" in lines[0] and "Traceback" not in result.output
-    assert not out.exists()
+        check_launch(launch, "cpu", 32)
+    assert check_launch(launch, "cpu", 33) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="--device: cuda requested but no CUDA"):
+            check_launch(launch, "cuda", 33)
+    elif torch.cuda.device_count() <= 1:
+        with pytest.raises(InputError, match="LOCAL_RANK=1 has no GPU of its own"):
+            check_launch(launch, "cuda", 33)
 
 
 def test_shards_of_the_global_batch_are_its_rows(store: Path):

@@ -292,23 +292,37 @@ class _Loss(torch.nn.Module):
         return self.network.loss(obs, act, task)  # type: ignore[operator]
 
 
-def join_group(device_name: str, batch_size: int) -> Ranks:
-    """This process's :class:`Ranks`: under torchrun with several ranks, the joined
-    process group (the batch is checked to split evenly first); otherwise one rank
-    on ``resolve_device(device_name)``."""
-    launch = torchrun_launch()
-    if launch is None or launch.world == 1:
-        return Ranks(device=resolve_device(device_name))
+def check_launch(launch: Launch, device_name: str, batch_size: int) -> torch.device:
+    """This rank's device, after refusing a global batch that does not split evenly
+    over the ranks and a device a rank cannot own."""
     if batch_size % launch.world:
         raise FieldError(
             "batch_size",
             f"{batch_size} does not split evenly over the {launch.world} ranks of the torchrun "
             f"group (the batch is global); pass a multiple of {launch.world}",
         )
-    device = rank_device(device_name, launch.local_rank)
+    return rank_device(device_name, launch.local_rank)
+
+
+def join_group(device_name: str, batch_size: int) -> Ranks:
+    """This process's :class:`Ranks`: under torchrun with several ranks, the joined
+    process group; otherwise one rank on ``resolve_device(device_name)``.
+
+    The options (:func:`check_launch`) are refused only once every rank has joined
+    (over gloo when they are wrong), all ranks at once: a rank that stopped early
+    would have torchrun stop the others before they could say why."""
+    launch = torchrun_launch()
+    if launch is None or launch.world == 1:
+        return Ranks(device=resolve_device(device_name))
+    problem: InputError | None = None
+    try:
+        device = check_launch(launch, device_name, batch_size)
+        seconds = group_timeout()
+    except InputError as err:
+        problem, device, seconds = err, torch.device("cpu"), TIMEOUT_S
     backend = "nccl" if device.type == "cuda" else "gloo"
     ranks = Ranks(launch.rank, launch.world, device, backend, launch.local_world)
-    timeout = datetime.timedelta(seconds=group_timeout())
+    timeout = datetime.timedelta(seconds=seconds)
     import torch.distributed as dist
 
     if dist.is_initialized():  # a caller's own group (train_bc called in a torchrun script)
@@ -325,9 +339,21 @@ def join_group(device_name: str, batch_size: int) -> Ranks:
                 f"{launch.address} ({backend}): {one_line(str(err), 160)}"
             ) from None
         ranks._restore.append(dist.destroy_process_group)
-    ranks._objects = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
-    _stop_on_sigterm(ranks)
+    try:
+        ranks._objects = (
+            dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
+        )
+        _stop_on_sigterm(ranks)
+        ranks.agree(_raise, problem)
+    except BaseException:
+        ranks.close()
+        raise
     return ranks
+
+
+def _raise(problem: Exception | None) -> None:
+    if problem is not None:
+        raise problem
 
 
 def _stop_on_sigterm(ranks: Ranks) -> None:
