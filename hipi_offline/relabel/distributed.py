@@ -18,9 +18,11 @@ ends the run with one error line (:func:`hipi_offline.scheduler.cluster_errors`)
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from hipi_offline.device import resolve_device
-from hipi_offline.errors import InputError
+from hipi_offline.errors import InputError, ResourceError
 from hipi_offline.preflight import available_memory
 from hipi_offline.progress import progress_bar
 from hipi_offline.relabel.partitions import Partition, WorkPlan, parse_memory, plan_work
@@ -98,6 +100,32 @@ def _test_exit_hook() -> None:
 # ---------------------------------------------------------------- tasks (on the workers)
 
 
+@dataclass(frozen=True)
+class Failed:
+    """A task's own one-line error, returned as its result: the driver raises the
+    first in partition order (a raised error would also be logged by the worker)."""
+
+    error: InputError | ResourceError
+
+
+def guarded(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A task that returns its :class:`InputError`/:class:`ResourceError` as
+    :class:`Failed`, and passes on a failed input without running."""
+
+    @functools.wraps(function)
+    def task(*args: Any) -> Any:
+        for arg in args:
+            if isinstance(arg, Failed):
+                return arg
+        try:
+            return function(*args)
+        except (InputError, ResourceError) as err:
+            return Failed(err)
+
+    return task
+
+
+@guarded
 def partition_returns(job: PartitionJob, part: Partition) -> np.ndarray:
     """R [episodes of ``part``, K] float64, read from the store by the worker."""
     _test_exit_hook()
@@ -119,11 +147,13 @@ def partition_returns(job: PartitionJob, part: Partition) -> np.ndarray:
     return out
 
 
+@guarded
 def partial_log_sum_exp(returns: np.ndarray, temperature: float) -> np.ndarray:
     """logsumexp_i (R_ij / alpha) over the partition's episodes, [K]."""
     return torch.logsumexp(torch.from_numpy(returns) / temperature, dim=0).numpy()
 
 
+@guarded
 def partition_posterior(
     returns: np.ndarray, job: PartitionJob, log_z: np.ndarray | None
 ) -> Posterior | None:
@@ -149,6 +179,7 @@ def partition_posterior(
     )
 
 
+@guarded
 def partition_scan(returns: np.ndarray, job: PartitionJob, first_episode: int) -> ReturnsScan:
     """The partition's part of the diagnosis of a non-finite posterior."""
     matrix = torch.from_numpy(returns)
@@ -273,16 +304,21 @@ def _run(client: Client, job: PartitionJob, plan: WorkPlan, global_tile: int) ->
 
 
 def _gather(client: Client, futures: list[Future], advance: Any) -> list[Any]:
-    """The futures' results in order; when some failed, the error of the first of them
-    (in partition order, so the same error the single-process pass meets first)."""
+    """The futures' results in order. A task that raised (a worker that died, past
+    Dask's retries) is raised at once; when tasks returned :class:`Failed`, the
+    error of the first in partition order is raised (the error the single-process
+    pass meets first)."""
     from distributed import as_completed
 
-    for _ in as_completed(futures):
-        advance(1)
-    for future in futures:
+    for future in as_completed(futures):
         if future.status == "error":
             future.result()  # raises the task's error
-    return client.gather(futures)
+        advance(1)
+    results = client.gather(futures)
+    for result in results:
+        if isinstance(result, Failed):
+            raise result.error
+    return results
 
 
 def _diagnose(
