@@ -33,8 +33,9 @@ from hipi_offline.bc.distributed import (
 )
 from hipi_offline.bc.loop import TrainSummary
 from hipi_offline.bc.policy import list_checkpoints
+from hipi_offline.bc.scaling import measure_bc, window_rates
 from hipi_offline.configs import FieldError
-from hipi_offline.errors import InputError
+from hipi_offline.errors import InputError, ResourceError
 from hipi_offline.relabel import RelabelConfig, relabel
 from hipi_offline.store import open_store
 from hipi_offline.store.synthetic import SyntheticConfig, make_synthetic_store
@@ -349,3 +350,18 @@ def test_two_nodes_share_no_folder(store: Path, two_ranks, tmp_path: Path):
     ours, theirs = tensors(two_ranks[0] / "run", STEPS), tensors(written[0] / "run", STEPS)
     for key in ours:  # the same ranks and batch slices as on one node
         assert torch.equal(theirs[key], ours[key]), key
+
+
+@pytest.mark.slow
+def test_throughput_measurement_runs_torchrun(store: Path, tmp_path: Path):
+    """benchmarks/scale_bench.py's entry point: a 2-process run and its rate."""
+    found = measure_bc(
+        store, tmp_path / "bench", processes=2, steps=40, batch_size=32, hidden="16,16",
+        log_every=10,
+    )  # fmt: skip
+    assert (found.processes, found.batch_size, found.windows) == (2, 32, 3)
+    rates = window_rates(tmp_path / "bench" / "metrics.csv")
+    assert found.samples_per_s == sorted(rates[1:])[1] > 0
+    assert found.steps_per_s == pytest.approx(found.samples_per_s / 32)
+    with pytest.raises(ResourceError, match="2 processes failed: error: --batch-size: 33"):
+        measure_bc(store, tmp_path / "bad", processes=2, steps=40, batch_size=33, log_every=10)
