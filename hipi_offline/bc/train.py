@@ -182,7 +182,7 @@ def train_bc(store_path: str | Path, config: BCConfig) -> TrainSummary:
 
 
 def _train(
-    store_path: Path, config: BCConfig, ranks: Ranks, stack: contextlib.ExitStack
+    store_path: str | Path, config: BCConfig, ranks: Ranks, stack: contextlib.ExitStack
 ) -> TrainSummary:
     """:func:`train_bc` on this rank: every pre-flight step is agreed by all ranks
     (:meth:`Ranks.agree`); rank 0 alone reads and writes the run folder."""
