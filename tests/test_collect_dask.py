@@ -240,3 +240,10 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def test_scheduler_with_an_out_url_is_refused_for_now(tmp_path: Path) -> None:
+    """Shards at URLs are not written yet: one error line naming --out, before anything."""
+    config = CollectConfig(episodes=1, steps=STEPS, scheduler="local:2")
+    with pytest.raises(InputError, match="^--out s3://bucket/x.zarr: collect --scheduler"):
+        collect("cheetah", "s3://bucket/x.zarr", config)
