@@ -61,8 +61,8 @@ def new_version_name(now: dt.datetime | None = None) -> str:
     return f"v-{now.strftime(_TIME)}-{uuid.uuid4().hex}"
 
 
-def _stale(version: str, now: dt.datetime) -> bool:
-    """True for a version name of ours older than :data:`STALE_AFTER_S`."""
+def stale_version(version: str, now: dt.datetime) -> bool:
+    """True for a name of :func:`new_version_name`'s form older than :data:`STALE_AFTER_S`."""
     found = _VERSION.fullmatch(version)
     if found is None:
         return False
@@ -424,7 +424,7 @@ def _remove_stale(fs: Any, folder: str, keep: str | None) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     for entry in entries:
         version = entry.rstrip("/").rsplit("/", 1)[-1]
-        if version != keep and _stale(version, now):
+        if version != keep and stale_version(version, now):
             remote.remove_tree(fs, f"{folder}/{version}")
 
 
