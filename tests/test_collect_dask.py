@@ -1,10 +1,13 @@
 """``collect --scheduler``: episodes run as Dask tasks that write shards, appended by the
 driver in unit order. The store equals a serial collect's, byte for byte; a worker
 killed mid-unit neither duplicates nor loses an episode; one that always dies is one
-error line; the shard area is removed; an unreachable scheduler changes nothing."""
+error line; the shard area is removed; an unreachable scheduler changes nothing. With an
+--out URL (a moto S3 server on 127.0.0.1) the shards are objects beside the store, and
+abandoned shard areas there are removed by the time in their names."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 import subprocess
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import assert_same_arrays, store_arrays
+from s3server import make_bucket, s3_environment, s3_server
 
 from hipi_offline.collect import CollectConfig, collect
 from hipi_offline.collect.distributed import (
@@ -22,16 +26,20 @@ from hipi_offline.collect.distributed import (
     flatten,
     read_shard,
     remove_abandoned_shard_areas,
+    shard_area,
     shard_name,
     unflatten,
     write_shard,
 )
 from hipi_offline.collect.episodes import run_unit
 from hipi_offline.errors import InputError
+from hipi_offline.store.object_backend import new_version_name
+from hipi_offline.store.remote import filesystem
 
 pytest.importorskip("distributed")
 
 STEPS, SEED = 20, 3
+_BUCKETS = iter(range(10**6))
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +168,7 @@ def _cli(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _collect_args(out: Path, episodes: int, scheduler: str) -> list[str]:
+def _collect_args(out: Path | str, episodes: int, scheduler: str) -> list[str]:
     return [
         "collect", "cheetah", "--out", str(out), "--episodes", str(episodes),
         "--steps", str(STEPS), "--seed", str(SEED), "--scheduler", scheduler,
@@ -242,8 +250,134 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_scheduler_with_an_out_url_is_refused_for_now(tmp_path: Path) -> None:
-    """Shards at URLs are not written yet: one error line naming --out, before anything."""
-    config = CollectConfig(episodes=1, steps=STEPS, scheduler="local:2")
-    with pytest.raises(InputError, match="^--out s3://bucket/x.zarr: collect --scheduler"):
-        collect("cheetah", "s3://bucket/x.zarr", config)
+# ----------------------------------------------------------------- an --out URL (S3)
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    """One moto S3 server on 127.0.0.1 for this module's URL tests."""
+    pytest.importorskip("moto")
+    with s3_server() as url:
+        yield url
+
+
+@pytest.fixture
+def bucket(endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty bucket; the environment (inherited by local:N workers and by the
+    CLI's subprocess) points s3fs at the server."""
+    home = tmp_path / "aws-home"
+    home.mkdir()
+    for key, value in s3_environment(endpoint, str(home)).items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    name = f"hipi-collect-{os.getpid()}-{next(_BUCKETS)}"
+    make_bucket(name)
+    return name
+
+
+def _objects(url: str) -> list[str]:
+    """Every object under ``url`` (keys relative to it, sorted)."""
+    fs, root = filesystem(url)
+    return sorted(key[len(root) + 1 :] for key in fs.find(root))
+
+
+def _put(url: str, data: bytes = b"x") -> None:
+    fs, key = filesystem(url)
+    fs.pipe_file(key, data)
+
+
+def _area_name(store: str, made: dt.datetime) -> str:
+    """The name of a shard area of ``store`` made at ``made`` (as shard_area names it)."""
+    return f".{store}.shards-{new_version_name(made)}"
+
+
+def _assert_same_bits(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert_same_arrays(a, b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype, name
+
+
+def test_url_shard_is_one_object_and_a_retry_writes_the_same_bytes(bucket: str) -> None:
+    """A unit's shard at a URL is one object named by its unit; writing it again (a
+    retried task) leaves the same one object with identical bytes, read back exactly."""
+    area = shard_area(f"s3://{bucket}/dir/c.zarr")
+    assert area.startswith(f"s3://{bucket}/dir/.c.zarr.shards-v-")
+    job = ("cheetah", STEPS, SEED, 1, 10, False, (None, ()))
+    shard = write_shard(area, job)
+    assert shard == type(shard)(1, f"{area}/{shard_name(1)}")
+    fs, key = filesystem(shard.path)
+    first = fs.cat_file(key)
+    assert write_shard(area, job) == shard
+    assert fs.cat_file(key) == first
+    assert _objects(area) == [shard_name(1)]
+    stored, expected = flatten(read_shard(shard.path)), flatten(run_unit(job))
+    assert list(stored) == list(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(stored[name], value, err_msg=name)
+        assert stored[name].dtype == value.dtype
+
+
+def test_only_stale_shard_areas_at_a_url_are_removed(bucket: str) -> None:
+    """Abandoned areas at a URL go by the time in their name (over an hour old); a
+    fresh area, names that only look alike, a plain object of the pattern's name and
+    another store's area are kept."""
+    now = dt.datetime.now(dt.timezone.utc)
+    old = now - dt.timedelta(hours=2)
+    parent = f"s3://{bucket}/dir"
+    stale = _area_name("c.zarr", old)
+    fresh = _area_name("c.zarr", now - dt.timedelta(minutes=50))
+    plain = _area_name("c.zarr", old)  # an object, not a prefix
+    kept = [
+        f"{fresh}/{shard_name(0)}",
+        f"{stale}x/{shard_name(0)}",  # not exactly the pattern
+        f".c.zarr.shards-old/{shard_name(0)}",
+        f"{_area_name('d.zarr', old)}/{shard_name(0)}",  # another store's
+        f"c.zarr.shards-{new_version_name(old)}/{shard_name(0)}",  # not hidden
+        plain,
+    ]
+    for key in [f"{stale}/{shard_name(0)}", f"{stale}/{shard_name(7)}", *kept]:
+        _put(f"{parent}/{key}")
+    remove_abandoned_shard_areas(f"{parent}/c.zarr")
+    assert _objects(parent) == sorted(kept)
+    remove_abandoned_shard_areas(f"s3://{bucket}/nothing-here/c.zarr")  # no such prefix
+
+
+@pytest.mark.slow
+def test_dask_collect_into_s3_equals_serial_collects(
+    bucket: str, tmp_path: Path, serial: dict[str, np.ndarray]
+) -> None:
+    """local:2 workers write their shards beside an s3:// store: the store equals a
+    serial collect into s3:// and a local serial collect, bit for bit; a stale shard
+    area of a dead driver is removed and no shard is left."""
+    url, serial_url = f"s3://{bucket}/dir/cheetah.zarr", f"s3://{bucket}/dir/serial.zarr"
+    collect("cheetah", serial_url, CollectConfig(episodes=4, steps=STEPS, seed=SEED))
+    dead = _area_name("cheetah.zarr", dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=3))
+    _put(f"s3://{bucket}/dir/{dead}/{shard_name(1)}", b"not a shard")  # must not be read
+    config = CollectConfig(
+        episodes=4, steps=STEPS, seed=SEED, scheduler="local:2", commit_seconds=0
+    )
+    summary = collect("cheetah", url, config)
+    assert (summary.collected, summary.total, summary.path) == (4, 4, url)
+    _assert_same_bits(store_arrays(url), store_arrays(serial_url))
+    _assert_same_bits(store_arrays(url), serial)
+    top = {key.split("/")[0] for key in _objects(f"s3://{bucket}/dir")}
+    assert top == {"cheetah.zarr", "serial.zarr"}
+
+
+@pytest.mark.slow
+def test_worker_killed_with_an_out_url_gives_the_serial_store(
+    bucket: str, tmp_path: Path, serial: dict[str, np.ndarray]
+) -> None:
+    """The first attempt of unit 2 exits its worker just after its shard's PUT; the
+    retry writes the same object again, and the s3:// store equals the serial one."""
+    url, marks = f"s3://{bucket}/cheetah.zarr", tmp_path / "marks"
+    marks.mkdir()
+    args = [*_collect_args(url, 4, "local:2"), "--no-progress"]
+    done = _cli(args, **{DIE_ENV: f"2:{marks}"})
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in marks.iterdir()] == ["died-2"]  # the first attempt died
+    assert f"{url} now holds 4" in done.stdout
+    _assert_same_bits(store_arrays(url), serial)  # type: ignore[arg-type]
+    assert {key.split("/")[0] for key in _objects(f"s3://{bucket}")} == {"cheetah.zarr"}

@@ -45,7 +45,7 @@ from hipi_offline.progress import progress_bar
 from hipi_offline.scheduler import check_scheduler
 from hipi_offline.store.atomic import remove_abandoned_siblings
 from hipi_offline.store.backends import COMPRESSIONS
-from hipi_offline.store.location import is_url, store_location
+from hipi_offline.store.location import Location, is_url, store_location
 from hipi_offline.store.store import (
     TrajectoryStore,
     create_store,
@@ -84,8 +84,9 @@ class CollectConfig:
     ``infos/subtask`` (the sub-task played at each step). Resumed with the main store."""
     scheduler: str | None = None
     """Run the episodes as tasks of a Dask cluster: local:N (N worker processes here)
-    or tcp://HOST:PORT (a running scheduler; its workers must share the --out folder).
-    Each task writes its own shard; the store is the same as without."""
+    or tcp://HOST:PORT (a running scheduler; its workers must share the --out folder,
+    or reach an --out URL with their own credentials). Each task writes its own shard
+    (beside --out, also at a URL); the store is the same as without."""
 
     def __post_init__(self) -> None:
         check_int(self.episodes, "episodes")
@@ -213,7 +214,7 @@ def _jobs(
 @contextmanager
 def _unit_results(
     env_name: str,
-    out: Path,
+    out: Location,
     steps: int,
     config: CollectConfig,
     expert: ExpertChoice,
@@ -221,7 +222,8 @@ def _unit_results(
     last: int,
 ) -> Iterator[Iterator[UnitResult]]:
     """The results of units ``first .. last - 1`` in unit order: from the Dask cluster
-    of ``config.scheduler`` (shards beside ``out``), else from :func:`_units`."""
+    of ``config.scheduler`` (shards beside ``out``, a path or a URL), else from
+    :func:`_units`."""
     if config.scheduler is None or first >= last:  # nothing to run: no cluster either
         results = _units(env_name, steps, config, expert, first, last)
         try:
@@ -363,11 +365,6 @@ def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSum
     Every option, the stores to continue, writability and the free space the new
     episodes need are checked before the first rollout; a store is created only with
     its first committed episodes."""
-    if config.scheduler is not None and "://" in str(out):
-        raise InputError(
-            f"--out {out}: collect --scheduler writes to local paths only for now "
-            "(shards at URLs are not supported yet)"
-        )
     out = store_location(out)  # a Path, or a URL
     _check_options(env_name, out, config)
     env = make_env(env_name)
@@ -405,8 +402,7 @@ def collect(env_name: str, out: str | Path, config: CollectConfig) -> CollectSum
             check_space(path, rows * step_bytes, str(sink.compression), sink.store is not None)
             if not is_url(path):  # (object stores: no temporaries beside the store)
                 remove_abandoned_siblings(path)  # what killed writers left beside the store
-        if not is_url(out):
-            remove_abandoned_shard_areas(out)  # what killed --scheduler drivers left
+        remove_abandoned_shard_areas(out)  # what killed --scheduler drivers left
         try:
             with _unit_results(env_name, out, steps, config, expert, first, last) as results:
                 _collect_units(env_name, config, sinks, results, first, last, per_unit)
