@@ -13,7 +13,9 @@ two rates of this run: efficiency(N) = rate(N workers) / (N x rate(1 worker)).
   scheduler, one process) and on the same warm clusters, each into a fresh store.
 * **ceiling**: what the machine itself allows: a CPU-bound float64 kernel (the
   posterior's logsumexp and top-k) in N independent processes at once, without Dask or
-  shared data. A stage's efficiency is judged against this row of the same run.
+  shared data; **ceiling-memory**: the same for a memory-bound kernel (float32 steps
+  to float64 and summed, as the returns pass does). A stage's efficiency is judged
+  against these rows of the same run.
 * **bc**: ``train-bc`` under ``torchrun --nproc-per-node N`` at one global batch
   (:func:`hipi_offline.bc.scaling.measure_bc`: median rate of rank 0's logging windows
   after the first).
@@ -85,6 +87,21 @@ def _kernel(seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
+def _stream_kernel(seconds: float) -> float:
+    """Passes per second over 256 MB of float32 turned into float64 and summed (what the
+    returns pass does with step fields: memory-bound) on one torch thread."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    steps = torch.from_numpy(np.random.default_rng(0).random(64_000_000, dtype=np.float32))
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        steps.to(torch.float64).sum()
+        done += 1
+    return done / (time.perf_counter() - started)
+
+
 def ceiling_rates(root: Path, args: argparse.Namespace, workers: list[int]) -> list[Rate]:
     """The machine's own ceiling: the kernel in N independent processes at once, no Dask,
     no shared data. efficiency(N) below 1 here is the machine (shared caches, memory
@@ -93,11 +110,13 @@ def ceiling_rates(root: Path, args: argparse.Namespace, workers: list[int]) -> l
 
     context = multiprocessing.get_context("spawn")
     rates = []
-    for n in workers:
-        with context.Pool(n) as pool:
-            pool.map(_kernel, [0.5] * n)  # start-up and warm-up
-            per_process = pool.map(_kernel, [args.ceiling_seconds] * n)
-        rates.append(Rate("ceiling", f"processes:{n}", n, sum(per_process), args.ceiling_seconds))
+    for stage, kernel in (("ceiling", _kernel), ("ceiling-memory", _stream_kernel)):
+        for n in workers:
+            with context.Pool(n) as pool:
+                pool.map(kernel, [0.5] * n)  # start-up and warm-up
+                per_process = pool.map(kernel, [args.ceiling_seconds] * n)
+            seconds = args.ceiling_seconds
+            rates.append(Rate(stage, f"processes:{n}", n, sum(per_process), seconds))
     return rates
 
 
@@ -186,12 +205,16 @@ def efficiency(rates: list[Rate]) -> dict[str, float]:
     }
 
 
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+
 def report(rates: list[Rate], header: dict[str, str]) -> str:
     eff = efficiency(rates)
     lines = [f"- {key}: {value}" for key, value in header.items()]
     lines += [
         "",
-        "| stage | where | workers | rate (steps/s; bc: samples/s; ceiling: kernels/s) "
+        "| stage | where | workers | rate (steps/s; bc: samples/s; ceilings: kernels/s) "
         "| seconds | cluster start s "
         "| efficiency |",
         "|---|---|---|---|---|---|---|",
@@ -199,7 +222,7 @@ def report(rates: list[Rate], header: dict[str, str]) -> str:
     for r in rates:
         e = eff.get(f"{r.stage} {r.where}")
         lines.append(
-            f"| {r.stage} | {r.where} | {r.workers} | {r.units_per_s:,.0f} | {r.seconds:.2f} "
+            f"| {r.stage} | {r.where} | {r.workers} | {_figure(r.units_per_s)} | {r.seconds:.2f} "
             f"| {r.start_s:.1f} | {'' if e is None else f'{e:.2f}'} |"
         )
     return "\n".join(lines)
