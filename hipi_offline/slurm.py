@@ -16,7 +16,7 @@ import argparse
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from hipi_offline.errors import InputError
@@ -84,17 +84,8 @@ def _arguments(argv: Sequence[str]) -> tuple[SlurmJobs, list[str], bool, float]:
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    settings = SlurmJobs(
-        jobs=args.jobs,
-        cores=args.cores,
-        memory=args.memory,
-        partition=args.partition,
-        account=args.account,
-        walltime=args.walltime,
-        python=args.python,
-        extra=tuple(args.extra),
-        host=args.host,
-    )
+    values = {field.name: getattr(args, field.name) for field in fields(SlurmJobs)}
+    settings = SlurmJobs(**{**values, "extra": tuple(args.extra)})
     if settings.jobs < 1 or settings.cores < 1:
         parser.error("--jobs and --cores must be at least 1")
     if not command and not args.print_job_script:

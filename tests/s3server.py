@@ -8,8 +8,10 @@ credentials (moto accepts any). :func:`make_bucket` creates a bucket through s3f
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 AWS_VARIABLES = (
     "AWS_ACCESS_KEY_ID",
@@ -23,6 +25,7 @@ AWS_VARIABLES = (
     "AWS_CONFIG_FILE",
 )
 """Variables botocore reads: the tests set or clear every one of them."""
+_BUCKETS = iter(range(10**6))
 
 
 @contextmanager
@@ -62,3 +65,17 @@ def make_bucket(name: str) -> None:
     import s3fs
 
     s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+
+
+def fresh_bucket(endpoint: str, home: str, prefix: str, monkeypatch: Any) -> str:
+    """Point this test's environment (inherited by local:N workers and CLI subprocesses)
+    at ``endpoint`` with ``home`` as the AWS home folder, and create a new, empty bucket
+    named ``prefix-PID-N``."""
+    for key, value in s3_environment(endpoint, home).items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    name = f"{prefix}-{os.getpid()}-{next(_BUCKETS)}"
+    make_bucket(name)
+    return name

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import assert_same_arrays, store_arrays
-from s3server import make_bucket, s3_environment, s3_server
+from s3server import fresh_bucket, s3_server
 
 from hipi_offline.collect import CollectConfig, collect
 from hipi_offline.collect.distributed import (
@@ -39,7 +39,6 @@ from hipi_offline.store.remote import filesystem
 pytest.importorskip("distributed")
 
 STEPS, SEED = 20, 3
-_BUCKETS = iter(range(10**6))
 
 
 @pytest.fixture(scope="module")
@@ -267,14 +266,7 @@ def bucket(endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> st
     CLI's subprocess) points s3fs at the server."""
     home = tmp_path / "aws-home"
     home.mkdir()
-    for key, value in s3_environment(endpoint, str(home)).items():
-        if value is None:
-            monkeypatch.delenv(key, raising=False)
-        else:
-            monkeypatch.setenv(key, value)
-    name = f"hipi-collect-{os.getpid()}-{next(_BUCKETS)}"
-    make_bucket(name)
-    return name
+    return fresh_bucket(endpoint, str(home), "hipi-collect", monkeypatch)
 
 
 def _objects(url: str) -> list[str]:

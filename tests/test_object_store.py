@@ -5,7 +5,6 @@ missing buckets, missing credentials and bad --storage-options."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SPEED_TARGET_SPEC
-from s3server import make_bucket, s3_environment, s3_server
+from s3server import fresh_bucket, s3_server
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -33,7 +32,6 @@ from hipi_offline.store.remote import filesystem
 from hipi_offline.store.synthetic import SyntheticConfig, make_synthetic_store
 
 EPISODES, STEPS = 12, 10
-_BUCKETS = iter(range(10**6))
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +46,7 @@ def bucket(endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> st
     """A new, empty bucket; the environment points s3fs at the server."""
     home = tmp_path / "aws-home"
     home.mkdir()
-    for key, value in s3_environment(endpoint, str(home)).items():
-        if value is None:
-            monkeypatch.delenv(key, raising=False)
-        else:
-            monkeypatch.setenv(key, value)
-    name = f"hipi-test-{os.getpid()}-{next(_BUCKETS)}"
-    make_bucket(name)
-    return name
+    return fresh_bucket(endpoint, str(home), "hipi-test", monkeypatch)
 
 
 def cli(*args: object, code: int = 0):
