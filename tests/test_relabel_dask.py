@@ -10,7 +10,6 @@ within 1e-6 relative.
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -402,12 +401,22 @@ def test_the_command_line_with_a_local_cluster(tmp_path):
     assert_equal_labels(read(store, "single"), read(store, "dask"))
 
 
+def high_water() -> int:
+    """This process image's peak RSS (VmHWM), in bytes. Unlike getrusage's ru_maxrss it
+    is not carried over from the parent across fork and exec: a worker spawned from a
+    pytest process of 2 GiB would report 2 GiB before doing anything."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 @pytest.mark.slow
 def test_workers_stay_within_their_memory_limit(cluster, tmp_path):
     """A store of 400k steps on the 1 GiB workers: every worker's peak RSS stays
     under its limit (Dask would have restarted one that crossed 95 %)."""
     store = make_synthetic_store(tmp_path / "big.h5", SyntheticConfig(episodes=2000, steps=200))
     relabel(store, RelabelConfig(tasks="synthetic-velocity", scheduler=cluster.address))
-    peaks = cluster.client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peaks = cluster.client.run(high_water)
     assert len(peaks) == 2 and max(peaks.values()) < parse_memory("1GiB"), peaks
     assert read(store, "hipi").num_episodes == 2000
