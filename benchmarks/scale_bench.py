@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -55,21 +56,50 @@ class Rate:
     seconds: float
     start_s: float = 0.0
     """Start-up of the cluster, not in the rate."""
+    cores: float = 0.0
+    """CPU-seconds per wall-second of the doing processes (this one, or the Dask
+    workers): a one-thread worker that reads ahead on a second thread uses more than 1."""
 
 
-def _best(run: Callable[[], float], repeats: int) -> float:
-    return min(run() for _ in range(repeats))
+Timing = tuple[float, float]
+"""(wall seconds, CPU cores busy on average)."""
+
+
+def _best(run: Callable[[], Timing], repeats: int) -> Timing:
+    return min((run() for _ in range(repeats)), key=lambda timing: timing[0])
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(action: Callable[[], object], client: Any = None) -> Timing:
+    """Run ``action``; its wall time and the CPU cores it kept busy in this process
+    (no client) or summed over the client's workers."""
+
+    def cpu() -> float:
+        if client is None:
+            return _cpu_seconds()
+        return sum(client.run(_cpu_seconds).values())
+
+    cpu0, started = cpu(), time.perf_counter()
+    action()
+    seconds = time.perf_counter() - started
+    return seconds, (cpu() - cpu0) / seconds
 
 
 @contextmanager
-def _cluster(workers: int) -> Iterator[tuple[str, float]]:
-    """A LocalCluster of ``workers`` one-thread processes; yields (address, start s)."""
+def _cluster(workers: int) -> Iterator[tuple[Any, float]]:
+    """A LocalCluster of ``workers`` one-thread processes; yields (client, start s)."""
     from hipi_offline.scheduler import dask_client, parse_scheduler
 
     started = time.perf_counter()
     with dask_client(parse_scheduler(f"local:{workers}")) as client:
         client.wait_for_workers(workers)
-        yield client.scheduler.address, time.perf_counter() - started
+        yield client, time.perf_counter() - started
 
 
 def _kernel(seconds: float) -> float:
@@ -129,20 +159,19 @@ def relabel_rates(root: Path, args: argparse.Namespace, workers: list[int]) -> l
     make_synthetic_store(store, SyntheticConfig(episodes=episodes, steps=steps))
     total = episodes * steps
 
-    def timed(scheduler: str | None) -> float:
+    def timed(client: Any = None) -> Timing:
+        scheduler = None if client is None else client.scheduler.address
         config = RelabelConfig(tasks="synthetic-velocity", overwrite=True, scheduler=scheduler)
-        started = time.perf_counter()
-        relabel(store, config)
-        return time.perf_counter() - started
+        return _timed(lambda: relabel(store, config), client)
 
-    timed(None)  # warm this process (imports, first torch call)
-    seconds = _best(lambda: timed(None), args.repeats)
-    rates = [Rate("relabel", "process", 1, total / seconds, seconds)]
+    timed()  # warm this process (imports, first torch call)
+    seconds, cores = _best(timed, args.repeats)
+    rates = [Rate("relabel", "process", 1, total / seconds, seconds, 0.0, cores)]
     for n in workers:
-        with _cluster(n) as (address, start):
-            timed(address)  # warm the workers
-            seconds = _best(lambda a=address: timed(a), args.repeats)
-        rates.append(Rate("relabel", f"dask:{n}", n, total / seconds, seconds, start))
+        with _cluster(n) as (client, start):
+            timed(client)  # warm the workers
+            seconds, cores = _best(lambda c=client: timed(c), args.repeats)
+        rates.append(Rate("relabel", f"dask:{n}", n, total / seconds, seconds, start, cores))
     return rates
 
 
@@ -152,23 +181,23 @@ def collect_rates(root: Path, args: argparse.Namespace, workers: list[int]) -> l
     episodes, steps = args.collect_episodes, args.collect_steps
     runs = iter(range(10**6))
 
-    def timed(scheduler: str | None, count: int = episodes) -> float:
+    def timed(client: Any = None, count: int = episodes) -> Timing:
         out = root / f"collect-{next(runs)}.h5"
+        scheduler = None if client is None else client.scheduler.address
         config = CollectConfig(episodes=count, steps=steps, scheduler=scheduler)
-        started = time.perf_counter()
-        collect("cheetah", out, config)
-        seconds = time.perf_counter() - started
+        timing = _timed(lambda: collect("cheetah", out, config), client)
         shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink()
-        return seconds
+        return timing
 
     timed(None, 1)
-    seconds = _best(lambda: timed(None), args.repeats)
-    rates = [Rate("collect", "process", 1, episodes * steps / seconds, seconds)]
+    seconds, cores = _best(timed, args.repeats)
+    rates = [Rate("collect", "process", 1, episodes * steps / seconds, seconds, 0.0, cores)]
     for n in workers:
-        with _cluster(n) as (address, start):
-            timed(address, 2 * n)  # every worker builds its environment once
-            seconds = _best(lambda a=address: timed(a), args.repeats)
-        rates.append(Rate("collect", f"dask:{n}", n, episodes * steps / seconds, seconds, start))
+        with _cluster(n) as (client, start):
+            timed(client, 2 * n)  # every worker builds its environment once
+            seconds, cores = _best(lambda c=client: timed(c), args.repeats)
+        rate = episodes * steps / seconds
+        rates.append(Rate("collect", f"dask:{n}", n, rate, seconds, start, cores))
     return rates
 
 
@@ -215,15 +244,15 @@ def report(rates: list[Rate], header: dict[str, str]) -> str:
     lines += [
         "",
         "| stage | where | workers | rate (steps/s; bc: samples/s; ceilings: kernels/s) "
-        "| seconds | cluster start s "
+        "| seconds | cluster start s | cores busy "
         "| efficiency |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rates:
         e = eff.get(f"{r.stage} {r.where}")
         lines.append(
             f"| {r.stage} | {r.where} | {r.workers} | {_figure(r.units_per_s)} | {r.seconds:.2f} "
-            f"| {r.start_s:.1f} | {'' if e is None else f'{e:.2f}'} |"
+            f"| {r.start_s:.1f} | {r.cores:.2f} | {'' if e is None else f'{e:.2f}'} |"
         )
     return "\n".join(lines)
 
