@@ -131,6 +131,34 @@ def test_create_append_reopen_round_trip(tmp_path: Path, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_chunks_of_a_row_range_are_cut_where_the_whole_stores_are(
+    tmp_path: Path, kind: str, prefetch: bool
+) -> None:
+    path = make_store(tmp_path, kind, count=5, steps=7)  # 35 rows, storage chunks of 4
+    with open_store(path) as store:
+        actions = store.read_steps("steps/actions")
+        for chunk_steps in (1, 3, 4, 9, 100):
+            whole = store.chunk_bounds(chunk_steps)
+            cuts = {a for a, _ in whole} | {35}
+            for start, stop in [(0, 35), (0, 0), (7, 7), (7, 21), (5, 6), (3, 35)]:
+                bounds = store.chunk_bounds(chunk_steps, start, stop)
+                inner = sorted({start, stop} | {c for c in cuts if start < c < stop})
+                assert bounds == list(zip(inner[:-1], inner[1:], strict=True)), chunk_steps
+                chunks = list(
+                    store.iter_chunks(["steps/actions"], chunk_steps, prefetch, start, stop)
+                )
+                assert [(c.start, c.stop) for c in chunks] == bounds
+                got = [c.fields["steps/actions"] for c in chunks]
+                np.testing.assert_array_equal(
+                    np.concatenate(got) if got else actions[:0], actions[start:stop]
+                )
+        for start, stop in [(-1, 3), (4, 3), (0, 36)]:
+            with pytest.raises(ValueError, match="out of range"):
+                store.chunk_bounds(4, start, stop)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
 @pytest.mark.parametrize("stage", ["first-field", "ends"])
 def test_an_interrupted_append_keeps_the_committed_ends(
     tmp_path: Path, kind: str, stage: str, monkeypatch: pytest.MonkeyPatch

@@ -17,7 +17,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -167,7 +166,6 @@ class StoreRows:
         empty = first_episode == stop_episode
         self.start_row = 0 if empty else int(self.starts[0])
         self.stop_row = 0 if empty else int(self.ends[-1])
-        self.whole = first_episode == 0 and stop_episode == store.num_episodes
 
     @classmethod
     def of(cls, store: TrajectoryStore | StoreRows) -> StoreRows:
@@ -185,32 +183,12 @@ class StoreRows:
     def step_fields(self) -> dict[str, ArrayInfo]:
         return self.store.step_fields()
 
-    def iter_chunks(self, fields: Sequence[str], chunk_steps: int) -> Iterator[StepChunk]:
+    def iter_chunks(
+        self, fields: Sequence[str], chunk_steps: int, prefetch: bool = True
+    ) -> Iterator[StepChunk]:
         """The rows in chunks cut where the whole store's chunks are cut (storage
-        aligned), the next one read in a background thread."""
-        if self.whole:
-            yield from self.store.iter_chunks(fields, chunk_steps)
-            return
-        for name in fields:
-            self.store.field_info(name)
-        a, b = self.start_row, self.stop_row
-        if a == b:
-            return
-        size = _chunk_rows(self.store, chunk_steps)
-        cuts = [a, *range((a // size + 1) * size, b, size), b]
-        bounds = list(zip(cuts[:-1], cuts[1:], strict=True))
-
-        def load(bound: tuple[int, int]) -> StepChunk:
-            lo, hi = bound
-            return StepChunk(lo, hi, {name: self.store.read_steps(name, lo, hi) for name in fields})
-
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(load, bounds[0])
-            for nxt in bounds[1:]:
-                current = pending.result()
-                pending = pool.submit(load, nxt)
-                yield current
-            yield pending.result()
+        aligned); with ``prefetch`` the next one is read in a background thread."""
+        return self.store.iter_chunks(fields, chunk_steps, prefetch, self.start_row, self.stop_row)
 
 
 def _to_device(name: str, array: np.ndarray, device: torch.device) -> Tensor:
@@ -218,14 +196,6 @@ def _to_device(name: str, array: np.ndarray, device: torch.device) -> Tensor:
     if tensor.dtype == torch.bool:
         tensor = tensor.to(torch.uint8)
     return tensor.to(device=device, dtype=torch.float64, non_blocking=True)
-
-
-def _chunk_rows(store: TrajectoryStore, chunk_steps: int) -> int:
-    """The rows of :meth:`TrajectoryStore.chunk_bounds`' chunks (storage aligned)."""
-    if chunk_steps <= 0:
-        raise InputError(f"chunk_steps: must be positive, got {chunk_steps}")
-    storage = min((f.chunk_rows for f in store.step_fields().values()), default=1)
-    return (chunk_steps // storage) * storage if chunk_steps >= storage else chunk_steps
 
 
 def _check_finite(

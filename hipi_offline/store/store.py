@@ -377,24 +377,38 @@ class TrajectoryStore:
         names = list(fields) if fields is not None else list(self.step_fields())
         return {name: self.read_steps(name, start, stop) for name in names}
 
-    def chunk_bounds(self, chunk_steps: int) -> list[tuple[int, int]]:
-        """Row ranges of about ``chunk_steps`` rows, aligned to the storage chunks."""
+    def chunk_bounds(
+        self, chunk_steps: int, start: int = 0, stop: int | None = None
+    ) -> list[tuple[int, int]]:
+        """Row ranges of about ``chunk_steps`` rows covering ``[start, stop)`` (default:
+        every step), cut where the whole store's ranges are cut (storage aligned)."""
         if chunk_steps <= 0:
             raise InputError(f"chunk_steps: must be positive, got {chunk_steps}")
-        total = self.num_steps
+        stop = self.num_steps if stop is None else stop
+        if not 0 <= start <= stop <= self.num_steps:
+            raise ValueError(f"rows [{start}, {stop}) out of range for {self.num_steps} steps")
         storage = min((f.chunk_rows for f in self.step_fields().values()), default=1)
         if chunk_steps >= storage:
             chunk_steps = (chunk_steps // storage) * storage
-        return [(a, min(a + chunk_steps, total)) for a in range(0, total, chunk_steps)]
+        if start == stop:
+            return []
+        cuts = [start, *range((start // chunk_steps + 1) * chunk_steps, stop, chunk_steps), stop]
+        return list(zip(cuts[:-1], cuts[1:], strict=True))
 
     def iter_chunks(
-        self, fields: Sequence[str], chunk_steps: int = DEFAULT_CHUNK_ROWS, prefetch: bool = True
+        self,
+        fields: Sequence[str],
+        chunk_steps: int = DEFAULT_CHUNK_ROWS,
+        prefetch: bool = True,
+        start: int = 0,
+        stop: int | None = None,
     ) -> Iterator[StepChunk]:
-        """Stream the named step fields in row chunks; the next chunk is read in a
-        background thread while the caller works on the current one."""
+        """Stream the named step fields over rows ``[start, stop)`` in the chunks of
+        :meth:`chunk_bounds`; with ``prefetch`` the next chunk is read in a background
+        thread while the caller works on the current one."""
         for name in fields:
             self.field_info(name)
-        bounds = self.chunk_bounds(chunk_steps)
+        bounds = self.chunk_bounds(chunk_steps, start, stop)
 
         def load(bound: tuple[int, int]) -> StepChunk:
             a, b = bound
