@@ -95,6 +95,15 @@ def check_int(value: Any, field: str, low: int = 1, high: int = INT_LIMIT - 1) -
     return int(value)
 
 
+MAX_THREADS = 1024
+"""More torch threads than this are refused (torch accepts absurd counts, then fails)."""
+
+
+def check_threads(value: Any, field: str = "threads") -> int:
+    """A ``--threads`` count: 0 (the stage's default) to :data:`MAX_THREADS`."""
+    return check_int(value, field, 0, MAX_THREADS)
+
+
 def check_optional_int(value: Any, field: str, low: int = 1, high: int = INT_LIMIT - 1) -> None:
     """None, or what :func:`check_int` accepts."""
     if value is not None:

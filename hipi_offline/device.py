@@ -1,7 +1,11 @@
-"""Where tensors live: the ``--device`` option (auto, cpu, cuda) of relabel, train-bc
-and the policy loader."""
+"""Where tensors live and what computes them: the ``--device`` option (auto, cpu, cuda)
+of relabel, train-bc and the policy loader, and the ``--threads`` option."""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -9,6 +13,37 @@ from hipi_offline.errors import InputError
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 """The accepted names (``cuda:N`` picks one GPU)."""
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, which containers and
+    SLURM narrow), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def half_the_cores() -> int:
+    """Half of :func:`usable_cores`, at least 1: a stage that reads its next chunk on
+    a thread of its own leaves that thread a core (1 thread on 2 cores, where two
+    threads stall as soon as something else runs)."""
+    return max(1, usable_cores() // 2)
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads (0: leave torch's own),
+    then restore the previous count."""
+    if not threads:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -14,6 +14,7 @@ from hipi_offline.configs import (
     check_int,
     check_number,
     check_seed,
+    check_threads,
     from_dict,
 )
 from hipi_offline.errors import one_line
@@ -26,8 +27,6 @@ SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "silu", "tanh")
 MAX_LAYERS = 256
 """Most hidden layers a network may have."""
-MAX_THREADS = 1024
-"""More torch threads than this are refused (torch accepts absurd counts, then fails)."""
 
 RUN_CONTROL_FIELDS: frozenset[str] = frozenset(
     {
@@ -151,7 +150,7 @@ def check_config(config: BCConfig) -> None:
         check_int(getattr(config, name), name)
     for name in ("warmup_steps", "keep_checkpoints", "task_embedding"):
         check_int(getattr(config, name), name, low=0)
-    check_int(config.threads, "threads", 0, MAX_THREADS)
+    check_threads(config.threads)
     check_seed(config.seed)
     hidden = config.hidden
     if (

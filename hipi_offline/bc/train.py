@@ -92,6 +92,7 @@ from hipi_offline.bc.rundir import (
     start_point,
     write_error,
 )
+from hipi_offline.device import torch_threads
 from hipi_offline.envs.base import env_names, env_task_frame
 from hipi_offline.errors import InputError
 from hipi_offline.ownership import check_disjoint
@@ -196,9 +197,7 @@ def _train(
             check_destination(run_dir, config)
 
     ranks.agree(destination)
-    if config.threads:
-        stack.callback(torch.set_num_threads, torch.get_num_threads())
-        torch.set_num_threads(config.threads)
+    stack.enter_context(torch_threads(config.threads))
     store_scope = stack.enter_context(contextlib.ExitStack())
 
     def inspect() -> tuple[TrajectoryStore, LabelSet | None, dict[str, Any], dict[str, Any]]:

@@ -20,9 +20,10 @@ from hipi_offline.configs import (
     check_number,
     check_optional_int,
     check_seed,
+    check_threads,
     named,
 )
-from hipi_offline.device import resolve_device
+from hipi_offline.device import half_the_cores, resolve_device, torch_threads
 from hipi_offline.errors import InputError
 from hipi_offline.relabel.partitions import parse_memory
 from hipi_offline.relabel.posterior import (
@@ -82,6 +83,11 @@ class RelabelConfig:
     scheduler: str | None = None
     """local:N starts a LocalCluster of N one-thread worker processes; tcp://HOST:PORT
     uses a running Dask scheduler; unset: this process."""
+    threads: int = 0
+    """CPU threads for torch's returns and posterior math (0: half the usable cores, at
+    least 1; on 2 cores one thread computes while the reader thread reads ahead, and two
+    compute threads stall as soon as anything else runs). With ``--scheduler`` the
+    workers compute on their own threads (one each for local:N)."""
     worker_memory: str | None = None
     """Memory limit of each local:N worker (1GiB, 512MiB, 2GB; a plain number is MiB);
     with tcp:// it caps what a task is planned for. Unset: the machine's memory shared
@@ -108,6 +114,13 @@ class RelabelConfig:
         check_flag(self.overwrite, "overwrite")
         check_number(self.max_matrix_mb, "max_matrix_mb")
         check_scheduler(self.scheduler)
+        check_threads(self.threads)
+        if self.threads and self.scheduler is not None:
+            raise FieldError(
+                "threads",
+                "sets this process's threads; with --scheduler each worker computes on its "
+                "own (one for local:N)",
+            )
         if self.worker_memory is not None:
             parse_memory(self.worker_memory)
 
@@ -254,7 +267,8 @@ def relabel(store_path: str | Path, config: RelabelConfig) -> RelabelSummary:
     spec = _spec_with_overrides(config)
     device = resolve_device(config.device)
     open_store(store_path).close()  # a missing or damaged store: nothing is created
-    with label_lock(store_path, name):
+    threads = config.threads or half_the_cores()
+    with label_lock(store_path, name), torch_threads(threads):
         return _relabel_locked(location, store_path, config, name, spec, device)
 
 
