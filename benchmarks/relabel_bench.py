@@ -4,9 +4,11 @@ One run measures, on a synthetic store of N episodes x T steps (default 10k x 10
 10M steps, generated once into benchmarks/_data/ as .h5 and .zarr and reused):
 
 * the wall time of a full ``relabel()`` call (read, returns, posterior, label-set
-  write) for the ``linear`` family (K=1024, features speed + height) and the
-  ``target`` family (K=256, feature speed, ctrl_cost 0.05, so actions are read too),
-  on HDF5 and Zarr, on each requested device;
+  write) for the ``linear8`` family (K=1024, 8 features in one field, on a second
+  store of N=4,000 x T), the ``linear`` family (K=1024, features speed + height) and
+  the ``target`` family (K=256, feature speed, ctrl_cost 0.05, so actions are read
+  too), on HDF5 and Zarr, on each requested device (and, with ``--before REV``, on
+  the engine of another git revision too, in the same run);
 * the I/O floor: merely reading the same step fields from the same store with
   ``store.iter_chunks(fields, chunk_steps)`` and summing every array, right before
   and right after the relabel in the same process (best of ``--repeats`` each);
@@ -32,6 +34,7 @@ import os
 import platform
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,8 +77,23 @@ FAMILIES: dict[str, dict[str, Any]] = {
         ),
     },
 }
+FEAT = "steps/infos/feat"
+FAMILIES["linear8"] = {
+    "k": 1024,
+    "fields": [FEAT],
+    "store": "feat",
+    "yaml": (
+        "# benchmark: linear rewards psi . phi, phi = 8 float32 features in one field\n"
+        "family: linear\n"
+        "features: [steps/infos/feat]\n"
+        f"prior: {{uniform: {{low: {[-1.0] * 8}, high: {[1.0] * 8}}}}}\n"
+        "candidates: 1024\n"
+        "temperature: 1.0\n"
+    ),
+}
 BACKENDS = {"hdf5": ".h5", "zarr": ".zarr"}
-GOALS = {"linear": 1.5, "target": 3.0}  # relabel / read-floor on the CPU
+GOALS = {"linear8": 2.0, "linear": 3.0, "target": 3.0}  # relabel / read floor on the CPU
+FEAT_EPISODES = 4000  # the F = 8 row: N = 4,000 episodes of T steps
 
 
 # --------------------------------------------------------------------------- helpers
@@ -155,11 +173,34 @@ def machine_info() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- data
-def store_path(data_dir: Path, episodes: int, steps: int, backend: str) -> Path:
-    return data_dir / f"synth_N{episodes}_T{steps}{BACKENDS[backend]}"
+def store_path(data_dir: Path, episodes: int, steps: int, backend: str, feat: bool = False) -> Path:
+    name = "synthfeat" if feat else "synth"
+    return data_dir / f"{name}_N{episodes}_T{steps}{BACKENDS[backend]}"
 
 
-def store_matches(path: Path, episodes: int, steps: int) -> bool:
+def feature_store(path: Path, episodes: int, steps: int) -> None:
+    """The synthetic runner's episodes plus ``steps/infos/feat``: 8 float32 columns
+    (speed, height, observations 0-5) in one field, the issue-14 workload."""
+    from hipi_offline.store import create_store
+    from hipi_offline.store.synthetic import synthetic_episodes
+
+    rng = np.random.default_rng(SEED)
+    with create_store(
+        path, env="synthetic-runner",
+        metadata={"generator": "hipi_offline.store.synthetic+feat", "seed": SEED},
+    ) as store:
+        batch = max(1, min(episodes, 500_000 // steps))
+        for first in range(0, episodes, batch):
+            count = min(batch, episodes - first)
+            fields, per_episode = synthetic_episodes(count, steps, rng)
+            fields["infos/feat"] = np.concatenate(
+                [fields["infos/speed"][:, None], fields["infos/height"][:, None],
+                 fields["observations"][:, :6]], axis=1,
+            )
+            store.append_episodes(fields, [steps] * count, per_episode)
+
+
+def store_matches(path: Path, episodes: int, steps: int, feat: bool = False) -> bool:
     from hipi_offline.errors import InputError
     from hipi_offline.store import open_store
 
@@ -171,20 +212,24 @@ def store_matches(path: Path, episodes: int, steps: int) -> bool:
             return (
                 store.num_episodes == episodes
                 and store.num_steps == episodes * steps
-                and attrs.get("generator") == "hipi_offline.store.synthetic"
+                and attrs.get("generator")
+                == "hipi_offline.store.synthetic" + ("+feat" if feat else "")
                 and attrs.get("seed") == SEED
             )
     except (InputError, OSError, KeyError, ValueError):
         return False
 
 
-def ensure_store(data_dir: Path, episodes: int, steps: int, backend: str) -> tuple[Path, float]:
-    """The synthetic store of this size, generated (into a temporary name, then
-    renamed) unless a matching one exists. Returns (path, seconds spent generating)."""
+def ensure_store(
+    data_dir: Path, episodes: int, steps: int, backend: str, feat: bool = False
+) -> tuple[Path, float]:
+    """The synthetic store of this size (``feat``: with the 8-column feature field),
+    generated (into a temporary name, then renamed) unless a matching one exists.
+    Returns (path, seconds spent generating)."""
     from hipi_offline.store.synthetic import SyntheticConfig, make_synthetic_store
 
-    path = store_path(data_dir, episodes, steps, backend)
-    if store_matches(path, episodes, steps):
+    path = store_path(data_dir, episodes, steps, backend, feat)
+    if store_matches(path, episodes, steps, feat):
         return path, 0.0
     data_dir.mkdir(parents=True, exist_ok=True)
     for stale in (path, Path(str(path) + ".labels")):
@@ -194,8 +239,13 @@ def ensure_store(data_dir: Path, episodes: int, steps: int, backend: str) -> tup
     started = time.perf_counter()
     # the library's generator is vectorized over episodes (~1 s per 1M steps here)
     batch = max(1, min(episodes, 500_000 // steps))
-    config = SyntheticConfig(episodes=episodes, steps=steps, seed=SEED, batch_episodes=batch)
-    make_synthetic_store(tmp, config, overwrite=True)
+    if feat:
+        if tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+        feature_store(tmp, episodes, steps)
+    else:
+        config = SyntheticConfig(episodes=episodes, steps=steps, seed=SEED, batch_episodes=batch)
+        make_synthetic_store(tmp, config, overwrite=True)
     tmp.rename(path)
     if Path(str(tmp) + ".labels").exists():
         shutil.rmtree(Path(str(tmp) + ".labels"))
@@ -248,8 +298,9 @@ def numpy_loop(path: Path, family: str, k: int, episodes: int) -> dict[str, Any]
             traj = {name: v.astype(np.float64) for name, v in store.episode(i, fields).items()}
             for j in range(k):
                 psi = cands[j]
-                if family == "linear":
-                    rewards = traj[SPEED] * psi[0] + traj[HEIGHT] * psi[1]
+                if family.startswith("linear"):
+                    phi = np.concatenate([traj[f].reshape(len(traj[f]), -1) for f in fields], 1)
+                    rewards = phi @ psi
                 else:
                     rewards = -np.abs(traj[SPEED] - psi[0]) - 0.05 * np.square(
                         traj[ACTIONS]
@@ -309,73 +360,44 @@ def phase_breakdown(
     return {"returns_pass_seconds": t1 - t0, "posterior_seconds": t2 - t1}
 
 
-def stage_breakdown(path: Path, family: str, chunk_steps: int) -> dict[str, float]:
-    """Where the CPU returns pass spends its time: a replica of
-    ``accumulate_returns`` (gamma 1, all steps) built from the engine's own helpers,
-    run without prefetch so that each stage is timed alone, on the current torch
-    thread count. Seconds per stage, summed over the chunks."""
+def use_engine(job: dict[str, Any]) -> None:
+    """Import ``hipi_offline`` from the job's ``engine_path`` (a worktree of another
+    revision, for the "before" rows) rather than from this checkout."""
+    if not job.get("engine_path"):
+        return
+    sys.path.insert(0, job["engine_path"])
+    import hipi_offline
+
+    where = Path(hipi_offline.__file__).resolve()
+    if not where.is_relative_to(Path(job["engine_path"]).resolve()):
+        raise RuntimeError(f"hipi_offline came from {where}, not {job['engine_path']}")
+
+
+def bench_config(job: dict[str, Any]) -> Any:
+    """The relabel options of a row, with torch's thread count of this process (an
+    engine that has ``threads`` would otherwise choose its own)."""
+    import dataclasses
+
     import torch
 
-    from hipi_offline.relabel import returns as engine
-    from hipi_offline.store import open_store
-    from hipi_offline.tasks.spec import parse_task_spec
+    from hipi_offline.relabel import RelabelConfig
 
-    cpu = torch.device("cpu")
-    spec = parse_task_spec(FAMILIES[family]["yaml"])
-    k = FAMILIES[family]["k"]
-    candidates, _ = spec.draw_candidates(SEED, k)
-    tasks = torch.from_numpy(candidates.astype(np.float64))
-    fields = list(spec.family.fields)
-    stages: dict[str, float] = {}
-
-    def tick(name: str, since: float) -> float:
-        now = time.perf_counter()
-        stages[name] = stages.get(name, 0.0) + now - since
-        return now
-
-    with open_store(path) as store:
-        acc = engine.make_accumulator(spec.family, tasks, store.num_episodes)
-        ends, starts = store.ends, store.starts
-        t = time.perf_counter()
-        for chunk in store.iter_chunks(fields, chunk_steps, prefetch=False):
-            t = tick("read (h5py/zarr)", t)
-            episode = engine._episode_ids(ends, starts, chunk.start, chunk.stop, cpu)
-            t = tick("episode ids", t)
-            values = {n: engine._to_device(n, chunk.fields[n], cpu) for n in fields}
-            t = tick("float32 -> float64", t)
-            for n, v in values.items():
-                engine._check_finite(n, v, None, chunk.start, episode)
-            t = tick("finite check", t)
-            if isinstance(acc, engine.LinearAccumulator):
-                phi = acc.family.phi(values)
-                t = tick("features (cat)", t)
-                acc.stats.index_add_(0, episode, phi)
-                t = tick("index_add_", t)
-            elif isinstance(acc, engine.SortedTargetAccumulator):
-                f = acc.family.value(values)[:, 0]
-                bucket = torch.searchsorted(acc.sorted, f)
-                t = tick("searchsorted (bucket of K)", t)
-                free = acc.family.task_free(values)
-                t = tick("ctrl cost (square, sum)", t)
-                flat = episode * acc.buckets + bucket
-                acc.weight.index_add_(0, flat, torch.ones_like(f))
-                acc.moment.index_add_(0, flat, f)
-                acc.base.index_add_(0, episode, free)
-                t = tick("index_add_ (x3)", t)
-            else:
-                acc.add(values, episode, None)
-                t = tick("accumulate", t)
-        acc.result(tasks)
-        tick("result (N x K)", t)
-    return stages
+    options: dict[str, Any] = dict(
+        tasks=job["spec_path"], name="bench", candidates=FAMILIES[job["family"]]["k"],
+        device=job["device"], chunk_steps=job["chunk_steps"], overwrite=True, top_k=32,
+    )
+    if "threads" in {f.name for f in dataclasses.fields(RelabelConfig)}:
+        options["threads"] = torch.get_num_threads()
+    return RelabelConfig(**options)
 
 
 def worker(job: dict[str, Any]) -> dict[str, Any]:
     """One measurement in a fresh process (so that its peak RSS is its own)."""
     os.environ["TQDM_DISABLE"] = "1"
+    use_engine(job)
     import torch
 
-    from hipi_offline.relabel import RelabelConfig, relabel
+    from hipi_offline.relabel import relabel
 
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
@@ -388,10 +410,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     floors_before = [read_floor(path, fields, chunk) for _ in range(job["floor_repeats"])]
     times, summary = [], None
     for _ in range(job["relabel_repeats"]):
-        config = RelabelConfig(
-            tasks=job["spec_path"], name="bench", candidates=k, device=device,
-            chunk_steps=chunk, overwrite=True, top_k=32,
-        )
+        config = bench_config(job)
         started = time.perf_counter()
         summary = relabel(path, config)
         times.append(time.perf_counter() - started)
@@ -414,8 +433,6 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         result.update(phase_breakdown(path, job["spec_path"], k, device, chunk))
     if job.get("numpy_loop"):
         result.update(numpy_loop(path, family, k, job["numpy_loop"]))
-    if job.get("stages"):
-        result["stages"] = stage_breakdown(path, family, chunk)
     if job.get("profile"):
         result["profile_text"] = profile_relabel(job)
     result["load_after"] = load()
@@ -429,13 +446,9 @@ def profile_relabel(job: dict[str, Any]) -> str:
     import io
     import pstats
 
-    from hipi_offline.relabel import RelabelConfig, relabel
+    from hipi_offline.relabel import relabel
 
-    k = FAMILIES[job["family"]]["k"]
-    config = RelabelConfig(
-        tasks=job["spec_path"], name="bench", candidates=k, device=job["device"],
-        chunk_steps=job["chunk_steps"], overwrite=True, top_k=32,
-    )
+    config = bench_config(job)
     profiler = cProfile.Profile()
     profiler.enable()
     relabel(job["path"], config)
@@ -461,11 +474,22 @@ def progress_line(r: dict[str, Any]) -> None:
     if floor == floor:
         extra = f", floor {floor:.2f} s, ratio {r['relabel_seconds'] / floor:.1f}x"
     print(
-        f"  {r['backend']:5s} {r['family']:6s} {engine(r):11s} N={r['episodes']:,} "
+        f"  {r['revision'][:6]:6s} {r['backend']:5s} {r['family']:7s} {engine(r):11s} "
+        f"N={r['episodes']:,} "
         f"S={r['steps']:,}: relabel {r['relabel_seconds']:.2f} s{extra}, "
         f"peak RSS {mib(r['rss_peak_bytes'])} MiB (load {r['load_before']}->{r['load_after']})",
         flush=True,
     )
+
+
+def worktree(revision: str, folder: Path) -> str:
+    """A detached checkout of ``revision`` under ``folder`` (removed with it)."""
+    target = folder / "engine-before"
+    subprocess.run(
+        ["git", "-C", str(HERE), "worktree", "add", "--detach", str(target), revision],
+        check=True, capture_output=True, text=True,
+    )
+    return str(target)
 
 
 def run_isolated(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -488,6 +512,34 @@ def run_isolated(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- report
 def fmt_s(x: float) -> str:
     return f"{x:.2f}" if x < 100 else f"{x:,.0f}"
+
+
+def before_after(main: list[dict[str, Any]]) -> list[str]:
+    """The before/after table (``--before``): each row's best relabel on both engines,
+    measured in the same run, and both against the same read floor."""
+    key = lambda r: (r["backend"], r["family"], engine(r))  # noqa: E731
+    before = {key(r): r for r in main if r["engine_path"]}
+    if not before:
+        return []
+    lines = [
+        "### Before / after (same run, same stores, rows interleaved by engine)",
+        "",
+        "| backend | family | K | engine | before s | after s | speed-up "
+        "| read floor s | before / floor | after / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in main:
+        old = before.get(key(r))
+        if r["engine_path"] or old is None:
+            continue
+        floor = min(floor_of(r), floor_of(old))
+        a, b = r["relabel_seconds"], old["relabel_seconds"]
+        lines.append(
+            f"| {r['backend']} | {r['family']} | {FAMILIES[r['family']]['k']} | {engine(r)} "
+            f"| {b:.3f} | {a:.3f} | {b / a:.1f}x | {floor:.3f} | {b / floor:.1f}x "
+            f"| **{a / floor:.1f}x** |"
+        )
+    return [*lines, ""]
 
 
 def report(
@@ -520,10 +572,10 @@ def report(
         "phases timed alone once; load = 1-min load average before -> after (other processes "
         "share the machine)",
         "",
-        "| backend | family | K | engine | relabel s (first) | steps/s | read floor s "
+        "| revision | backend | family | K | engine | relabel s (first) | steps/s | read floor s "
         "| relabel / floor | returns pass s | posterior s | numpy loop s, extrapolated "
         "| speed-up vs loop | peak RSS MiB | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in main:
         floor = floor_of(r)
@@ -532,8 +584,8 @@ def report(
         speed = f"{loop / r['relabel_seconds']:,.0f}x" if loop else "-"
         gpu = f" (GPU {mib(r['gpu_peak_bytes'])})" if "gpu_peak_bytes" in r else ""
         lines.append(
-            f"| {r['backend']} | {r['family']} | {FAMILIES[r['family']]['k']} | {engine(r)} "
-            f"| {r['relabel_seconds']:.2f} ({r['relabel_first_seconds']:.2f}) "
+            f"| {r['revision']} | {r['backend']} | {r['family']} | {FAMILIES[r['family']]['k']} "
+            f"| {engine(r)} | {r['relabel_seconds']:.2f} ({r['relabel_first_seconds']:.2f}) "
             f"| {r['steps'] / r['relabel_seconds'] / 1e6:.1f} M "
             f"| {floor:.2f} | **{r['relabel_seconds'] / floor:.1f}x** "
             f"| {r.get('returns_pass_seconds', float('nan')):.2f} "
@@ -554,28 +606,6 @@ def report(
             f"reward function to a relative {worst:.1e}. speed-up = extrapolated loop / relabel.",
         ]
     lines.append("")
-    staged = [r for r in main if r.get("stages")]
-    if staged:
-        names = list(dict.fromkeys(name for r in staged for name in r["stages"]))
-        lines += [
-            "### Where the CPU returns pass spends its time",
-            "",
-            "Seconds per stage over the whole store, from a replica of `accumulate_returns` "
-            "built from the engine's own helpers, run without prefetch so that the read is "
-            "timed alone (in `relabel()` it overlaps the compute in a background thread). "
-            "The posterior over N x K comes on top (column `posterior s` above).",
-            "",
-            "| stage | " + " | ".join(f"{r['backend']} {r['family']} {engine(r)}" for r in staged)
-            + " |",
-            "|---|" + "---|" * len(staged),
-        ]
-        for name in [*names, "total"]:
-            cells = []
-            for r in staged:
-                value = sum(r["stages"].values()) if name == "total" else r["stages"].get(name)
-                cells.append("-" if value is None else f"{value:.2f}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
     if memory:
         lines += [
             "### Peak memory against the number of steps",
@@ -596,10 +626,11 @@ def report(
                 f"| {r['relabel_seconds']:.2f} |"
             )
         lines.append("")
+    lines += before_after(main)
     lines += ["### Goals", ""]
     for family, goal in GOALS.items():
         for r in main:
-            if r["family"] != family or r["device"] != "cpu":
+            if r["family"] != family or r["device"] != "cpu" or r["engine_path"]:
                 continue
             ratio = r["relabel_seconds"] / floor_of(r)
             verdict = "met" if ratio <= goal else "NOT met"
@@ -653,7 +684,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", default="0,1",
                         help="CPU rows per torch thread count, comma list (0: torch's default)")
     parser.add_argument("--backends", default="hdf5,zarr", help="comma list of hdf5,zarr")
-    parser.add_argument("--families", default="linear,target", help="comma list")
+    parser.add_argument("--families", default="linear8,linear,target",
+                        help="comma list of " + ",".join(FAMILIES))
     parser.add_argument("--chunk-steps", type=int, default=None,
                         help="rows per chunk (default: the engine's default, 65536)")
     parser.add_argument("--repeats", type=int, default=2,
@@ -664,8 +696,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where the synthetic stores are generated once and reused")
     parser.add_argument("--profile", action="store_true",
                         help="also cProfile one CPU relabel per row and print the top functions")
-    parser.add_argument("--no-stages", dest="stages", action="store_false",
-                        help="skip the per-stage timing of the CPU returns pass")
+    parser.add_argument("--before", metavar="REV",
+                        help="also run every relabel row on the engine of git revision REV "
+                             "(checked out into a temporary worktree): before/after table")
+    parser.add_argument("--feat-episodes", type=int, default=FEAT_EPISODES,
+                        help="N of the linear8 row (8 features in one field, T = --steps)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--markdown", type=Path, help="write the markdown report here")
     args = parser.parse_args(argv)
@@ -710,12 +745,15 @@ def main(argv: list[str] | None = None) -> int:
     print("data:", flush=True)
     generation: dict[str, float] = {}
     sizes: dict[str, int] = {}
-    paths: dict[str, Path] = {}
+    paths: dict[tuple[str, str], Path] = {}
     for backend in backends:
-        path, seconds = ensure_store(args.data_dir, args.episodes, args.steps, backend)
-        paths[backend], sizes[path.name] = path, size_on_disk(path)
-        if seconds:
-            generation[path.name] = seconds
+        for variant in sorted({FAMILIES[f].get("store", "runner") for f in families}):
+            feat = variant == "feat"
+            episodes = args.feat_episodes if feat else args.episodes
+            path, seconds = ensure_store(args.data_dir, episodes, args.steps, backend, feat)
+            paths[backend, variant], sizes[path.name] = path, size_on_disk(path)
+            if seconds:
+                generation[path.name] = seconds
     memory_sizes: list[tuple[int, int]] = []
     if args.memory_steps:
         memory_sizes = [(args.episodes, t) for t in sorted({int(x) for x in
@@ -739,19 +777,24 @@ def main(argv: list[str] | None = None) -> int:
         Path(spec_paths[family]).write_text(FAMILIES[family]["yaml"])
     try:
         print("relabel vs read floor (each row in a fresh process):", flush=True)
+        revisions = [("after", None)]
+        if args.before:
+            revisions.insert(0, (f"before ({args.before})", worktree(args.before, spec_dir)))
         jobs = []
         for backend in backends:
             for family in families:
                 for index, (device, count) in enumerate(engines):
-                    jobs.append(dict(
-                        kind="main", backend=backend, family=family, device=device,
-                        threads=count, path=str(paths[backend]), spec_path=spec_paths[family],
-                        chunk_steps=args.chunk_steps, floor_repeats=args.repeats,
-                        relabel_repeats=args.repeats, breakdown=True,
-                        numpy_loop=args.loop_episodes if index == 0 else 0,
-                        stages=args.stages and device == "cpu",
-                        profile=args.profile and device == "cpu",
-                    ))
+                    for tag, engine_path in revisions:
+                        jobs.append(dict(
+                            kind="main", backend=backend, family=family, device=device,
+                            threads=count, spec_path=spec_paths[family],
+                            path=str(paths[backend, FAMILIES[family].get("store", "runner")]),
+                            revision=tag, engine_path=engine_path,
+                            chunk_steps=args.chunk_steps, floor_repeats=args.repeats,
+                            relabel_repeats=args.repeats, breakdown=True,
+                            numpy_loop=args.loop_episodes if index == 0 and not engine_path else 0,
+                            profile=args.profile and device == "cpu",
+                        ))
         main_results = run_isolated(jobs)
         memory_results: list[dict[str, Any]] = []
         if memory_sizes:
@@ -759,14 +802,18 @@ def main(argv: list[str] | None = None) -> int:
             memory_results = run_isolated([
                 dict(
                     kind="memory", backend="hdf5", family=family, device="cpu",
+                    revision="after", engine_path=None,
                     threads=threads[0], path=str(memory_paths[size]),
                     spec_path=spec_paths[family], chunk_steps=args.chunk_steps,
                     floor_repeats=0, relabel_repeats=1,
                 )
                 for family in families
+                if FAMILIES[family].get("store", "runner") == "runner"
                 for size in memory_sizes
             ])
     finally:
+        if args.before:
+            subprocess.run(["git", "-C", str(HERE), "worktree", "prune"], check=False)
         shutil.rmtree(spec_dir, ignore_errors=True)
 
     for r in main_results:
