@@ -9,6 +9,7 @@ matplotlib is imported lazily so the rest of the package never needs it.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -59,6 +60,8 @@ def fig7a_bars(results: Mapping[str, Any]) -> Figure:
     ``results`` is ``results.json`` of ``run_fig7a`` or its ``"fig7a"`` entry:
     ``{env: {method: {"mean", "stderr", "per_seed", "metric"}}}``.
     """
+    from matplotlib.transforms import blended_transform_factory
+
     table = results.get("fig7a", results)
     envs = list(table)
     if not envs:
@@ -76,19 +79,50 @@ def fig7a_bars(results: Mapping[str, Any]) -> Figure:
             yerr=errors,
             capsize=3,
             color=[colors[m] for m in methods],
+            edgecolor="0.2",
+            linewidth=0.6,
             label=None,
+            zorder=1,
         )
         for x, entry in enumerate(entries):
             seeds = [_number(v) for v in entry.get("per_seed", [])]
-            ax.plot([x] * len(seeds), seeds, "k.", markersize=3, alpha=0.6)
+            offsets = np.linspace(-0.18, 0.18, len(seeds)) if len(seeds) > 1 else [0.0]
+            ax.plot(
+                x + np.asarray(offsets[: len(seeds)]),
+                seeds,
+                linestyle="none",
+                marker="o",
+                markersize=4.5,
+                markerfacecolor="white",
+                markeredgecolor="black",
+                markeredgewidth=1.0,
+                zorder=3,
+            )
+        # every mean is written above the panel, over its bar, so that a panel of zeros
+        # still shows its values and no label sits on a dot or an error bar
+        above = blended_transform_factory(ax.transData, ax.transAxes)
+        for x, height in enumerate(heights):
+            ax.text(x, 1.01, _value_text(height), transform=above, ha="center", va="bottom",
+                    fontsize=8)  # fmt: skip
         metric = {e.get("metric", "return") for e in entries}
         ax.set_ylabel(" / ".join(METRIC_LABELS.get(m, m) for m in sorted(metric)))
         if metric == {"success_rate"}:
-            ax.set_ylim(0, 1)
+            ax.set_ylim(-0.05, 1.05)  # dots at 0 or 1 stay whole inside the axes
         ax.set_xticks(np.arange(len(methods)), methods, rotation=35, ha="right")
-        ax.set_title(env)
-        ax.axhline(0, color="0.6", linewidth=0.6)
+        ax.set_title(env, pad=16)
+        ax.axhline(0, color="0.3", linewidth=0.8, zorder=2)
+    fig.supxlabel(FIG7A_CAPTION, fontsize=8)
     return fig
+
+
+FIG7A_CAPTION = (
+    "bars: mean over seeds (written above each panel); error bars: ± one standard error\n"
+    "of that mean (none with one seed); open dots: the seeds"
+)
+
+
+def _value_text(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
 
 
 def fig7b_lines(results: Mapping[str, Any]) -> Figure:
@@ -296,21 +330,55 @@ def learning_curves(
     methods = {name: name.rsplit("-seed", 1)[0] for name in runs}
     colors = _method_colors(sorted(set(methods.values())))
     styles = ("-", "--", ":", "-.")
+    markers = ("o", "s", "^", "D", "v", "P")
     seen: dict[str, int] = {}
     fig, axes = _figure(5.6, 3.4)
     ax = axes[0, 0]
-    for name, run in runs.items():
+    for number, (name, run) in enumerate(runs.items()):
         columns = read_metrics(run)
         method = methods[name]
         style = styles[seen.setdefault(method, 0) % len(styles)]
         seen[method] += 1
-        ax.plot(columns["step"], columns[metric], style, color=colors[method], label=name)
+        steps = columns["step"]
+        # markers at staggered points: lines that lie on each other stay told apart
+        every = max(1, len(steps) // 8)
+        ax.plot(
+            steps,
+            columns[metric],
+            linestyle=style,
+            marker=markers[number % len(markers)],
+            markevery=(number % every, every),
+            markersize=4,
+            color=colors[method],
+            label=name,
+        )
     ax.set_xlabel("gradient step")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(_metric_label(metric, [Path(r) for r in runs.values()]))
     ax.set_title("behavior cloning: training " + metric)
     if runs:
         ax.legend(frameon=False, fontsize="small", ncols=2 if len(runs) > 6 else 1)
     return fig
+
+
+LOSS_LABELS = {
+    "gaussian": "loss: NLL of the data actions (nats)",
+    "deterministic": "loss: MSE of the standardized actions",
+}
+
+
+def _metric_label(metric: str, runs: Sequence[Path]) -> str:
+    """The y-axis name: for ``loss``, which loss the runs' policy head minimizes (read
+    from their config.json; ``loss`` alone when it is unknown or differs)."""
+    if metric != "loss":
+        return metric
+    heads = set()
+    for run in runs:
+        try:
+            description = json.loads((run / "config.json").read_text())
+            heads.add(description["network"]["head"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return metric
+    return LOSS_LABELS.get(heads.pop(), metric) if len(heads) == 1 else metric
 
 
 def frames_figure(frame_strips: Sequence[np.ndarray], titles: Sequence[str]) -> Figure:
@@ -322,11 +390,15 @@ def frames_figure(frame_strips: Sequence[np.ndarray], titles: Sequence[str]) -> 
         )
     if not frame_strips:
         raise ValueError("frames_figure: no frame strips")
-    width = 10.0
+    width = FRAMES_WIDTH
     height = sum(width * np.shape(s)[0] / np.shape(s)[1] for s in frame_strips)
-    fig, axes = _figure(width, height + 0.35 * len(frame_strips), nrows=len(frame_strips))
+    fig, axes = _figure(width, height + 0.45 * len(frame_strips), nrows=len(frame_strips))
     for ax, strip, title in zip(axes[:, 0], frame_strips, titles, strict=True):
-        ax.imshow(np.asarray(strip))
-        ax.set_title(title)
+        ax.imshow(np.asarray(strip), interpolation="nearest")
+        ax.set_title(title, fontsize=11)
         ax.set_axis_off()
     return fig
+
+
+FRAMES_WIDTH = 15.0
+"""Inches across a frame strip: six frames of about 2.5 inches each."""

@@ -61,7 +61,7 @@ def test_fig7a_bars_show_every_method_of_every_env(entry) -> None:
     assert [b.get_height() for b in bars(desk)] == [0.75, 0.5]
     assert cheetah.get_ylabel() == "task return"
     assert desk.get_ylabel() == "success rate"
-    assert desk.get_ylim() == (0.0, 1.0)
+    assert -0.1 < desk.get_ylim()[0] < 0.0 and 1.0 < desk.get_ylim()[1] <= 1.1
     # error bars span mean ± stderr (none drawn for an undefined stderr)
     (container,) = [c for c in cheetah.containers if isinstance(c, BarContainer)]
     segments = container.errorbar.lines[2][0].get_segments()
@@ -70,9 +70,37 @@ def test_fig7a_bars_show_every_method_of_every_env(entry) -> None:
         None,
         (-42.0, -38.0),
     ]
-    # each seed is a dot on its method's bar
-    dots = [line for line in cheetah.lines if line.get_marker() == "."]
+    # each seed is a dot on its method's bar, drawn above the bars and error bars
+    dots = [line for line in cheetah.lines if line.get_marker() == "o"]
     assert [list(d.get_ydata()) for d in dots] == [[-11.0, -9.0], [-30.0], [-42.0, -38.0]]
+    for x, dot in enumerate(dots):
+        assert all(abs(v - x) < 0.4 for v in dot.get_xdata())
+        assert dot.get_zorder() > max(b.get_zorder() for b in bars(cheetah))
+        assert dot.get_markersize() >= 4
+    # the means are written on the bars; the caption explains the error bars
+    assert [t.get_text() for t in cheetah.texts] == ["-10.00", "-30.00", "-40.00"]
+    caption = entry_caption(cheetah.figure)
+    assert "standard error" in caption and "seeds" in caption
+
+
+def entry_caption(fig) -> str:
+    return fig.get_supxlabel()
+
+
+def test_fig7a_panel_of_zeros_still_shows_its_values() -> None:
+    zeros = {
+        "desk": {
+            m: {"mean": 0.0, "stderr": 0.0, "per_seed": [0.0, 0.0], "metric": RATE}
+            for m in ("hipi", "random", "task-agnostic")
+        }
+    }
+    (desk,) = plots.fig7a_bars(zeros).axes
+    assert [t.get_text() for t in desk.texts] == ["0.00", "0.00", "0.00"]
+    assert all(t.get_visible() for t in desk.texts)
+    dots = [line for line in desk.lines if line.get_marker() == "o"]
+    assert len(dots) == 3 and all(list(d.get_ydata()) == [0.0, 0.0] for d in dots)
+    low, high = desk.get_ylim()
+    assert low < 0.0 < high  # the zero line and the whole dots sit inside the axes
 
 
 def test_fig7a_bars_color_a_method_alike_in_every_env() -> None:
@@ -227,10 +255,28 @@ def test_learning_curves_plot_loss_per_run(tmp_path: Path) -> None:
     assert list(ax.lines[1].get_ydata()) == [2.0, -1.0]
     assert ax.lines[0].get_color() == ax.lines[1].get_color() != ax.lines[2].get_color()
     assert ax.lines[0].get_linestyle() != ax.lines[1].get_linestyle()
-    assert ax.get_ylabel() == "loss"
+    assert ax.get_ylabel() == "loss"  # no config.json: which loss is unknown
+    # overlapping lines stay distinguishable: each run has its own marker
+    assert len({line.get_marker() for line in ax.lines}) == 3
     (ax,) = plots.learning_curves({"mine": a}, metric="lr").axes
     assert ax.lines[0].get_label() == "mine"
     assert list(ax.lines[0].get_ydata()) == [0.001] * 3
+
+
+@pytest.mark.parametrize(
+    ("head", "label"),
+    [("gaussian", "NLL of the data actions"), ("deterministic", "MSE of the standardized")],
+)
+def test_learning_curves_name_the_loss_of_the_runs_head(tmp_path: Path, head, label) -> None:
+    runs = [_run(tmp_path / f"hipi-seed{s}", [(10, 1.0), (20, 0.5)]) for s in range(2)]
+    for run in runs:
+        (run / "config.json").write_text(json.dumps({"network": {"head": head}}))
+    (ax,) = plots.learning_curves(runs).axes
+    assert label in ax.get_ylabel() and ax.get_ylabel().startswith("loss")
+    other = _run(tmp_path / "other-seed0", [(10, 1.0)])
+    (other / "config.json").write_text(json.dumps({"network": {"head": "elsewise"}}))
+    (ax,) = plots.learning_curves([*runs, other]).axes
+    assert ax.get_ylabel() == "loss"  # heads differ: no single loss to name
 
 
 def test_frames_figure_shows_each_strip_under_its_title() -> None:
@@ -241,6 +287,7 @@ def test_frames_figure_shows_each_strip_under_its_title() -> None:
     for ax, strip in zip(fig.axes, strips, strict=True):
         (image,) = ax.get_images()
         assert np.array_equal(np.asarray(image.get_array()), strip)
+    assert fig.get_figwidth() >= 14  # six frames of about 2.5 inches each
     with pytest.raises(ValueError, match="2 frame strips but 1 titles"):
         plots.frames_figure(strips, ["one"])
 
