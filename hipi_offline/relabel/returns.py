@@ -1,11 +1,15 @@
 """Streaming computation of the returns matrix R_ij = sum_t gamma^t r_psi_j(s_t, a_t).
 
-One chunked pass over the store's steps: each chunk's rewards are summed into
-per-episode rows with ``index_add_`` (segment sums on the device). Accumulation
-is in float64. Two families have exact fast paths:
+One chunked pass over the store's steps. Episodes are contiguous, so each chunk's
+rewarded rows form runs of one episode (:class:`Segments`) and per-episode sums are
+segment reductions: on the CPU ``np.add.reduceat`` accumulates in float64 straight
+from the stored dtype, touching each step value once. Finiteness is checked on those
+sums (NaN and inf propagate); the offending row is searched for only on an error.
+Two families have exact fast paths:
 
 * ``linear``: only the sufficient statistic sum_t gamma^t phi_t [N, D] is
-  accumulated; R = Phi psi^T at the end (one pass serves any number of tasks).
+  accumulated, each feature field reduced where it lies; R = Phi psi^T at the end
+  (one pass serves any number of tasks).
 * ``target`` with a scalar feature: sum_t w_t |f_t - psi| is piecewise linear in
   psi, so each step lands in one bucket between sorted candidates and only
   per-bucket weight and weighted-feature sums are kept: O(T log K + K) per
@@ -30,6 +34,7 @@ from hipi_offline.progress import progress_bar
 from hipi_offline.store.backends import ArrayInfo
 from hipi_offline.store.store import StepChunk, TrajectoryStore
 from hipi_offline.tasks.families import (
+    ACTIONS,
     LinearFamily,
     NonFiniteReward,
     RewardFamily,
@@ -45,8 +50,98 @@ TILE_FACTOR, SORTED_TILE_FACTOR = 6, 10
 BASE_BYTES = 64 * 2**20  # the run's own buffers (store reads, torch workspaces), measured
 
 
+class Segments:
+    """The rows of one chunk that count toward the returns, in runs of one episode each
+    (episodes are contiguous): an accumulator reduces each run to one row.
+
+    ``values`` are the fields' rows as read (host arrays, their stored dtype), ``offsets``
+    the first row of each run (0 first, increasing), ``episodes`` each run's episode (in
+    the view, increasing), ``weight`` the float64 step weights (None: every weight is 1)
+    and ``rows`` the store row of each row (None: ``first_row + i``)."""
+
+    def __init__(
+        self,
+        values: Mapping[str, np.ndarray],
+        offsets: np.ndarray,
+        episodes: np.ndarray,
+        weight: np.ndarray | None,
+        rows: np.ndarray | None,
+        first_row: int,
+        device: torch.device,
+    ) -> None:
+        self.values, self.offsets, self.episodes = dict(values), offsets, episodes
+        self.weight, self.rows, self.first_row, self.device = weight, rows, first_row, device
+        self.size = len(next(iter(self.values.values())))
+        self._runs: Tensor | None = None
+
+    @property
+    def episode_index(self) -> Tensor:
+        """The runs' episodes, int64 [E] on the device."""
+        return torch.from_numpy(self.episodes).to(self.device)
+
+    def runs(self) -> Tensor:
+        """The run of every row, int64 [rows] on the device (built once)."""
+        if self._runs is None:
+            lengths = np.diff(self.offsets, append=self.size)
+            ids = torch.arange(len(self.offsets), device=self.device)
+            counts = torch.from_numpy(lengths).to(self.device)
+            self._runs = torch.repeat_interleave(ids, counts, output_size=self.size)
+        return self._runs
+
+    def tensor(self, name: str) -> Tensor:
+        """A field's rows in float64 on the device."""
+        return _to_device(name, self.values[name], self.device)
+
+    def weights(self) -> Tensor | None:
+        return None if self.weight is None else torch.from_numpy(self.weight).to(self.device)
+
+    def sums(self, values: np.ndarray, square: bool = False) -> Tensor:
+        """Weighted sums of ``values`` [rows, ...] (or of their float64 squares) over each
+        run, float64 [E, columns] on the device. On the CPU a segment reduction
+        accumulates in float64 straight from the stored dtype (no float64 copy of the
+        rows); on CUDA the rows are cast on the device and summed with (deterministic)
+        ``index_add_``."""
+        matrix = values.reshape(len(values), -1)
+        if self.device.type == "cpu":
+            if square:  # exact: a float32 square fits in float64
+                matrix = np.square(matrix, dtype=np.float64)
+            if self.weight is not None:
+                matrix = matrix * self.weight[:, None]  # float64
+            sums = np.add.reduceat(matrix, self.offsets, axis=0, dtype=np.float64)
+            return torch.from_numpy(sums)
+        rows = _to_device("", matrix, self.device)
+        if square:
+            rows = rows.square()
+        weight = self.weights()
+        if weight is not None:
+            rows = rows * weight[:, None]
+        out = torch.zeros(len(self.offsets), rows.shape[1], dtype=torch.float64, device=self.device)
+        return out.index_add_(0, self.runs(), rows)
+
+    def locate(self, name: str, first_episode: int) -> None:
+        """InputError naming the first row of ``name`` that holds NaN or inf, if any."""
+        values = self.values[name]
+        if values.dtype.kind != "f":
+            return
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            row = self.first_row + i if self.rows is None else int(self.rows[i])
+            run = int(np.searchsorted(self.offsets, i, side="right")) - 1
+            episode = first_episode + int(self.episodes[run])
+            raise InputError(f"{name}: NaN or inf at step row {row} (episode {episode})")
+
+
 class ReturnAccumulator(Protocol):
-    def add(self, fields: Fields, episode: Tensor, weight: Tensor | None) -> None: ...
+    checks: frozenset[str]
+    """The fields whose finiteness :meth:`add` reports (NaN and inf propagate into the
+    sums it keeps); the pass checks the others itself before calling it."""
+
+    def add(self, segments: Segments) -> bool:
+        """Accumulate one chunk; False when a sum over a field of ``checks`` is not
+        finite (then the pass looks for the row to name)."""
+        ...
+
     def result(self, tasks: Tensor) -> Tensor: ...
 
 
@@ -54,6 +149,8 @@ class GenericAccumulator:
     """Evaluates the family's reward for every (step, task) pair; ``tasks`` are the
     candidates from index ``first`` on and the episodes start at ``first_episode``
     (both for messages)."""
+
+    checks: frozenset[str] = frozenset()  # a reward may not propagate NaN (comparisons)
 
     def __init__(
         self,
@@ -67,8 +164,11 @@ class GenericAccumulator:
         self.first_episode = first_episode
         self.returns = torch.zeros(episodes, len(tasks), dtype=torch.float64, device=tasks.device)
 
-    def add(self, fields: Fields, episode: Tensor, weight: Tensor | None) -> None:
-        rows = len(episode)
+    def add(self, segments: Segments) -> bool:
+        fields = {name: segments.tensor(name) for name in segments.values}
+        episode = segments.episode_index[segments.runs()]
+        weight = segments.weights()
+        rows = segments.size
         step = max(1, MAX_REWARD_ELEMENTS // max(1, len(self.tasks)))
         for a in range(0, rows, step):
             part = {name: value[a : a + step] for name, value in fields.items()}
@@ -80,63 +180,90 @@ class GenericAccumulator:
             if weight is not None:
                 rewards = rewards * weight[a : a + step, None]
             self.returns.index_add_(0, episode[a : a + step], rewards)
+        return True
 
     def result(self, tasks: Tensor) -> Tensor:
         return self.returns
 
 
 class LinearAccumulator:
-    """Sufficient statistic of a linear reward: discounted feature sums [N, D]."""
+    """Sufficient statistic of a linear reward: discounted feature sums [N, D], each
+    feature field reduced where it lies (the columns of ``LinearFamily.phi``, in order)."""
 
     def __init__(self, family: LinearFamily, dim: int, episodes: int, device: torch.device) -> None:
         self.family = family
+        self.checks = frozenset(family.features)
         self.stats = torch.zeros(episodes, dim, dtype=torch.float64, device=device)
 
-    def add(self, fields: Fields, episode: Tensor, weight: Tensor | None) -> None:
-        phi = self.family.phi(fields)  # [C, D]
-        self.stats.index_add_(0, episode, phi if weight is None else phi * weight[:, None])
+    def add(self, segments: Segments) -> bool:
+        parts = [segments.sums(segments.values[name]) for name in self.family.features]
+        sums = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [E, D]
+        self.stats.index_add_(0, segments.episode_index, sums)
+        return bool(torch.isfinite(sums).all())
 
     def result(self, tasks: Tensor) -> Tensor:
         return self.stats @ tasks.T  # [N, K]
 
 
 class SortedTargetAccumulator:
-    """Exact returns of -|f - psi| - ctrl for a scalar feature via sorted buckets."""
+    """Exact returns of -|f - psi| - ctrl for a scalar feature via sorted buckets: per
+    (episode, bucket) step weights and weighted feature sums, and per episode the
+    weighted sum of ||a||^2 (summed per column, then over the columns)."""
 
     def __init__(self, family: TargetFamily, tasks: Tensor, episodes: int) -> None:
         self.family = family
+        # With `dims` the bucket sums see only the selected columns: the pass checks the rest.
+        checked = (family.feature,) if family.dims is None else ()
+        self.checks = frozenset(checked + ((ACTIONS,) if family.ctrl_cost else ()))
         self.order = torch.argsort(tasks[:, 0])
         self.sorted = tasks[self.order, 0].contiguous()  # [K]
         self.buckets = len(tasks) + 1
         device = tasks.device
-        self.weight = torch.zeros(episodes * self.buckets, dtype=torch.float64, device=device)
+        self.weight = torch.zeros(episodes, self.buckets, dtype=torch.float64, device=device)
         self.moment = torch.zeros_like(self.weight)
-        self.base = torch.zeros(episodes, dtype=torch.float64, device=device)
+        self.squares = torch.zeros(episodes, dtype=torch.float64, device=device)
 
-    def add(self, fields: Fields, episode: Tensor, weight: Tensor | None) -> None:
-        f = self.family.value(fields)[:, 0]  # [C]
-        bucket = torch.searchsorted(self.sorted, f)  # number of candidates < f
-        flat = episode * self.buckets + bucket
-        free = self.family.task_free(fields)
-        if weight is None:  # unit weights: x * 1.0 == x exactly, so skip the products
-            self.weight.index_add_(0, flat, torch.ones_like(f))
-            self.moment.index_add_(0, flat, f)
-            self.base.index_add_(0, episode, free)
-            return
-        self.weight.index_add_(0, flat, weight)
-        self.moment.index_add_(0, flat, weight * f)
-        self.base.index_add_(0, episode, weight * free)
+    def add(self, segments: Segments) -> bool:
+        field = torch.from_numpy(segments.values[self.family.feature]).to(segments.device)
+        f = self.family.value({self.family.feature: field})[:, 0].to(torch.float64)  # [C]
+        flat = segments.runs() * self.buckets + torch.searchsorted(self.sorted, f)
+        size = len(segments.offsets) * self.buckets
+        weight = segments.weights()
+        count = _scatter_sum(flat, weight, size).view(-1, self.buckets)
+        moment = _scatter_sum(flat, f if weight is None else weight * f, size)
+        moment = moment.view(-1, self.buckets)
+        episodes = segments.episode_index
+        self.weight.index_add_(0, episodes, count)
+        self.moment.index_add_(0, episodes, moment)
+        finite = bool(torch.isfinite(moment).all())
+        if self.family.ctrl_cost:
+            squares = segments.sums(segments.values[ACTIONS], square=True).sum(dim=1)
+            self.squares.index_add_(0, episodes, squares)
+            finite = finite and bool(torch.isfinite(squares).all())
+        return finite
 
     def result(self, tasks: Tensor) -> Tensor:
-        weight = self.weight.view(-1, self.buckets).cumsum(dim=1)  # [N, K+1]
-        moment = self.moment.view(-1, self.buckets).cumsum(dim=1)
+        weight = self.weight.cumsum(dim=1)  # [N, K+1]
+        moment = self.moment.cumsum(dim=1)
         w_total, m_total = weight[:, -1:], moment[:, -1:]
         w_below, m_below = weight[:, :-1], moment[:, :-1]  # steps with f <= psi_(j)
         psi = self.sorted[None, :]
         absolute = (psi * w_below - m_below) + (m_total - m_below) - psi * (w_total - w_below)
+        base = -self.family.ctrl_cost * self.squares
         returns = torch.empty_like(absolute)
-        returns[:, self.order] = self.base[:, None] - absolute
+        returns[:, self.order] = base[:, None] - absolute
         return returns
+
+
+def _scatter_sum(index: Tensor, values: Tensor | None, size: int) -> Tensor:
+    """float64 [size]: the sum of ``values`` (None: ones) at each index. ``bincount`` on
+    the CPU (sequential); deterministic ``index_add_`` on CUDA (bincount uses atomics)."""
+    if index.device.type == "cpu":
+        return torch.bincount(index, values, minlength=size).to(torch.float64)
+    if values is None:
+        values = torch.ones(len(index), dtype=torch.float64, device=index.device)
+    out = torch.zeros(size, dtype=torch.float64, device=index.device)
+    return out.index_add_(0, index, values)
 
 
 def make_accumulator(
@@ -198,33 +325,46 @@ def _to_device(name: str, array: np.ndarray, device: torch.device) -> Tensor:
     return tensor.to(device=device, dtype=torch.float64, non_blocking=True)
 
 
-def _check_finite(
-    name: str, value: Tensor, rows: Tensor | None, start: int, episode: Tensor, first: int = 0
-) -> None:
-    """InputError at the first row holding NaN or inf; ``rows`` None means the rows
-    are ``start, start + 1, ...``; episode indices start at ``first``."""
-    if bool(torch.isfinite(value.sum())):
-        return  # a finite sum means every value is finite (NaN and inf propagate)
-    # slow path: find the first bad row (or none: a sum of finite values overflowed)
-    finite = torch.isfinite(value.reshape(len(value), -1)).all(dim=1)
-    if not bool(finite.all()):
-        bad = int(torch.argmin(finite.to(torch.uint8)))
-        row = int(rows[bad]) if rows is not None else start + bad
-        where = first + int(episode[bad])
-        raise InputError(f"{name}: NaN or inf at step row {row} (episode {where})")
+def _finite(values: np.ndarray) -> bool:
+    """Whether the sum of ``values`` is finite: then every value is (NaN and inf
+    propagate); a False may also be an overflow of finite values."""
+    if values.dtype.kind != "f":
+        return True
+    wide = np.float64 if values.dtype.itemsize < 4 else None  # float16 overflows at 65504
+    return bool(np.isfinite(values.sum(dtype=wide)))
 
 
-def _episode_ids(
-    ends: np.ndarray, starts: np.ndarray, a: int, b: int, device: torch.device
-) -> Tensor:
-    """Episode index of every row in ``[a, b)`` (rows < ends[-1]), int64 [b - a]:
-    the same as ``searchsorted(ends, arange(a, b), right=True)``, built by repeating
-    the few episode indices that overlap the chunk (no per-row binary search)."""
+def _segments(
+    chunk: StepChunk, ends: np.ndarray, starts: np.ndarray, spec: TaskSpec, device: torch.device
+) -> Segments | None:
+    """The chunk's rewarded rows in runs of one episode (None when no row counts);
+    ``ends``/``starts`` are the view's episode bounds in store rows."""
+    a, b = chunk.start, chunk.stop
     first = int(np.searchsorted(ends, a, side="right"))
     last = int(np.searchsorted(ends, b - 1, side="right"))
-    counts = np.minimum(ends[first : last + 1], b) - np.maximum(starts[first : last + 1], a)
-    ids = torch.arange(first, last + 1, dtype=torch.int64, device=device)
-    return torch.repeat_interleave(ids, torch.from_numpy(counts).to(device), output_size=b - a)
+    episodes = np.arange(first, last + 1, dtype=np.int64)
+    lo = np.maximum(starts[first : last + 1], a) - a  # each episode's rows in the chunk
+    hi = np.minimum(ends[first : last + 1], b) - a
+    if spec.weights_every_step:  # every row, weight 1: runs are the episodes' pieces
+        some = hi > lo
+        return Segments(chunk.fields, lo[some], episodes[some], None, None, a, device)
+    episode = np.repeat(episodes, hi - lo)  # [C]
+    rows = np.arange(a, b, dtype=np.int64)
+    offset = torch.from_numpy(rows - starts[episode])  # steps into the episode
+    length = torch.from_numpy(ends[episode] - starts[episode])
+    keep = spec.rewarded_steps(offset, length)
+    values = dict(chunk.fields)
+    if keep is not None:
+        where = keep.numpy()
+        rows, episode, offset = rows[where], episode[where], offset[keep]
+        values = {name: value[where] for name, value in values.items()}
+        if not len(rows):
+            return None
+    weight = spec.discounts(offset)
+    change = np.flatnonzero(episode[1:] != episode[:-1]) + 1
+    offsets = np.concatenate([np.zeros(1, np.int64), change])
+    numpy_weight = None if weight is None else weight.numpy()
+    return Segments(values, offsets, episode[offsets], numpy_weight, rows, a, device)
 
 
 def accumulate_returns(
@@ -258,27 +398,21 @@ def _accumulate(
     chunk_steps: int,
     progress: Callable[[int], None] | None,
 ) -> ReturnAccumulator:
-    ends_np, starts_np = store.ends, store.starts
-    ends = torch.from_numpy(ends_np).to(device)
-    starts = torch.from_numpy(starts_np).to(device)
+    """Each chunk's rewarded rows go to the accumulator once. Finiteness is checked on
+    sums (the accumulator's per-episode sums, else one sum per field and chunk); only
+    when one is not finite are the chunk's fields searched, in order, for the first row
+    holding NaN or inf (none: finite values overflowed, as R would too)."""
     fields = spec.family.fields
+    unchecked = [name for name in fields if name not in accumulator.checks]
     for chunk in store.iter_chunks(fields, chunk_steps):
-        episode = _episode_ids(ends_np, starts_np, chunk.start, chunk.stop, device)  # [C]
-        values = {name: _to_device(name, chunk.fields[name], device) for name in fields}
-        rows = None  # row numbers, built only where needed (else row = chunk.start + i)
-        weight = None  # the spec's step weights (None: every step weighs 1)
-        if not spec.weights_every_step:
-            rows = torch.arange(chunk.start, chunk.stop, device=device)
-            offset = rows - starts[episode]  # steps into the episode
-            keep = spec.rewarded_steps(offset, ends[episode] - starts[episode])
-            if keep is not None:
-                rows, episode, offset = rows[keep], episode[keep], offset[keep]
-                values = {name: value[keep] for name, value in values.items()}
-            weight = spec.discounts(offset)
-        for name, value in values.items():
-            _check_finite(name, value, rows, chunk.start, episode, store.first_episode)
-        if len(episode):
-            accumulator.add(values, episode, weight)
+        segments = _segments(chunk, store.ends, store.starts, spec, device)
+        if segments is not None:
+            if not all(_finite(segments.values[name]) for name in unchecked):
+                for name in fields:
+                    segments.locate(name, store.first_episode)
+            if not accumulator.add(segments):
+                for name in fields:
+                    segments.locate(name, store.first_episode)
         if progress is not None:
             progress(chunk.stop - chunk.start)
     return accumulator
