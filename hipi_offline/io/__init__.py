@@ -1,4 +1,5 @@
-"""Importers from Minari, D4RL and robomimic files, and the Minari exporter."""
+"""Importers from Minari, D4RL, robomimic, LeRobot v3 and OGBench datasets, and the
+Minari exporter."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from hipi_offline.errors import InputError
 from hipi_offline.io.d4rl_import import import_d4rl
+from hipi_offline.io.lerobot_import import import_lerobot
 from hipi_offline.io.minari_export import export_minari
 from hipi_offline.io.minari_import import import_minari
 from hipi_offline.io.robomimic_import import import_robomimic
@@ -15,11 +17,12 @@ IMPORTERS: dict[str, Callable[..., Path]] = {
     "minari": import_minari,
     "d4rl": import_d4rl,
     "robomimic": import_robomimic,
+    "lerobot": import_lerobot,
 }
 
 
 def import_dataset(fmt: str, src: str | Path, dest: str | Path, *, overwrite: bool = False) -> Path:
-    """Import ``src`` (format ``fmt``: minari, d4rl or robomimic) into a new store ``dest``."""
+    """Import ``src`` (format ``fmt``: one of :data:`IMPORTERS`) into a new store ``dest``."""
     if fmt not in IMPORTERS:
         raise InputError(f"format: {fmt!r} is not one of {', '.join(sorted(IMPORTERS))}")
     return IMPORTERS[fmt](src, dest, overwrite=overwrite)
@@ -30,6 +33,7 @@ __all__ = [
     "export_minari",
     "import_d4rl",
     "import_dataset",
+    "import_lerobot",
     "import_minari",
     "import_robomimic",
 ]
