@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from hipi_offline.collect.run import CollectConfig
     from hipi_offline.evaluate.run import EvalConfig
     from hipi_offline.relabel.run import RelabelConfig
+    from hipi_offline.report import ReportConfig
     from hipi_offline.store.synthetic import SyntheticConfig
 
 app = lazy_app(
@@ -164,6 +165,19 @@ def inspect(
 
     description = _run(lambda: describe_store(store))
     for line in description.lines():
+        typer.echo(line)
+
+
+@config_command(app, "report", "hipi_offline.report:ReportConfig", on_progress=_progress)
+def report(
+    config: Callable[[], ReportConfig],
+    store: Annotated[str, typer.Argument(help=f"Trajectory store (.h5/.hdf5 or .zarr{_URL}).")],
+) -> None:
+    """Write one HTML page of what a label set teaches: task coverage, label entropy, examples."""
+    from hipi_offline.report import make_report
+
+    summary = _run(lambda: make_report(store, config()))
+    for line in summary.lines():
         typer.echo(line)
 
 
