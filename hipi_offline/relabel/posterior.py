@@ -18,8 +18,9 @@ inf in R, R / alpha or the scores; only then is R swept again to name the cause
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from hipi_offline.errors import InputError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # top-k log-probabilities are stored as float32
 Block = Callable[[int, int], Tensor]  # (j0, j1) -> R[:, j0:j1] float64 on the device
+Array = TypeVar("Array", Tensor, np.ndarray)
 
 
 @dataclass(frozen=True, repr=False)
@@ -96,11 +98,13 @@ def posterior_rows(
     rows) and its size ``total``: ``coverage`` is then these rows' share of the
     coverage (sum_i q_ij / total), and the shares of all rows add up to it."""
     bounds = [(j, min(j + tile, k)) for j in range(0, k, tile)]
+    if len(bounds) == 1:
+        options = dict(temperature=temperature, log_prior=log_prior, partition=partition)
+        return _one_tile(block(0, k), **options, top_k=top_k, log_z=log_z, total=total)
     given = log_z is not None
     if log_z is None:
         log_z = torch.empty(k, dtype=torch.float64, device=device)
     row_norm = torch.full((n,), -math.inf, dtype=torch.float64, device=device)
-    single = len(bounds) == 1
 
     def scores(j0: int, j1: int, returns: Tensor) -> Tensor:
         s = returns / temperature
@@ -110,14 +114,12 @@ def posterior_rows(
             s += log_prior[j0:j1]
         return s  # [N, j1 - j0]
 
-    kept: Tensor | None = None  # the scores of a single tile, reused by the second sweep
     for j0, j1 in bounds:
         returns = block(j0, j1)
         if not given:
             log_z[j0:j1] = log_partition(returns, temperature)
         s = scores(j0, j1, returns)
         row_norm = torch.logaddexp(row_norm, torch.logsumexp(s, dim=1))
-        kept = s if single else None
 
     zero_mass = log_prior is not None and bool(torch.isneginf(log_prior).any())
     top_k = min(top_k, k)
@@ -126,7 +128,7 @@ def posterior_rows(
     expected_score = torch.zeros(n, dtype=torch.float64, device=device)  # sum_j q_ij s_ij
     coverage = torch.empty(k, dtype=torch.float64, device=device)
     for j0, j1 in bounds:
-        s = kept if kept is not None else scores(j0, j1, block(j0, j1))
+        s = scores(j0, j1, block(j0, j1))
         q = torch.exp(s - row_norm[:, None])  # [N, tile]
         qs = q * s
         if zero_mass:  # q log q -> 0 where the prior (so q) is 0: 0 * -inf is not NaN
@@ -139,7 +141,19 @@ def posterior_rows(
         best_val, order = torch.topk(merged_val, min(top_k, merged_val.shape[1]), dim=1)
         best_idx = torch.gather(merged_idx, 1, order)
     # H_i = -sum_j q log q = L_i - sum_j q_ij s_ij, since log q_ij = s_ij - L_i
-    entropy = row_norm - expected_score
+    return _finish(log_z, row_norm, row_norm - expected_score, coverage, best_val, best_idx)
+
+
+def _finish(
+    log_z: Tensor,
+    row_norm: Tensor,
+    entropy: Tensor,
+    coverage: Tensor,
+    best_val: Tensor,
+    best_idx: Tensor,
+) -> Posterior | None:
+    """The :class:`Posterior` from log Z, L_i, H_i, coverage and the top-k scores s_ij
+    (log q_ij + L_i); None when any of them is NaN or inf."""
     best_val = best_val - row_norm[:, None]
     # log q below float32's range is q = 0: -inf now, so the float32 label set is exact
     best_val = best_val.masked_fill(best_val < -FLOAT32_MAX, -math.inf)
@@ -154,6 +168,231 @@ def posterior_rows(
         entropy=entropy.clamp_min(0).cpu().numpy(),
         coverage=coverage.cpu().numpy(),
     )
+
+
+# Rows whose sum_j exp(s_ij - c_j) w_j (below) falls under this lose precision to
+# underflow in the one-exp scheme and are computed the direct way instead: at or above
+# it, every term within e^-50 of the row's largest is a product of normal float64s.
+_TINY_ROW_SUM = 1e-250
+_CHUNK_BYTES = 1 << 20  # rows of R taken at a time on the CPU: a chunk stays in cache
+
+
+def _one_tile(
+    returns: Tensor,
+    *,
+    temperature: float,
+    log_prior: Tensor | None,
+    partition: bool,
+    top_k: int,
+    log_z: Tensor | None,
+    total: int | None,
+) -> Posterior | None:
+    """:func:`posterior_rows` for R held whole, with no exp pass over N x K but the
+    one log Z needs (and, on the CPU, its repetition chunk by chunk, in cache).
+
+    With M_j = max_i R_ij / alpha, E_ij = exp(R_ij / alpha - M_j) in [0, 1] gives
+    log Z_j = M_j + log sum_i E_ij - log N. Since s_ij = R_ij / alpha - M_j + c_j with
+    c_j = M_j - log Z_j + log p_j, exp(s_ij - C) = E_ij w_j with w_j = exp(c_j - C) and
+    C = max_j c_j: the row normalizers are L_i = C + log (E w)_i, the coverage is
+    exp(c_j - C + log (E^T v)_j) / N with v_i = 1 / (E w)_i, and sum_j q_ij s_ij =
+    ((E o s) w)_i v_i. Rows with (E w)_i under :data:`_TINY_ROW_SUM` (all their entries
+    far below their columns' maxima) are computed the direct way, q = exp(s - L)."""
+    n, k = returns.shape
+    top_k = min(top_k, k)
+    total = n if total is None else total
+    if returns.device.type == "cpu":
+        prior = None if log_prior is None else log_prior.cpu().numpy()
+        given = None if log_z is None else log_z.cpu().numpy()
+        with np.errstate(all="ignore"):
+            parts = _rows_numpy(returns.numpy(), temperature, prior, partition, top_k, given, total)
+        return _finish(*(torch.from_numpy(part) for part in parts))
+    with np.errstate(all="ignore"):
+        return _finish(
+            *_rows_torch(returns, temperature, log_prior, partition, top_k, log_z, total)
+        )
+
+
+def _rows_torch(
+    returns: Tensor,
+    temperature: float,
+    log_prior: Tensor | None,
+    partition: bool,
+    top_k: int,
+    log_z: Tensor | None,
+    total: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_one_tile` in torch on any device, R whole: log Z, L, H, coverage and the
+    top-k scores and indices."""
+    n = returns.shape[0]
+    x = returns / temperature  # becomes s in place
+    top = x.amax(dim=0)
+    e = torch.exp(x - top)
+    if log_z is None:
+        log_z = top + torch.log(e.sum(dim=0)) - math.log(n)
+    shift = _shift(log_z, log_prior, partition)
+    if shift is not None:
+        x += shift
+    s = x
+    c = top if shift is None else top + shift
+    high = c.max()
+    w = torch.exp(c - high)
+    row_sum = e @ w
+    good = row_sum >= _TINY_ROW_SUM  # False for NaN too
+    inverse = torch.where(good, 1.0 / row_sum, 0.0)
+    coverage = torch.exp(c - high + torch.log(e.T @ inverse) - math.log(total))
+    row_norm = high + torch.log(row_sum)
+    best_val, best_idx = torch.topk(s, top_k, dim=1)
+    e *= s  # q_ij s_ij up to w_j v_i
+    if log_prior is not None:  # q log q -> 0 where the prior (so q) is 0: not 0 * -inf
+        e[:, torch.isneginf(log_prior)] = 0.0
+    expected_score = (e @ w) * inverse
+    if not bool(good.all()):
+        rows = torch.nonzero(~good)[:, 0]
+        norm, score, mass = _direct_rows(s[rows])
+        row_norm[rows], expected_score[rows] = norm, score
+        coverage += mass / total
+    return log_z, row_norm, row_norm - expected_score, coverage, best_val, best_idx
+
+
+def _shift(log_z: Array, log_prior: Array | None, partition: bool) -> Array | None:
+    """shift_j with s_ij = R_ij / alpha + shift_j, None for 0."""
+    shift = -log_z if partition else None
+    if log_prior is not None:
+        shift = log_prior if shift is None else shift + log_prior
+    return shift
+
+
+def _direct_rows(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """For rows of scores s: L_i, sum_j q_ij s_ij and sum_i q_ij, with q = exp(s - L)."""
+    norm = torch.logsumexp(s, dim=1)
+    q = torch.exp(s - norm[:, None])
+    qs = torch.where(q > 0, q * s, 0.0)
+    return norm, qs.sum(dim=1), q.sum(dim=0)
+
+
+def _rows_numpy(
+    returns: np.ndarray,
+    temperature: float,
+    log_prior: np.ndarray | None,
+    partition: bool,
+    top_k: int,
+    log_z: np.ndarray | None,
+    total: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_rows_torch` on the CPU in numpy, R taken in chunks of rows that stay in
+    cache: one pass for M, one for log Z (skipped when given), one for the rest."""
+    n, k = returns.shape
+    top = returns.max(axis=0) / temperature  # = max_i (R_ij / alpha): rounding is monotone
+    step = max(1, _CHUNK_BYTES // (8 * k))
+    x_buffer = np.empty((min(step, n), k))
+    e_buffer = np.empty_like(x_buffer)
+
+    def chunks() -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+        """(rows, R / alpha, E) for each chunk of rows, in the buffers."""
+        for i0 in range(0, n, step):
+            rows = slice(i0, min(i0 + step, n))
+            x = np.divide(returns[rows], temperature, out=x_buffer[: rows.stop - i0])
+            e = np.subtract(x, top, out=e_buffer[: rows.stop - i0])
+            yield rows, x, np.exp(e, out=e)
+
+    if log_z is None:
+        column_sum = np.zeros(k)
+        for _, _, e in chunks():
+            column_sum += e.sum(axis=0)
+        log_z = top + np.log(column_sum) - math.log(n)
+    shift = _shift(log_z, log_prior, partition)
+    c = top if shift is None else top + shift
+    high = c.max()
+    w = np.exp(c - high)
+    zero = None if log_prior is None else np.isneginf(log_prior)
+    zero = zero if zero is not None and zero.any() else None
+    row_norm, expected_score = np.empty(n), np.empty(n)
+    best_val, best_idx = np.empty((n, top_k)), np.empty((n, top_k), dtype=np.int64)
+    mass = np.zeros(k)  # sum_i E_ij v_i
+    direct = np.zeros(k)  # sum_i q_ij over the rows computed the direct way
+    for rows, s, e in chunks():
+        if shift is not None:
+            s += shift
+        row_sum = e @ w
+        good = row_sum >= _TINY_ROW_SUM  # False for NaN too
+        inverse = np.where(good, 1.0 / row_sum, 0.0)
+        mass += inverse @ e
+        row_norm[rows] = high + np.log(row_sum)
+        best_val[rows], best_idx[rows] = _top_k(s, top_k)
+        e *= s  # q_ij s_ij up to w_j v_i
+        if zero is not None:  # q log q -> 0 where the prior (so q) is 0: not 0 * -inf
+            e[:, zero] = 0.0
+        expected_score[rows] = (e @ w) * inverse
+        if not good.all():
+            bad = np.flatnonzero(~good)
+            norm, score, q = _direct_rows(torch.from_numpy(s[bad]))
+            row_norm[rows][bad], expected_score[rows][bad] = norm.numpy(), score.numpy()
+            direct += q.numpy()
+    coverage = np.exp(c - high + np.log(mass) - math.log(total)) + direct / total
+    entropy = row_norm - expected_score
+    return log_z, row_norm, entropy, coverage, best_val, best_idx
+
+
+_BLOCK = 4  # columns per block in :func:`_top_k`'s first stage
+
+
+def _top_k(s: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``top_k`` largest s_ij of each row, in decreasing order, and their j.
+
+    For K >= 8 * top_k * _BLOCK in two cheaper stages than torch.topk (whose per-row
+    selection costs ~10 ns an entry): the ``top_k`` blocks of _BLOCK columns (strided:
+    block b holds columns b, b + K // _BLOCK, ...) with the largest maxima hold the row's
+    top k, as an entry of another block is below ``top_k`` block maxima; then the top k
+    of those candidates. Each stage takes the k-th largest value (numpy's vectorized
+    partition) and keeps the entries at or above it; a row where that keeps more than k
+    (ties at the k-th value, or NaN) goes to torch.topk, so the result is torch.topk's
+    up to the order of exact ties."""
+    n, k = s.shape
+    if k < 8 * top_k * _BLOCK:
+        values, index = torch.topk(torch.from_numpy(s), top_k, dim=1)
+        return values.numpy(), index.numpy()
+    blocks = k // _BLOCK
+    maxima = np.maximum(s[:, :blocks], s[:, blocks : 2 * blocks])
+    for b in range(2, _BLOCK):
+        np.maximum(maxima, s[:, b * blocks : (b + 1) * blocks], out=maxima)
+    chosen, ok = _at_or_above_kth(maxima, top_k)
+    columns = (chosen[:, :, None] + np.arange(0, _BLOCK * blocks, blocks)).reshape(n, -1)
+    if k > _BLOCK * blocks:  # the columns outside the blocks are always candidates
+        rest = np.broadcast_to(np.arange(_BLOCK * blocks, k), (n, k - _BLOCK * blocks))
+        columns = np.concatenate([columns, rest], axis=1)
+    candidates = _take(s, columns)
+    picked, ok_too = _at_or_above_kth(candidates, top_k)
+    ok &= ok_too
+    picked += np.arange(0, n * columns.shape[1], columns.shape[1])[:, None]
+    values, index = candidates.ravel()[picked], columns.ravel()[picked]
+    order = np.argsort(-values, axis=1)
+    order += np.arange(0, n * top_k, top_k)[:, None]
+    values, index = values.ravel()[order], index.ravel()[order]
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
+        exact = torch.topk(torch.from_numpy(s[bad]), top_k, dim=1)
+        values[bad], index[bad] = exact.values.numpy(), exact.indices.numpy()
+    return values, index
+
+
+def _take(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """values[i, columns[i, c]] for each row i (``values`` C-contiguous)."""
+    n, m = values.shape
+    return np.take(values.ravel(), columns + np.arange(0, n * m, m)[:, None])
+
+
+def _at_or_above_kth(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``values`` [n, m]: the positions (increasing) of the entries at or
+    above the row's k-th largest, [n, k], and whether there are exactly k of them
+    (else that row's positions are arbitrary)."""
+    n, m = values.shape
+    kth = np.partition(values, m - k, axis=1)[:, m - k]
+    keep = values >= kth[:, None]
+    ok = np.count_nonzero(keep, axis=1) == k
+    if not ok.all():  # give the other rows k positions: their first k
+        keep[~ok] = False
+        keep[~ok, :k] = True
+    return (np.flatnonzero(keep) % m).reshape(n, k), ok
 
 
 def _all_finite(*tensors: Tensor) -> bool:
