@@ -221,15 +221,30 @@ def evaluate(
 
 @config_command(app, "import", on_progress=_progress)
 def import_cmd(
-    fmt: Annotated[str, typer.Argument(help="Source format: minari, d4rl or robomimic.")],
-    src: Annotated[Path, typer.Argument(help="Source dataset (file or Minari dataset folder).")],
+    fmt: Annotated[
+        str, typer.Argument(help="Source format: minari, d4rl, robomimic, lerobot or ogbench.")
+    ],
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="Source dataset: a file (D4RL/robomimic .hdf5, OGBench .npz), a Minari "
+            "dataset folder, or a LeRobot v3 dataset folder (with meta/info.json)."
+        ),
+    ],
     dest: Annotated[str, typer.Argument(help=f"Store to write (.h5/.hdf5 or .zarr{_URL}).")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="ogbench only: train (FILE.npz as given) or val (its FILE-val.npz); "
+            "by default the split the file name says."
+        ),
+    ] = None,
 ) -> None:
-    """Convert a Minari, D4RL or robomimic dataset into a hipi-offline store."""
+    """Convert a Minari, D4RL, robomimic, LeRobot v3 or OGBench dataset into a store."""
     from hipi_offline.io import import_dataset
 
-    path = _run(lambda: import_dataset(fmt, src, dest, overwrite=overwrite))
+    path = _run(lambda: import_dataset(fmt, src, dest, overwrite=overwrite, split=split))
     typer.echo(f"imported {fmt} dataset {src} into {path}")
 
 
