@@ -107,7 +107,8 @@ class Segments:
                 matrix = np.square(matrix, dtype=np.float64)
             if self.weight is not None:
                 matrix = matrix * self.weight[:, None]  # float64
-            sums = np.add.reduceat(matrix, self.offsets, axis=0, dtype=np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf: checked after
+                sums = np.add.reduceat(matrix, self.offsets, axis=0, dtype=np.float64)
             return torch.from_numpy(sums)
         rows = _to_device("", matrix, self.device)
         if square:
@@ -331,7 +332,8 @@ def _finite(values: np.ndarray) -> bool:
     if values.dtype.kind != "f":
         return True
     wide = np.float64 if values.dtype.itemsize < 4 else None  # float16 overflows at 65504
-    return bool(np.isfinite(values.sum(dtype=wide)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        return bool(np.isfinite(values.sum(dtype=wide)))
 
 
 def _segments(
