@@ -251,17 +251,14 @@ def test_cli_import_ogbench_split_and_errors(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- the worked example
-GOAL_SPEC = """\
-name: maze-xy-goal
-family: goal
-field: steps/observations
-dims: [0, 1]
-margin: null
-at: all
-prior: {uniform: {low: [-10.0, -10.0], high: [10.0, 10.0]}}
-candidates: 64
-temperature: 5.0
-"""
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "TASKS.md"
+
+
+def goal_spec() -> str:
+    """The goal spec YAML of docs/TASKS.md's worked example (the test runs what it shows)."""
+    text = DOCS.read_text()
+    start = text.index("```yaml\n# maze-xy-goal.yaml") + len("```yaml\n")
+    return text[start : text.index("```", start)]
 
 
 def cli(*args: object, code: int = 0) -> str:
@@ -278,7 +275,7 @@ def test_worked_example_import_relabel_train_inspect(tmp_path: Path) -> None:
     src = write_npz(tmp_path / f"{NAME}.npz", trajectories(lengths, seed=3))
     store_path = tmp_path / "maze.zarr"
     spec = tmp_path / "maze-goal.yaml"
-    spec.write_text(GOAL_SPEC)
+    spec.write_text(goal_spec())
     cli("import", "ogbench", src, store_path, "--no-progress")
     cli(
         "relabel", store_path, "--tasks", spec, "--device", "cpu", "--top-k", "all", "--no-progress"
