@@ -183,7 +183,7 @@ def random_log_prior(k: int, seed: int = 1) -> np.ndarray:
 @pytest.mark.parametrize("temperature", [1.0, 0.37, 250.0])
 @pytest.mark.parametrize("prior", [False, True])
 def test_wide_random_returns(path, partition: bool, temperature: float, prior: bool):
-    returns = wide(40, 23)
+    returns = wide(41, 23)  # chunks of 8 rows: the last one has 1
     log_prior = random_log_prior(23) if prior else None
     options = dict(temperature=temperature, log_prior=log_prior, partition=partition)
     post = run(path, returns, **options, top_k=7)

@@ -280,26 +280,40 @@ def _rows_numpy(
     total: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_rows_torch` on the CPU in numpy, R taken in chunks of rows that stay in
-    cache: one pass for M, one for log Z (skipped when given), one for the rest."""
+    cache: one pass for log Z (M_j kept current chunk by chunk, the sums rescaled; when
+    log Z is given, M_j alone), one for the rest."""
     n, k = returns.shape
-    top = returns.max(axis=0) / temperature  # = max_i (R_ij / alpha): rounding is monotone
     step = max(1, _CHUNK_BYTES // (8 * k))
     x_buffer = np.empty((min(step, n), k))
     e_buffer = np.empty_like(x_buffer)
 
-    def chunks() -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-        """(rows, R / alpha, E) for each chunk of rows, in the buffers."""
+    def chunks() -> Iterator[tuple[slice, np.ndarray]]:
+        """(rows, R / alpha) for each chunk of rows (R itself when alpha is 1)."""
         for i0 in range(0, n, step):
             rows = slice(i0, min(i0 + step, n))
-            x = np.divide(returns[rows], temperature, out=x_buffer[: rows.stop - i0])
-            e = np.subtract(x, top, out=e_buffer[: rows.stop - i0])
-            yield rows, x, np.exp(e, out=e)
+            if temperature == 1.0:
+                yield rows, returns[rows]
+            else:
+                out = x_buffer[: rows.stop - i0]
+                yield rows, np.divide(returns[rows], temperature, out=out)
+
+    def exp_minus(x: np.ndarray, top: np.ndarray) -> np.ndarray:
+        """exp(x - top) in the E buffer."""
+        return np.exp(np.subtract(x, top, out=e_buffer[: len(x)]), out=e_buffer[: len(x)])
 
     if log_z is None:
-        column_sum = np.zeros(k)
-        for _, _, e in chunks():
-            column_sum += e.sum(axis=0)
+        top = np.full(k, -np.inf)  # max_i R_ij / alpha over the chunks so far
+        column_sum = np.zeros(k)  # sum_i exp(R_ij / alpha - top_j) over them
+        for _, x in chunks():
+            new = np.maximum(top, x.max(axis=0))  # NaN stays NaN
+            scale = np.exp(top - new)
+            scale[top == new] = 1.0  # also where both are -inf so far
+            column_sum *= scale
+            column_sum += exp_minus(x, new).sum(axis=0)
+            top = new
         log_z = top + np.log(column_sum) - math.log(n)
+    else:  # max_i (R_ij / alpha) = (max_i R_ij) / alpha: rounding is monotone
+        top = returns.max(axis=0) / temperature
     shift = _shift(log_z, log_prior, partition)
     c = top if shift is None else top + shift
     high = c.max()
@@ -310,9 +324,14 @@ def _rows_numpy(
     best_val, best_idx = np.empty((n, top_k)), np.empty((n, top_k), dtype=np.int64)
     mass = np.zeros(k)  # sum_i E_ij v_i
     direct = np.zeros(k)  # sum_i q_ij over the rows computed the direct way
-    for rows, s, e in chunks():
-        if shift is not None:
-            s += shift
+    for rows, x in chunks():
+        e = exp_minus(x, top)
+        if shift is None:
+            s = x
+        elif temperature == 1.0:  # x is R itself
+            s = np.add(x, shift, out=x_buffer[: len(x)])
+        else:
+            s = np.add(x, shift, out=x)
         row_sum = e @ w
         good = row_sum >= _TINY_ROW_SUM  # False for NaN too
         inverse = np.where(good, 1.0 / row_sum, 0.0)
@@ -326,7 +345,8 @@ def _rows_numpy(
         if not good.all():
             bad = np.flatnonzero(~good)
             norm, score, q = _direct_rows(torch.from_numpy(s[bad]))
-            row_norm[rows][bad], expected_score[rows][bad] = norm.numpy(), score.numpy()
+            row_norm[rows.start + bad] = norm.numpy()
+            expected_score[rows.start + bad] = score.numpy()
             direct += q.numpy()
     coverage = np.exp(c - high + np.log(mass) - math.log(total)) + direct / total
     entropy = row_norm - expected_score
