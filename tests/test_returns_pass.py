@@ -24,6 +24,7 @@ import yaml
 from hipi_offline.errors import InputError
 from hipi_offline.relabel import accumulate_returns, make_accumulator
 from hipi_offline.relabel.returns import (
+    Float32Buckets,
     GenericAccumulator,
     LinearAccumulator,
     SortedTargetAccumulator,
@@ -320,3 +321,39 @@ def test_memory_is_flat_in_the_number_of_steps(tmp_path, case) -> None:
     row = sum(steps[name][0].nbytes for name in spec.family.fields)  # bytes of one row read
     # Holding the long store's extra rows would add (sum(long) - sum(short)) * row bytes.
     assert peaks[1] - peaks[0] < 4 * 512 * row < (sum(long) - sum(short)) * row, peaks
+
+
+# ------------------------------------------------------------------ float32 buckets
+def float32_neighbours(x: np.ndarray) -> np.ndarray:
+    """float32 values at, just below and just above each of ``x`` (rounded to float32)."""
+    with np.errstate(over="ignore"):  # beyond float32's range: +-inf
+        r = x.astype(np.float32)
+    up, down = np.float32(np.inf), np.float32(-np.inf)
+    return np.concatenate([r, np.nextafter(r, up), np.nextafter(r, down)])
+
+
+@pytest.mark.parametrize("rows", [5, 65536])
+def test_float32_buckets_equal_a_float64_binary_search(rows) -> None:
+    """Candidates that are float32 values, lie between two float32 values, repeat, are
+    +-0, denormal, huge or beyond float32's range; values at, next to and between them,
+    +-inf and NaN (NaN: any bucket, its moment is NaN and is reported)."""
+    rng = np.random.default_rng(3)
+    exact = rng.uniform(-3, 3, 40).astype(np.float32).astype(np.float64)
+    between = exact + np.abs(exact) * 2.0**-30  # not float32 values
+    special = [0.0, -0.0, 1e-45, -1e-45, 1e-39, 3.4e38, -3.4e38, 1e39, -1e39, 1.0, 1.0]
+    candidates = np.sort(np.concatenate([exact, between, special, rng.uniform(-3, 3, 200)]))
+    buckets = Float32Buckets(candidates, rows)
+    values = np.concatenate(
+        [
+            float32_neighbours(candidates),
+            rng.uniform(-4, 4, 5000).astype(np.float32),
+            np.array([0.0, -0.0, np.inf, -np.inf, 3.4028235e38, -3.4028235e38], np.float32),
+        ]
+    ).astype(np.float32)
+    got = buckets(values)
+    want = torch.searchsorted(
+        torch.from_numpy(candidates), torch.from_numpy(values.astype(np.float64))
+    )
+    np.testing.assert_array_equal(got, want.numpy())
+    nan = buckets(np.array([np.nan, -np.nan], np.float32))
+    assert ((nan >= 0) & (nan <= len(candidates))).all()

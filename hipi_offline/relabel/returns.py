@@ -223,11 +223,20 @@ class SortedTargetAccumulator:
         self.weight = torch.zeros(episodes, self.buckets, dtype=torch.float64, device=device)
         self.moment = torch.zeros_like(self.weight)
         self.squares = torch.zeros(episodes, dtype=torch.float64, device=device)
+        self.table: Float32Buckets | None = None  # built for the first float32 chunk
 
     def add(self, segments: Segments) -> bool:
-        field = torch.from_numpy(segments.values[self.family.feature]).to(segments.device)
-        f = self.family.value({self.family.feature: field})[:, 0].to(torch.float64)  # [C]
-        flat = segments.runs() * self.buckets + torch.searchsorted(self.sorted, f)
+        field = torch.from_numpy(np.ascontiguousarray(segments.values[self.family.feature]))
+        f = self.family.value({self.family.feature: field.to(segments.device)})[:, 0]  # [C]
+        if f.device.type == "cpu" and f.dtype == torch.float32:
+            if self.table is None:
+                self.table = Float32Buckets(self.sorted.numpy(), segments.size)
+            bucket = torch.from_numpy(self.table(f.numpy()))
+            f = f.to(torch.float64)
+        else:
+            f = f.to(torch.float64)
+            bucket = torch.searchsorted(self.sorted, f)  # number of candidates < f
+        flat = segments.runs() * self.buckets + bucket
         size = len(segments.offsets) * self.buckets
         weight = segments.weights()
         count = _scatter_sum(flat, weight, size).view(-1, self.buckets)
@@ -254,6 +263,45 @@ class SortedTargetAccumulator:
         returns = torch.empty_like(absolute)
         returns[:, self.order] = base[:, None] - absolute
         return returns
+
+
+class Float32Buckets:
+    """The bucket of float32 values f among sorted float64 candidates s (the number of
+    candidates < f, as ``torch.searchsorted(s, f.double())``), exact and without a
+    binary search for most rows.
+
+    A candidate compares with a float32 f as its float32 round-down t does (s < f <=>
+    t < f: no float32 lies in (t, s)), and float32 order is the integer order of the
+    keys ``bits ^ ((bits >> 31) & 0x7fffffff)`` (with -0.0 turned into +0.0 among the
+    t). A table over the keys' top bits holds the bucket of every cell without a
+    candidate; only rows in a cell holding one take a binary search over the keys."""
+
+    def __init__(self, candidates: np.ndarray, rows: int) -> None:
+        with np.errstate(over="ignore"):  # beyond float32's range: +-inf, then rounded down
+            rounded = candidates.astype(np.float32)
+        down = np.where(rounded > candidates, np.nextafter(rounded, np.float32(-np.inf)), rounded)
+        self.keys = _order_keys(down + np.float32(0.0))  # nondecreasing int32 [K]
+        bits = min(20, max(10, rows.bit_length() + 4))  # 2^20 cells for a 64 Ki-row chunk
+        self.shift, self.middle = 32 - bits, 1 << (bits - 1)
+        cells = (self.keys >> self.shift).astype(np.int64) + self.middle
+        count = np.bincount(cells, minlength=1 << bits)
+        below = np.cumsum(count) - count
+        table = np.where(count == 0, below, -1)  # -1: a candidate lies in the cell
+        self.table = table.astype(np.int32)  # 4 MiB at 2^20 cells
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        keys = _order_keys(np.ascontiguousarray(values, dtype=np.float32))
+        bucket = self.table[(keys >> self.shift) + self.middle].astype(np.int64)  # [C]
+        search = np.flatnonzero(bucket < 0)
+        if len(search):
+            bucket[search] = np.searchsorted(self.keys, keys[search], side="left")
+        return bucket
+
+
+def _order_keys(values: np.ndarray) -> np.ndarray:
+    """int32 keys in the order of the float32 ``values`` (NaN: at either end)."""
+    bits = values.view(np.int32)
+    return bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
 
 
 def _scatter_sum(index: Tensor, values: Tensor | None, size: int) -> Tensor:
