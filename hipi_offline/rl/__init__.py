@@ -1,0 +1,21 @@
+"""HIPI-RL: task-conditioned SAC whose minibatches are relabeled (paper Alg. 1-2)."""
+
+from hipi_offline.rl.batch import Batch, EpisodeLookup, EpisodeTable
+from hipi_offline.rl.relabel import (
+    STRATEGIES,
+    Relabeled,
+    Relabeler,
+    hipi_log_probs,
+    make_relabeler,
+)
+
+__all__ = [
+    "STRATEGIES",
+    "Batch",
+    "EpisodeLookup",
+    "EpisodeTable",
+    "Relabeled",
+    "Relabeler",
+    "hipi_log_probs",
+    "make_relabeler",
+]
