@@ -18,7 +18,7 @@ ties may be ordered differently; with continuous random data they must be equal.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -128,11 +128,16 @@ def torch_path(
 PATHS = {"numpy": numpy_path, "torch": torch_path}
 
 
-@pytest.fixture(params=sorted(PATHS))
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Callable[..., object]:
-    # chunks of 3 rows of 64 candidates (more for wider K): boundaries are crossed
+@pytest.fixture(params=["numpy-1", "numpy-2", "torch-1"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable]:
+    """A way to compute one tile, with 1 or 2 torch threads (numpy: threads sharing the
+    chunks); chunks of 3 rows of 64 candidates (more for smaller K) cross boundaries."""
     monkeypatch.setattr(posterior_module, "_CHUNK_BYTES", 3 * 8 * 64)
-    return PATHS[request.param]
+    name, threads = request.param.split("-")
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    yield PATHS[name]
+    torch.set_num_threads(before)
 
 
 def run(

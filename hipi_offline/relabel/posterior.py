@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -31,6 +32,7 @@ from hipi_offline.errors import InputError
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # top-k log-probabilities are stored as float32
 Block = Callable[[int, int], Tensor]  # (j0, j1) -> R[:, j0:j1] float64 on the device
 Array = TypeVar("Array", Tensor, np.ndarray)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, repr=False)
@@ -281,36 +283,62 @@ def _rows_numpy(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_rows_torch` on the CPU in numpy, R taken in chunks of rows that stay in
     cache: one pass for log Z (M_j kept current chunk by chunk, the sums rescaled; when
-    log Z is given, M_j alone), one for the rest."""
+    log Z is given, M_j alone), one for the rest. With torch.get_num_threads() > 1,
+    that many threads take a share of the chunks each (numpy releases the GIL)."""
     n, k = returns.shape
     step = max(1, _CHUNK_BYTES // (8 * k))
-    x_buffer = np.empty((min(step, n), k))
-    e_buffer = np.empty_like(x_buffer)
+    starts = range(0, n, step)
+    threads = max(1, min(torch.get_num_threads(), len(starts)))
+    shares = [
+        starts[t * len(starts) // threads : (t + 1) * len(starts) // threads]
+        for t in range(threads)
+    ]
 
-    def chunks() -> Iterator[tuple[slice, np.ndarray]]:
-        """(rows, R / alpha) for each chunk of rows (R itself when alpha is 1)."""
-        for i0 in range(0, n, step):
+    def each_share(work: Callable[[range], _T]) -> list[_T]:
+        if threads == 1:
+            return [work(shares[0])]
+
+        def quiet(share: range) -> _T:  # np.errstate is not inherited by threads
+            with np.errstate(all="ignore"):
+                return work(share)
+
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(quiet, shares))
+
+    def chunks(share: range) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray]]:
+        """(rows, R / alpha (R itself when alpha is 1), buffers for s and E) per chunk."""
+        x_buffer, e_buffer = np.empty((min(step, n), k)), np.empty((min(step, n), k))
+        for i0 in share:
             rows = slice(i0, min(i0 + step, n))
-            if temperature == 1.0:
-                yield rows, returns[rows]
-            else:
-                out = x_buffer[: rows.stop - i0]
-                yield rows, np.divide(returns[rows], temperature, out=out)
+            size = rows.stop - i0
+            x = returns[rows]
+            if temperature != 1.0:
+                x = np.divide(x, temperature, out=x_buffer[:size])
+            yield rows, x, x_buffer[:size], e_buffer[:size]
 
-    def exp_minus(x: np.ndarray, top: np.ndarray) -> np.ndarray:
-        """exp(x - top) in the E buffer."""
-        return np.exp(np.subtract(x, top, out=e_buffer[: len(x)]), out=e_buffer[: len(x)])
+    def exp_minus(x: np.ndarray, top: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return np.exp(np.subtract(x, top, out=out), out=out)
 
-    if log_z is None:
+    def rescaled(top: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """exp(top - new), 1 where equal (also where both are -inf)."""
+        scale = np.exp(top - new)
+        scale[top == new] = 1.0
+        return scale
+
+    def log_z_share(share: range) -> tuple[np.ndarray, np.ndarray]:
         top = np.full(k, -np.inf)  # max_i R_ij / alpha over the chunks so far
         column_sum = np.zeros(k)  # sum_i exp(R_ij / alpha - top_j) over them
-        for _, x in chunks():
+        for _, x, _, e in chunks(share):
             new = np.maximum(top, x.max(axis=0))  # NaN stays NaN
-            scale = np.exp(top - new)
-            scale[top == new] = 1.0  # also where both are -inf so far
-            column_sum *= scale
-            column_sum += exp_minus(x, new).sum(axis=0)
+            column_sum *= rescaled(top, new)
+            column_sum += exp_minus(x, new, e).sum(axis=0)
             top = new
+        return top, column_sum
+
+    if log_z is None:
+        found = each_share(log_z_share)
+        top = np.maximum.reduce([top for top, _ in found])
+        column_sum = sum(part * rescaled(share_top, top) for share_top, part in found)
         log_z = top + np.log(column_sum) - math.log(n)
     else:  # max_i (R_ij / alpha) = (max_i R_ij) / alpha: rounding is monotone
         top = returns.max(axis=0) / temperature
@@ -322,32 +350,34 @@ def _rows_numpy(
     zero = zero if zero is not None and zero.any() else None
     row_norm, expected_score = np.empty(n), np.empty(n)
     best_val, best_idx = np.empty((n, top_k)), np.empty((n, top_k), dtype=np.int64)
-    mass = np.zeros(k)  # sum_i E_ij v_i
-    direct = np.zeros(k)  # sum_i q_ij over the rows computed the direct way
-    for rows, x in chunks():
-        e = exp_minus(x, top)
-        if shift is None:
-            s = x
-        elif temperature == 1.0:  # x is R itself
-            s = np.add(x, shift, out=x_buffer[: len(x)])
-        else:
-            s = np.add(x, shift, out=x)
-        row_sum = e @ w
-        good = row_sum >= _TINY_ROW_SUM  # False for NaN too
-        inverse = np.where(good, 1.0 / row_sum, 0.0)
-        mass += inverse @ e
-        row_norm[rows] = high + np.log(row_sum)
-        best_val[rows], best_idx[rows] = _top_k(s, top_k)
-        e *= s  # q_ij s_ij up to w_j v_i
-        if zero is not None:  # q log q -> 0 where the prior (so q) is 0: not 0 * -inf
-            e[:, zero] = 0.0
-        expected_score[rows] = (e @ w) * inverse
-        if not good.all():
-            bad = np.flatnonzero(~good)
-            norm, score, q = _direct_rows(torch.from_numpy(s[bad]))
-            row_norm[rows.start + bad] = norm.numpy()
-            expected_score[rows.start + bad] = score.numpy()
-            direct += q.numpy()
+
+    def rest_share(share: range) -> tuple[np.ndarray, np.ndarray]:
+        mass = np.zeros(k)  # sum_i E_ij v_i
+        direct = np.zeros(k)  # sum_i q_ij over the rows computed the direct way
+        for rows, x, s, e in chunks(share):
+            e = exp_minus(x, top, e)
+            s = x if shift is None else np.add(x, shift, out=s)
+            row_sum = e @ w
+            good = row_sum >= _TINY_ROW_SUM  # False for NaN too
+            inverse = np.where(good, 1.0 / row_sum, 0.0)
+            mass += inverse @ e
+            row_norm[rows] = high + np.log(row_sum)
+            best_val[rows], best_idx[rows] = _top_k(s, top_k)
+            e *= s  # q_ij s_ij up to w_j v_i
+            if zero is not None:  # q log q -> 0 where the prior (so q) is 0: not 0 * -inf
+                e[:, zero] = 0.0
+            expected_score[rows] = (e @ w) * inverse
+            if not good.all():
+                bad = np.flatnonzero(~good)
+                norm, score, q = _direct_rows(torch.from_numpy(s[bad]))
+                row_norm[rows.start + bad] = norm.numpy()
+                expected_score[rows.start + bad] = score.numpy()
+                direct += q.numpy()
+        return mass, direct
+
+    found = each_share(rest_share)
+    mass = sum(part for part, _ in found)
+    direct = sum(part for _, part in found)
     coverage = np.exp(c - high + np.log(mass) - math.log(total)) + direct / total
     entropy = row_norm - expected_score
     return log_z, row_norm, entropy, coverage, best_val, best_idx
