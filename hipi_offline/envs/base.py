@@ -276,7 +276,12 @@ def env_names() -> list[str]:
 
 
 def env_entry(name: str) -> EnvEntry:
-    """The registry entry of an environment (one line naming the known ones if none)."""
+    """The registry entry of an environment (one line naming the known ones if none);
+    ``gymnasium:ID`` names any Gymnasium environment (``envs/gymnasium_env.py``)."""
+    if name.startswith("gymnasium:"):
+        from hipi_offline.envs.gymnasium_env import gymnasium_entry
+
+        return gymnasium_entry(name)
     names = env_names()
     if name not in _REGISTRY:
         raise InputError(f"ENV: unknown environment {name!r} (have: {', '.join(names)})")

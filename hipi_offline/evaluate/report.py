@@ -121,6 +121,7 @@ class RunResult:
                 "task": task_label(self.spec, o.task),
                 "env_seed": o.env_seed,
                 "return": o.episode_return,
+                "steps": o.steps,
                 "velocity_along_command": o.velocity_along_command,
                 **({} if o.success is None else {"success": bool(o.success)}),
             }

@@ -20,8 +20,8 @@ import torch
 
 from hipi_offline.bc.policy import Policy, load_policy
 from hipi_offline.envs.base import (
+    StepResult,
     TaskEnv,
-    env_task_spec,
     make_env,
     stack_fields,
     transition_rewards,
@@ -29,7 +29,7 @@ from hipi_offline.envs.base import (
 )
 from hipi_offline.errors import InputError
 from hipi_offline.evaluate.tasks import MAX_RESET_ATTEMPTS, EpisodePlan, task_is_feasible
-from hipi_offline.tasks.spec import TaskSpec
+from hipi_offline.tasks.spec import TaskSpec, parse_task_spec
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class RolloutJob:
     env: str
     steps: int
     plans: tuple[EpisodePlan, ...]
+    spec_source: str
+    """The YAML text of the task spec that scores the episodes."""
+    spec_origin: str
     sample: bool = False
     render: tuple[int, ...] = ()
     """Episode indices whose frames are recorded."""
@@ -58,6 +61,8 @@ class EpisodeOutcome:
     env_seed: int
     episode_return: float
     success: bool | None
+    steps: int = 0
+    """Control steps taken (fewer than asked when the environment ended the episode)."""
     """Discrete families: the task was achieved (return >= 1); else None."""
     velocity_along_command: float | None = None
     """Mean over the episode's steps of the velocity along the task's commanded
@@ -95,6 +100,7 @@ def mean_velocity_along_command(
 
 
 _POLICIES: dict[tuple[str, float], Policy] = {}
+_SPECS: dict[tuple[str, str], TaskSpec] = {}
 _ENVS: dict[str, list[TaskEnv]] = {}
 
 
@@ -114,6 +120,20 @@ def cached_envs(name: str, count: int) -> list[TaskEnv]:
     while len(pool) < count:
         pool.append(make_env(name))
     return pool[:count]
+
+
+def job_spec(job: RolloutJob) -> TaskSpec:
+    """The task spec of a job, parsed once per process."""
+    key = (job.spec_source, job.spec_origin)
+    if key not in _SPECS:
+        _SPECS[key] = parse_task_spec(job.spec_source, origin=job.spec_origin)
+    return _SPECS[key]
+
+
+def _ended(env: TaskEnv) -> bool:
+    """Whether the environment ended its episode (a Gymnasium termination or time
+    limit); the built-in environments never do."""
+    return bool(getattr(env, "episode_over", False))
 
 
 def _reset(env: TaskEnv, spec: TaskSpec, plan: EpisodePlan) -> tuple[np.ndarray, int]:
@@ -142,7 +162,7 @@ def run_job(job: RolloutJob) -> list[EpisodeOutcome]:
 def _run_job(job: RolloutJob) -> list[EpisodeOutcome]:
     policy = _policy(job.run)
     envs = cached_envs(job.env, len(job.plans))
-    spec = env_task_spec(envs[0])
+    spec = job_spec(job)
     starts = [_reset(env, spec, plan) for env, plan in zip(envs, job.plans, strict=True)]
     obs = np.stack([o for o, _ in starts]).astype(np.float32)
     tasks = np.stack([p.task for p in job.plans]).astype(np.float32)
@@ -151,9 +171,13 @@ def _run_job(job: RolloutJob) -> list[EpisodeOutcome]:
     frames: list[list[np.ndarray]] = [[] for _ in job.plans]
     height, width = job.render_size
     columns: list[dict[str, np.ndarray]] = []  # per step: {name: [B, ...]}
+    lengths = [job.steps] * len(envs)
+    last: list[StepResult | None] = [None] * len(envs)
     for t in range(job.steps):
+        if all(length <= t for length in lengths):
+            break
         for b, env in enumerate(envs):
-            if rendered[b] and t % job.render_every == 0:
+            if rendered[b] and lengths[b] > t and t % job.render_every == 0:
                 frames[b].append(env.render(width=width, height=height))
         draws = (
             np.stack([rng.standard_normal(policy.act_dim) for rng in noise]) if job.sample else None
@@ -166,7 +190,11 @@ def _run_job(job: RolloutJob) -> list[EpisodeOutcome]:
         for b, env in enumerate(envs):
             info = env.info
             actions[b] = np.clip(actions[b], info.action_low, info.action_high)
-            results.append(env.step(actions[b]))
+            if lengths[b] > t:  # else the episode ended: its rows past the end are cut
+                last[b] = env.step(actions[b])
+                if _ended(env):
+                    lengths[b] = t + 1
+            results.append(last[b])
         fields = stack_fields([r.fields for r in results])
         columns.append({"observations": obs, "actions": actions, **fields})
         obs = np.stack([r.observation for r in results]).astype(np.float32)
@@ -176,10 +204,9 @@ def _run_job(job: RolloutJob) -> list[EpisodeOutcome]:
     stacked = stack_fields(columns, axis=1)  # {name: [B, T, ...]}
     outcomes = []
     for b, plan in enumerate(job.plans):
-        fields = {k: v[b] for k, v in stacked.items() if k not in ("observations", "actions")}
-        value = episode_return(
-            spec, stacked["observations"][b], stacked["actions"][b], fields, plan.task
-        )
+        episode = {k: v[b, : lengths[b]] for k, v in stacked.items()}
+        fields = {k: v for k, v in episode.items() if k not in ("observations", "actions")}
+        value = episode_return(spec, episode["observations"], episode["actions"], fields, plan.task)
         outcomes.append(
             EpisodeOutcome(
                 index=plan.index,
@@ -187,9 +214,10 @@ def _run_job(job: RolloutJob) -> list[EpisodeOutcome]:
                 env_seed=starts[b][1],
                 episode_return=value,
                 success=(value >= 1.0) if spec.is_discrete else None,
+                steps=lengths[b],
                 velocity_along_command=mean_velocity_along_command(envs[b], fields, plan.task),
                 frames=np.stack(frames[b]) if rendered[b] else None,
-                arrays={k: v[b] for k, v in stacked.items()} if job.keep_arrays else {},
+                arrays=episode if job.keep_arrays else {},
             )
         )
     return outcomes
@@ -212,6 +240,29 @@ def check_compatible(policy: Policy, env: TaskEnv, spec: TaskSpec, run: str) -> 
             f"{run}: policy takes tasks of dimension {policy.task_dim}, but {info.name}'s task "
             f"spec {spec.origin} has dimension {spec.prior.dim}"
         )
+
+
+def check_spec_fields(env: TaskEnv, spec: TaskSpec) -> None:
+    """Fail early when the task family reads a step field the environment does not
+    report, or dimensions it does not have: one probe step from a reset (every
+    episode resets again before it starts)."""
+    from hipi_offline.store.backends import ArrayInfo
+
+    info = env.info
+    obs = np.asarray(env.reset(0), np.float32).reshape(-1)
+    action = ((info.action_low + info.action_high) / 2).astype(np.float32)
+    step = env.step(np.nan_to_num(action))
+    shapes = {
+        "steps/observations": (obs, obs.dtype),
+        "steps/actions": (action, action.dtype),
+        **{f"steps/{k}": (np.asarray(v), np.asarray(v).dtype) for k, v in step.fields.items()},
+    }
+    fields = {k: ArrayInfo((1, *np.shape(v)), dtype, 1) for k, (v, dtype) in shapes.items()}
+    try:
+        spec.task_dim(fields)
+    except InputError as err:
+        message = str(err).replace("is not in the store", f"is not reported by {info.name}")
+        raise InputError(message.replace("(step fields:", "(it reports:")) from None
 
 
 def describe_policy(policy: Policy) -> str:

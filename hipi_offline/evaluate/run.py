@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hipi_offline.bc.policy import load_policy
+from hipi_offline.bc.policy import Policy, load_policy
 from hipi_offline.configs import (
     MAX_WORKERS,
     FieldError,
@@ -28,7 +28,8 @@ from hipi_offline.configs import (
     check_optional_int,
     check_seed,
 )
-from hipi_offline.envs.base import TaskEnv, env_task_spec, gl_message, gl_unavailable
+from hipi_offline.envs.base import TaskEnv, gl_message, gl_unavailable
+from hipi_offline.envs.gymnasium_env import PREFIX, check_gymnasium_id
 from hipi_offline.errors import InputError, ResourceError
 from hipi_offline.evaluate.outputs import (
     check_output_file,
@@ -41,10 +42,11 @@ from hipi_offline.evaluate.rollout import (
     RolloutJob,
     cached_envs,
     check_compatible,
+    check_spec_fields,
     describe_policy,
     run_job,
 )
-from hipi_offline.evaluate.tasks import plan_episodes
+from hipi_offline.evaluate.tasks import evaluation_spec, plan_episodes
 from hipi_offline.evaluate.video import check_video_path, video_paths, write_video
 from hipi_offline.parallel import ordered_map
 from hipi_offline.progress import progress_bar
@@ -61,11 +63,16 @@ class EvalConfig:
     """Options of one evaluation call."""
 
     env: str | None = None
-    """Environment; default: the one the first run's store was collected in."""
+    """Environment: a built-in name, gymnasium:ID (any Gymnasium environment id), or
+    dataset (the Gymnasium environment the first run's store was imported from);
+    default: the one the first run's store was collected in."""
     episodes: int | None = None
     """Episodes per run (default 20 from the prior, or one per listed task)."""
     tasks: str = "prior"
     """``prior`` or a YAML/JSON/.npy file of tasks."""
+    task_spec: str | None = None
+    """Task spec (YAML file or built-in name) whose family scores the episodes; default:
+    the environment's own, else (Gymnasium) the one the runs' label sets were made with."""
     steps: int | None = None
     """Control steps per episode (default: the environment's)."""
     seed: int = 0
@@ -98,6 +105,10 @@ class EvalConfig:
         check_optional_int(self.episodes, "episodes")
         if not isinstance(self.tasks, (str, Path)):
             raise FieldError("tasks", f"expected prior or a file of tasks, got {self.tasks!r}")
+        if self.task_spec is not None and (
+            not isinstance(self.task_spec, str) or not self.task_spec
+        ):
+            raise FieldError("task_spec", f"expected a task spec, got {self.task_spec!r}")
         check_optional_int(self.steps, "steps")
         check_seed(self.seed)
         check_flag(self.sample, "sample")
@@ -124,7 +135,7 @@ class Evaluation:
     videos: list[Path]
 
     def lines(self) -> list[str]:
-        steps = self.header["episodes"] * self.header["steps"] * len(self.results)
+        steps = sum(o.steps for r in self.results for o in r.outcomes)
         out = report_lines(self.results, self.header)
         out.append(f"{steps:,} env steps in {self.seconds:.1f} s ({steps / self.seconds:,.0f}/s)")
         out += [f"video: {p}" for p in self.videos]
@@ -142,13 +153,13 @@ def evaluate(runs: Sequence[str | Path], config: EvalConfig) -> Evaluation:
         raise InputError("RUN: give at least one run directory or checkpoint")
     _check(config)
     policies = [load_policy(r, device="cpu") for r in runs]
-    env_name = config.env or policies[0].env
-    if not env_name:
-        raise InputError(f"--env: {runs[0]} does not record its environment; pass --env")
+    env_name = _env_name(config.env, runs[0], policies[0])
     env = cached_envs(env_name, 1)[0]
-    spec = env_task_spec(env)
+    labels = [(run, policy.run.labels) for run, policy in zip(runs, policies, strict=True)]
+    spec = evaluation_spec(config.task_spec, env.info.task_spec, labels)
     for run, policy in zip(runs, policies, strict=True):
         check_compatible(policy, env, spec, run)
+    check_spec_fields(env, spec)
     info = env.info
     steps = config.steps if config.steps is not None else info.default_steps
     if steps < 1:
@@ -165,6 +176,8 @@ def evaluate(runs: Sequence[str | Path], config: EvalConfig) -> Evaluation:
             env=env_name,
             steps=steps,
             plans=tuple(plans[g : g + config.group_size]),
+            spec_source=spec.source,
+            spec_origin=spec.origin,
             sample=config.sample,
             render=tuple(sorted(i for i in render if g <= i < g + config.group_size)),
             render_every=every,
@@ -213,6 +226,28 @@ def evaluate(runs: Sequence[str | Path], config: EvalConfig) -> Evaluation:
         text = json.dumps(evaluation.to_json(), indent=1)
         atomic_write_bytes(Path(config.json_path), text.encode())
     return evaluation
+
+
+def _env_name(env: str | None, run: str, policy: Policy) -> str:
+    """The environment to evaluate in: ``--env`` as given, or for ``dataset`` (and by
+    default) the one the run's store records. A store's Gymnasium id is untrusted: it
+    must be a registered id and never names a module to import."""
+    if env is not None and env != "dataset":
+        return env
+    recorded = policy.env
+    if not recorded and env is None:
+        raise InputError(f"--env: {run} does not record its environment; pass --env")
+    if not recorded:
+        raise InputError(
+            f"--env dataset: {run} does not record its dataset's environment; pass --env "
+            "gymnasium:ID"
+        )
+    if env is None and not recorded.startswith(PREFIX):
+        return recorded  # a built-in environment (env_entry checks the name)
+    flag = "--env" if env is None else "--env dataset"
+    where = f"{flag}: {run}'s store records environment"
+    name = check_gymnasium_id(recorded.removeprefix(PREFIX), where, trusted=False)
+    return PREFIX + name
 
 
 def _check(config: EvalConfig) -> None:

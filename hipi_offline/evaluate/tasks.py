@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hipi_offline.errors import InputError
-from hipi_offline.tasks.spec import TaskSpec
+from hipi_offline.errors import InputError, one_line
+from hipi_offline.tasks.spec import TaskSpec, load_task_spec, load_yaml_bounded, parse_task_spec
 
 MAX_RESET_ATTEMPTS = 100
 """Initial states tried per episode before a task is declared never feasible."""
@@ -40,6 +40,50 @@ class EpisodePlan:
     def noise_rng(self) -> np.random.Generator:
         """The random stream of this episode's sampled actions."""
         return np.random.default_rng(np.random.SeedSequence([self.seed, self.index, 1]))
+
+
+def evaluation_spec(
+    task_spec: str | None, env_spec: str, labels: Sequence[tuple[str, Any]]
+) -> TaskSpec:
+    """The task family an evaluation scores episodes with: ``task_spec`` (``--task-spec``,
+    a file or built-in name) when given, else the environment's own spec (``env_spec``,
+    a built-in name; "" for a Gymnasium environment), else the spec of the runs' label
+    sets. ``labels`` holds (run, LabelsInfo or None) per run; the task-conditioned runs
+    must agree on one spec. A spec read from a run never imports code: a ``custom``
+    family there is refused (pass it with ``--task-spec``)."""
+    if task_spec is not None:
+        return load_task_spec(task_spec)
+    if env_spec:
+        return load_task_spec(env_spec)
+    sources = {
+        (info.spec, info.spec_origin or "labels"): run
+        for run, info in labels
+        if info is not None and info.spec
+    }
+    if not sources:
+        raise InputError(
+            "--task-spec: the environment has no task spec and no run records its label "
+            "set's spec; pass --task-spec SPEC"
+        )
+    texts = {text for text, _ in sources}
+    if len(texts) > 1:
+        runs = ", ".join(sorted(sources.values()))
+        raise InputError(
+            f"--task-spec: the runs were trained on label sets of different task specs "
+            f"({runs}); pass --task-spec SPEC to score them with one"
+        )
+    (text, origin), run = next(iter(sources.items()))
+    where = f"{run}: labels' task spec ({origin})"
+    try:
+        data = load_yaml_bounded(text)
+        if isinstance(data, dict) and data.get("family") == "custom":
+            raise InputError(
+                "a custom family imports code and is never loaded from a run; "
+                "pass the spec with --task-spec if you trust it"
+            )
+        return parse_task_spec(text, origin=origin)
+    except InputError as err:
+        raise InputError(one_line(f"{where}: {err}", 400)) from None
 
 
 def task_label(spec: TaskSpec, task: np.ndarray) -> Any:
