@@ -21,6 +21,7 @@ import reference as ref
 import torch
 import yaml
 
+import hipi_offline.relabel.returns as returns_module
 from hipi_offline.errors import InputError
 from hipi_offline.relabel import accumulate_returns, make_accumulator
 from hipi_offline.relabel.returns import (
@@ -357,3 +358,42 @@ def test_float32_buckets_equal_a_float64_binary_search(rows) -> None:
     np.testing.assert_array_equal(got, want.numpy())
     nan = buckets(np.array([np.nan, -np.nan], np.float32))
     assert ((nan >= 0) & (nan <= len(candidates))).all()
+
+
+# ------------------------------------------------------------------ the CUDA code path
+@pytest.fixture
+def torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sums take the torch ops meant for CUDA (device casts, index_add_, searchsorted)."""
+    monkeypatch.setattr(returns_module, "_numpy_path", lambda device: False)
+
+
+@pytest.mark.parametrize("rows", [None, (3, 10)])
+@pytest.mark.parametrize(("gamma", "at"), [(1.0, "all"), (0.9, "all"), (0.9, "final")])
+@pytest.mark.parametrize("case", ["linear", "target", "target-dims"])
+def test_the_torch_path_equals_the_reference(store_path, torch_path, case, gamma, at, rows):
+    path, steps = store_path
+    make, _, tasks = CASES[case]
+    acc = run(path, make(gamma, at), tasks, rows=rows)
+    t = torch.from_numpy(tasks.astype(np.float64)).to(DEVICE)
+    got = acc.result(t).cpu().numpy()
+    first, stop = rows or (0, len(LENGTHS))
+    lo, hi = sum(LENGTHS[:first]), sum(LENGTHS[:stop])
+    fields = {k: np.asarray(v[lo:hi], np.float64) for k, v in steps.items()}
+    reward = {
+        "linear": ref.linear_reward([FEAT, SPEED, WIDE, FLAG]),
+        "target": ref.target_reward(SPEED, None, 0.05),
+        "target-dims": ref.target_reward(OBS, [1], 0.05),
+    }[case]
+    expected = ref.returns_matrix(fields, LENGTHS[first:stop], tasks, reward, gamma, at)
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["linear", "target"])
+def test_the_torch_path_names_the_bad_row(tmp_path, torch_path, case) -> None:
+    make, _, tasks = CASES[case]
+    steps = make_steps(LENGTHS)
+    field = FEAT if case == "linear" else ACT
+    steps[field].reshape(len(steps[field]), -1)[[29, 35], -1] = [np.inf, -np.inf]
+    path = write(tmp_path / "bad.h5", steps, LENGTHS)
+    with pytest.raises(InputError, match=rf"^{field}: NaN or inf at step row 29 \(episode 6\)$"):
+        run(path, make(1.0, "all"), tasks)

@@ -50,6 +50,13 @@ TILE_FACTOR, SORTED_TILE_FACTOR = 6, 10
 BASE_BYTES = 64 * 2**20  # the run's own buffers (store reads, torch workspaces), measured
 
 
+def _numpy_path(device: torch.device) -> bool:
+    """Whether sums on ``device`` take the numpy path (the CPU); else torch ops made for
+    CUDA (casts on the device, deterministic ``index_add_``), which tests also run on
+    the CPU by replacing this function."""
+    return device.type == "cpu"
+
+
 class Segments:
     """The rows of one chunk that count toward the returns, in runs of one episode each
     (episodes are contiguous): an accumulator reduces each run to one row.
@@ -102,7 +109,7 @@ class Segments:
         rows); on CUDA the rows are cast on the device and summed with (deterministic)
         ``index_add_``."""
         matrix = values.reshape(len(values), -1)
-        if self.device.type == "cpu":
+        if _numpy_path(self.device):
             if square:  # exact: a float32 square fits in float64
                 matrix = np.square(matrix, dtype=np.float64)
             if self.weight is not None:
@@ -228,7 +235,7 @@ class SortedTargetAccumulator:
     def add(self, segments: Segments) -> bool:
         field = torch.from_numpy(np.ascontiguousarray(segments.values[self.family.feature]))
         f = self.family.value({self.family.feature: field.to(segments.device)})[:, 0]  # [C]
-        if f.device.type == "cpu" and f.dtype == torch.float32:
+        if _numpy_path(f.device) and f.dtype == torch.float32:
             if self.table is None:
                 self.table = Float32Buckets(self.sorted.numpy(), segments.size)
             bucket = torch.from_numpy(self.table(f.numpy()))
@@ -307,7 +314,7 @@ def _order_keys(values: np.ndarray) -> np.ndarray:
 def _scatter_sum(index: Tensor, values: Tensor | None, size: int) -> Tensor:
     """float64 [size]: the sum of ``values`` (None: ones) at each index. ``bincount`` on
     the CPU (sequential); deterministic ``index_add_`` on CUDA (bincount uses atomics)."""
-    if index.device.type == "cpu":
+    if _numpy_path(index.device):
         return torch.bincount(index, values, minlength=size).to(torch.float64)
     if values is None:
         values = torch.ones(len(index), dtype=torch.float64, device=index.device)
