@@ -107,10 +107,12 @@ def test_minari_import_relabel_train_evaluate_in_dataset_env(pendulum: dict[str,
     with open_store(pendulum["store"]) as store:
         assert store.attrs["env"] == "Pendulum-v1"
         assert json.loads(store.attrs["env_spec"])["max_episode_steps"] == STEPS
+        assert store.attrs["gymnasium_env"] == "Pendulum-v1"
+        assert store.attrs["gymnasium_max_episode_steps"] == STEPS
     runs = [pendulum["hipi"], pendulum["agnostic"]]
     out = tmp / "dataset.json"
     rollouts = tmp / "rollouts"
-    common = ["--steps", STEPS, "--episodes", 6, "--no-progress"]
+    common = ["--episodes", 6, "--no-progress"]  # --env dataset: the dataset's 40 steps
     result = cli(
         "evaluate", *runs, "--env", "dataset", "--json", out, "--save-rollouts", rollouts, *common
     )
@@ -152,7 +154,17 @@ def test_minari_import_relabel_train_evaluate_in_dataset_env(pendulum: dict[str,
 
     # --env gymnasium:ID meets the same episodes and gives the same returns
     named = tmp / "named.json"
-    result = cli("evaluate", *runs, "--env", "gymnasium:Pendulum-v1", "--json", named, *common)
+    result = cli(
+        "evaluate",
+        *runs,
+        "--env",
+        "gymnasium:Pendulum-v1",
+        "--steps",
+        STEPS,
+        "--json",
+        named,
+        *common,
+    )
     assert result.exit_code == 0, result.output
     again = json.loads(named.read_text())
     for a, b in zip(report["runs"], again["runs"], strict=True):
@@ -218,11 +230,11 @@ def test_gymnasium_ids_checked() -> None:
         GymnasiumEnv("CartPole-v1")
 
 
-def tiny_run(tmp: Path, name: str, env: str, obs_dim: int = 3) -> Path:
+def tiny_run(tmp: Path, name: str, env: str, obs_dim: int = 3, **metadata: str) -> Path:
     """A task-agnostic run trained a few steps on random data recorded as ``env``."""
     rng = np.random.default_rng(0)
     path = tmp / f"{name}.h5"
-    with create_store(path, env=env) as store:
+    with create_store(path, env=env, metadata=metadata) as store:
         store.append_episodes(
             {
                 "observations": rng.normal(size=(40, obs_dim)).astype(np.float32),
@@ -251,6 +263,10 @@ def test_bad_environments_are_one_error_line(tmp_path: Path) -> None:
     unknown = tiny_run(tmp_path, "unknown", "")
     line = one_error_line(cli("evaluate", unknown, "--env", "dataset", *common))
     assert "does not record its dataset's environment" in line
+    # a Minari import without env_spec: its env is the dataset id, gymnasium_env is ""
+    no_spec = tiny_run(tmp_path, "no-spec", "test/pendulum-v0", gymnasium_env="")
+    line = one_error_line(cli("evaluate", no_spec, "--env", "dataset", *common))
+    assert "does not record its dataset's environment (a Minari dataset's env_spec)" in line
     # a store whose environment is not a Gymnasium id, or names a module to import
     for env, reason in (
         ("d4rl/hopper-expert-v2", "unknown Gymnasium"),
@@ -297,3 +313,20 @@ def test_custom_spec_from_a_run_is_not_loaded() -> None:
     with pytest.raises(InputError, match="different task specs"):
         evaluation_spec(None, "", [*labels, ("run-b", other)])
     assert evaluation_spec(None, "", [("run-b", other), ("run-c", None)]).family.name == "goal"
+
+
+def test_import_records_only_plain_gymnasium_ids(tmp_path: Path) -> None:
+    from hipi_offline.io.minari_import import _gymnasium_env
+
+    def spec(**values: object) -> dict[str, str]:
+        return {"env_spec": json.dumps(values)}
+
+    found = _gymnasium_env(spec(id="Pendulum-v1", max_episode_steps=40), tmp_path)
+    assert found == {"gymnasium_env": "Pendulum-v1", "gymnasium_max_episode_steps": 40}
+    assert _gymnasium_env(spec(id="ns/Name-v2"), tmp_path) == {"gymnasium_env": "ns/Name-v2"}
+    for bad in ("os:Pendulum-v1", "a b", "", "x" * 201, 7):
+        assert _gymnasium_env(spec(id=bad, max_episode_steps=4), tmp_path) == {"gymnasium_env": ""}
+    assert _gymnasium_env({}, tmp_path) == {"gymnasium_env": ""}
+    assert _gymnasium_env({"env_spec": "not json"}, tmp_path) == {"gymnasium_env": ""}
+    found = _gymnasium_env(spec(id="Pendulum-v1", max_episode_steps=True), tmp_path)
+    assert found == {"gymnasium_env": "Pendulum-v1"}

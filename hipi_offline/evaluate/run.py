@@ -50,7 +50,9 @@ from hipi_offline.evaluate.tasks import evaluation_spec, plan_episodes
 from hipi_offline.evaluate.video import check_video_path, video_paths, write_video
 from hipi_offline.parallel import ordered_map
 from hipi_offline.progress import progress_bar
+from hipi_offline.store import open_store
 from hipi_offline.store.atomic import atomic_write_bytes
+from hipi_offline.store.location import is_url
 
 MAX_RENDER_SIZE = 4096
 """Largest frame height or width, in pixels."""
@@ -74,7 +76,8 @@ class EvalConfig:
     """Task spec (YAML file or built-in name) whose family scores the episodes; default:
     the environment's own, else (Gymnasium) the one the runs' label sets were made with."""
     steps: int | None = None
-    """Control steps per episode (default: the environment's)."""
+    """Control steps per episode (default: the environment's; with ``--env dataset``, the
+    time limit the dataset was collected with, when it records one)."""
     seed: int = 0
     """Seed of the tasks, initial states and sampled-action noise."""
     sample: bool = False
@@ -153,7 +156,7 @@ def evaluate(runs: Sequence[str | Path], config: EvalConfig) -> Evaluation:
         raise InputError("RUN: give at least one run directory or checkpoint")
     _check(config)
     policies = [load_policy(r, device="cpu") for r in runs]
-    env_name = _env_name(config.env, runs[0], policies[0])
+    env_name, dataset_steps = _env_name(config.env, runs[0], policies[0])
     env = cached_envs(env_name, 1)[0]
     labels = [(run, policy.run.labels) for run, policy in zip(runs, policies, strict=True)]
     spec = evaluation_spec(config.task_spec, env.info.task_spec, labels)
@@ -161,7 +164,7 @@ def evaluate(runs: Sequence[str | Path], config: EvalConfig) -> Evaluation:
         check_compatible(policy, env, spec, run)
     check_spec_fields(env, spec)
     info = env.info
-    steps = config.steps if config.steps is not None else info.default_steps
+    steps = config.steps if config.steps is not None else (dataset_steps or info.default_steps)
     if steps < 1:
         raise InputError(f"--steps: must be positive, got {steps}")
     plans = plan_episodes(spec, config.tasks, config.episodes, config.seed)
@@ -228,26 +231,54 @@ def evaluate(runs: Sequence[str | Path], config: EvalConfig) -> Evaluation:
     return evaluation
 
 
-def _env_name(env: str | None, run: str, policy: Policy) -> str:
-    """The environment to evaluate in: ``--env`` as given, or for ``dataset`` (and by
-    default) the one the run's store records. A store's Gymnasium id is untrusted: it
-    must be a registered id and never names a module to import."""
+def _env_name(env: str | None, run: str, policy: Policy) -> tuple[str, int | None]:
+    """The environment to evaluate in, and its default episode length (None: the
+    environment's own): ``--env`` as given, or for ``dataset`` (and by default) the one
+    the run's store records. For ``dataset`` the store's ``gymnasium_env`` attribute
+    (written by ``import minari`` from the dataset's ``env_spec``) is read when the store
+    is still where the run found it, else the run description's environment. A store's
+    Gymnasium id is untrusted: it must be a registered id that names no module."""
     if env is not None and env != "dataset":
-        return env
-    recorded = policy.env
+        return env, None
+    recorded, steps = policy.env, None
+    if env is not None:
+        attrs = _store_attrs(policy)
+        if "gymnasium_env" in attrs:
+            recorded = str(attrs["gymnasium_env"])
+            steps = _positive_int(attrs.get("gymnasium_max_episode_steps"))
     if not recorded and env is None:
         raise InputError(f"--env: {run} does not record its environment; pass --env")
     if not recorded:
         raise InputError(
-            f"--env dataset: {run} does not record its dataset's environment; pass --env "
-            "gymnasium:ID"
+            f"--env dataset: {run} does not record its dataset's environment (a Minari "
+            "dataset's env_spec); pass --env gymnasium:ID"
         )
     if env is None and not recorded.startswith(PREFIX):
-        return recorded  # a built-in environment (env_entry checks the name)
+        return recorded, None  # a built-in environment (env_entry checks the name)
     flag = "--env" if env is None else "--env dataset"
     where = f"{flag}: {run}'s store records environment"
     name = check_gymnasium_id(recorded.removeprefix(PREFIX), where, trusted=False)
-    return PREFIX + name
+    return PREFIX + name, steps
+
+
+def _store_attrs(policy: Policy) -> dict[str, Any]:
+    """The root attributes of the store a run was trained on; {} when the run does not
+    name a local store or it cannot be opened (moved, deleted)."""
+    store = policy.run.store
+    if store is None or not store.path or is_url(store.path):
+        return {}
+    try:
+        with open_store(store.path) as opened:
+            return dict(opened.attrs)
+    except (InputError, ResourceError, OSError):
+        return {}
+
+
+def _positive_int(value: Any) -> int | None:
+    """A positive integer attribute value (below 2**31), else None."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value) if 0 < value < 2**31 else None
+    return None
 
 
 def _check(config: EvalConfig) -> None:

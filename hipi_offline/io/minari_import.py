@@ -27,6 +27,7 @@ observation t); some datasets have T rows. Mapping::
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,11 @@ METADATA_FILE = "metadata.json"
 _FLAGS = ("terminations", "truncations")
 MAX_METADATA_BYTES = 64 << 20
 """Largest metadata.json read (real ones are a few kilobytes)."""
+MAX_GYM_ID = 200
+"""Longest Gymnasium id recorded as ``gymnasium_env``."""
+_GYM_ID = re.compile(r"(?:[\w-]+/)?[\w.-]+?(?:-v\d+)?")
+"""Gymnasium's id syntax ``[namespace/]name[-vN]``, without its ``module:`` prefix (an
+id read from a dataset is never one that names a module to import)."""
 
 
 def import_minari(
@@ -269,6 +275,26 @@ def _env_name(info: dict[str, Any], main: Path) -> str:
     return text_value(info.get("dataset_id"), "metadata dataset_id", main, MAX_ATTR_JSON) or ""
 
 
+def _gymnasium_env(info: dict[str, Any], src: Path) -> dict[str, Any]:
+    """``gymnasium_env``: the id of the Gymnasium environment the dataset was collected
+    in (``env_spec``'s ``id``; "" when there is none, or it is not a plain Gymnasium
+    id), and ``gymnasium_max_episode_steps`` (its time limit) when the spec gives one.
+    ``evaluate --env dataset`` reads them back."""
+    spec = text_value(info.get("env_spec"), "metadata env_spec", src)
+    try:
+        values = json.loads(spec) if spec is not None else None
+    except (ValueError, RecursionError):
+        values = None
+    values = values if isinstance(values, dict) else {}
+    name = values.get("id")
+    ok = isinstance(name, str) and len(name) <= MAX_GYM_ID and _GYM_ID.fullmatch(name)
+    found: dict[str, Any] = {"gymnasium_env": name if ok else ""}
+    limit = values.get("max_episode_steps")
+    if ok and isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < 2**31:
+        found["gymnasium_max_episode_steps"] = limit
+    return found
+
+
 def _episode_bytes(group: Any, main: Path) -> int:
     """Bytes an episode adds to the store (its numeric datasets)."""
     found = leaf_datasets(group, "", main)
@@ -291,6 +317,7 @@ def _metadata(
         "minari_dataset_id": text_value(info.get("dataset_id"), "metadata dataset_id", src),
         "minari_version": text_value(info.get("minari_version"), "metadata minari_version", src),
         "env_spec": text_value(info.get("env_spec"), "metadata env_spec", src),
+        **_gymnasium_env(info, src),
         "minari_infos_rows": infos_rows,
         "skipped_fields": skipped,
         "source_metadata_dropped": dropped,
