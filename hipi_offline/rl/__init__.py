@@ -8,14 +8,17 @@ from hipi_offline.rl.relabel import (
     hipi_log_probs,
     make_relabeler,
 )
+from hipi_offline.rl.sac import SAC, SACConfig
 
 __all__ = [
+    "SAC",
     "STRATEGIES",
     "Batch",
     "EpisodeLookup",
     "EpisodeTable",
     "Relabeled",
     "Relabeler",
+    "SACConfig",
     "hipi_log_probs",
     "make_relabeler",
 ]
