@@ -195,11 +195,13 @@ def test_wide_random_returns(path, partition: bool, temperature: float, prior: b
     check(post, reference(returns, **options, top_k=7), same_index=True)
 
 
-@pytest.mark.parametrize("k", [256, 259])  # K >= 8 * top_k * 4: the two-stage top-k
-def test_wide_k_takes_the_two_stage_top_k(path, k: int):
+# K >= 256 and K >= 8 top_k: the two-stage top-k, blocks of 2, 4 (3 columns left
+# over) and 37 (8 left over) columns
+@pytest.mark.parametrize(("k", "top_k"), [(256, 32), (259, 8), (600, 2)])
+def test_wide_k_takes_the_two_stage_top_k(path, k: int, top_k: int):
     returns = wide(50, k, seed=3)
-    post = run(path, returns, top_k=8)
-    check(post, reference(returns, 1.0, None, True, 8), same_index=True)
+    post = run(path, returns, top_k=top_k)
+    check(post, reference(returns, 1.0, None, True, top_k), same_index=True)
 
 
 def test_top_k_with_exact_ties(path):
@@ -338,3 +340,12 @@ def test_default_chunks_of_a_larger_matrix():
     log_prior = random_log_prior(1024)
     post = run(numpy_path, returns, log_prior=log_prior, top_k=32)
     check(post, reference(returns, 1.0, log_prior, True, 32), same_index=True)
+
+
+def test_columns_left_over_by_the_blocks_are_candidates(path):
+    """K = 259 in blocks of 4: the last 3 columns belong to no block; make them the best."""
+    returns = wide(30, 259, seed=13)
+    returns[:, -3:] += 1e4
+    post = run(path, returns, partition=False, top_k=8)
+    check(post, reference(returns, 1.0, None, False, 8), same_index=True)
+    assert post is not None and set(post.topk_index[:, :3].ravel()) == {256, 257, 258}

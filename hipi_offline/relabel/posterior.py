@@ -7,7 +7,10 @@
 
 R is read in column tiles, so memory is bounded by N x tile: a first sweep
 gives log Z (per column) and the row normalizers (streamed logsumexp), a second
-gives top-k, entropy and coverage. Everything is float64.
+gives top-k, entropy and coverage. R in one tile (the common case) takes one exp
+of R / alpha minus its column maxima, which yields log Z and, through products
+with per-column weights, everything else (:func:`_one_tile`); on the CPU its rows
+are taken in chunks that stay in cache. Everything is float64.
 
 Nothing non-finite leaves :func:`inverse_rl_posterior`: its small outputs (log Z,
 row normalizers, entropy, coverage, top-k) are checked, which catches any NaN or
@@ -202,16 +205,15 @@ def _one_tile(
     n, k = returns.shape
     top_k = min(top_k, k)
     total = n if total is None else total
-    if returns.device.type == "cpu":
-        prior = None if log_prior is None else log_prior.cpu().numpy()
-        given = None if log_z is None else log_z.cpu().numpy()
-        with np.errstate(all="ignore"):
-            parts = _rows_numpy(returns.numpy(), temperature, prior, partition, top_k, given, total)
-        return _finish(*(torch.from_numpy(part) for part in parts))
-    with np.errstate(all="ignore"):
+    if returns.device.type != "cpu":
         return _finish(
             *_rows_torch(returns, temperature, log_prior, partition, top_k, log_z, total)
         )
+    prior = None if log_prior is None else log_prior.cpu().numpy()
+    given = None if log_z is None else log_z.cpu().numpy()
+    with np.errstate(all="ignore"):  # NaN and inf are reported by _finish
+        parts = _rows_numpy(returns.numpy(), temperature, prior, partition, top_k, given, total)
+    return _finish(*(torch.from_numpy(part) for part in parts))
 
 
 def _rows_torch(
@@ -228,7 +230,7 @@ def _rows_torch(
     n = returns.shape[0]
     x = returns / temperature  # becomes s in place
     top = x.amax(dim=0)
-    e = torch.exp(x - top)
+    e = torch.sub(x, top).exp_()
     if log_z is None:
         log_z = top + torch.log(e.sum(dim=0)) - math.log(n)
     shift = _shift(log_z, log_prior, partition)
@@ -383,32 +385,30 @@ def _rows_numpy(
     return log_z, row_norm, entropy, coverage, best_val, best_idx
 
 
-_BLOCK = 4  # columns per block in :func:`_top_k`'s first stage
-
-
 def _top_k(s: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``top_k`` largest s_ij of each row, in decreasing order, and their j.
 
-    For K >= 8 * top_k * _BLOCK in two cheaper stages than torch.topk (whose per-row
-    selection costs ~10 ns an entry): the ``top_k`` blocks of _BLOCK columns (strided:
-    block b holds columns b, b + K // _BLOCK, ...) with the largest maxima hold the row's
-    top k, as an entry of another block is below ``top_k`` block maxima; then the top k
-    of those candidates. Each stage takes the k-th largest value (numpy's vectorized
-    partition) and keeps the entries at or above it; a row where that keeps more than k
-    (ties at the k-th value, or NaN) goes to torch.topk, so the result is torch.topk's
-    up to the order of exact ties."""
+    For K >= 256 and K >= 8 * top_k in two stages, cheaper than torch.topk (whose
+    per-row selection costs ~10 ns an entry): the ``top_k`` blocks with the largest
+    maxima, of B ~ K / (8 top_k) columns each (strided: block b holds columns b,
+    b + K // B, ...), hold the row's top k, as an entry of another block is below
+    ``top_k`` block maxima; then the top k of those candidates. Each stage takes the
+    k-th largest value (numpy's vectorized partition) and keeps the entries at or above
+    it; a row where that keeps more than k (ties at the k-th value, or NaN) goes to
+    torch.topk, so the result is torch.topk's up to the order of exact ties."""
     n, k = s.shape
-    if k < 8 * top_k * _BLOCK:
+    if k < 256 or k < 8 * top_k:
         values, index = torch.topk(torch.from_numpy(s), top_k, dim=1)
         return values.numpy(), index.numpy()
-    blocks = k // _BLOCK
+    block = max(2, k // (8 * top_k))
+    blocks = k // block  # >= 4 top_k
     maxima = np.maximum(s[:, :blocks], s[:, blocks : 2 * blocks])
-    for b in range(2, _BLOCK):
+    for b in range(2, block):
         np.maximum(maxima, s[:, b * blocks : (b + 1) * blocks], out=maxima)
     chosen, ok = _at_or_above_kth(maxima, top_k)
-    columns = (chosen[:, :, None] + np.arange(0, _BLOCK * blocks, blocks)).reshape(n, -1)
-    if k > _BLOCK * blocks:  # the columns outside the blocks are always candidates
-        rest = np.broadcast_to(np.arange(_BLOCK * blocks, k), (n, k - _BLOCK * blocks))
+    columns = (chosen[:, :, None] + np.arange(0, block * blocks, blocks)).reshape(n, -1)
+    if k > block * blocks:  # the columns outside the blocks are always candidates
+        rest = np.broadcast_to(np.arange(block * blocks, k), (n, k - block * blocks))
         columns = np.concatenate([columns, rest], axis=1)
     candidates = _take(s, columns)
     picked, ok_too = _at_or_above_kth(candidates, top_k)
