@@ -318,7 +318,10 @@ def test_registry_names() -> None:
             {"temperature": math.inf},
             "--relabel-temperature: expected a positive finite number, got inf",
         ),
-        ({"temperature": "hot"}, "--relabel-temperature: expected a positive number, got 'hot'"),
+        (
+            {"temperature": "hot"},
+            "--relabel-temperature: expected a positive number or 'alpha', got 'hot'",
+        ),
     ],
 )
 def test_bad_options_give_one_line(kwargs: dict, message: str) -> None:
@@ -336,3 +339,17 @@ def test_bad_runtime_temperature_is_one_line() -> None:
         make_relabeler("hipi", GOAL)(
             batch, generator(0), q_values=lambda c: torch.zeros(3, 3), temperature=float("nan")
         )
+
+
+def test_hipi_temperature_alpha_is_given_per_call() -> None:
+    batch = make_batch(torch.zeros(3, 2).double(), torch.eye(3)[:, :2].double())
+    relabeler = make_relabeler("hipi", GOAL)
+    assert relabeler.temperature is None
+    q = torch.arange(9.0, dtype=torch.float64).reshape(3, 3)
+    with pytest.raises(ValueError, match="temperature"):
+        relabeler(batch, generator(0), q_values=lambda c: q)
+    out = relabeler(batch, generator(0), q_values=lambda c: q, temperature=2.0)
+    want, _ = numpy_alg1(q.numpy(), 2.0, None)
+    np.testing.assert_allclose(out.log_probs.exp().numpy(), want, rtol=1e-12)
+    # random and HER need no temperature
+    assert bool(make_relabeler("random", GOAL)(batch, generator(0)).relabeled.all())

@@ -15,11 +15,21 @@ import torch
 from hipi_offline.errors import InputError
 from hipi_offline.rl.batch import Batch
 from hipi_offline.rl.relabel import make_relabeler
-from hipi_offline.rl.sac import SAC, SACConfig
+from hipi_offline.rl.sac import SAC, SACConfig, relabeled_update
 from hipi_offline.tasks.families import TargetFamily
 
 F64 = torch.float64
 SMALL = SACConfig(hidden=(32, 32))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small networks: one intra-op thread is faster than two on a shared machine
+    (results here are compared within one thread setting only)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_sac(seed: int = 0, config: SACConfig = SMALL, dtype=F64) -> SAC:
@@ -133,17 +143,8 @@ def test_updates_are_deterministic_given_the_seed() -> None:
     assert not torch.equal(runs[0], runs[2])
 
 
-@pytest.fixture
-def one_thread():
-    """Small networks: one intra-op thread is faster than two on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
-def test_task_conditioned_bandit_learns_per_task_actions_with_hipi(one_thread) -> None:
+def test_task_conditioned_bandit_learns_per_task_actions_with_hipi() -> None:
     """One-step episodes, reward -|a - psi| (a target family on the action): from
     uniform random actions under random commanded tasks, 300 HIPI-relabeled SAC
     updates (half of each batch relabeled) learn to act differently per task."""
@@ -157,7 +158,7 @@ def test_task_conditioned_bandit_learns_per_task_actions_with_hipi(one_thread) -
         hidden=(64, 64), actor_lr=3e-3, critic_lr=3e-3, alpha_lr=3e-3, init_alpha=0.1
     )
     sac = SAC(1, 1, 1, [-1.0], [1.0], config, seed=0)
-    relabeler = make_relabeler("hipi", family, fraction=0.5)
+    relabeler = make_relabeler("hipi", family, fraction=0.5)  # at the learner's alpha
     rng = torch.Generator().manual_seed(1)
     zeros = torch.zeros(64, 1)
     for _ in range(300):
@@ -171,10 +172,8 @@ def test_task_conditioned_bandit_learns_per_task_actions_with_hipi(one_thread) -
             tasks=tasks[rows],
             fields={"steps/actions": actions[rows]},
         )
-        q = lambda c, b=batch: sac.pair_q(b.obs, b.actions, c)  # noqa: E731
-        out = relabeler(batch, rng, q_values=q, temperature=float(sac.alpha))
-        assert int(out.relabeled.sum()) == 32
-        sac.update(out.batch)
+        stats, out = relabeled_update(sac, relabeler, batch, rng)
+        assert int(out.relabeled.sum()) == 32 and float(stats["relabeled"]) == 0.5
     probe = torch.tensor([[-0.6], [0.0], [0.6]])
     mean = sac.act(torch.zeros(3, 1), probe, deterministic=True).flatten()
     assert float(mean[0]) < -0.3 and float(mean[2]) > 0.3
@@ -203,3 +202,26 @@ def test_bad_action_bounds_give_one_line() -> None:
     with pytest.raises(InputError, match=r"^action bounds: every high must exceed its low$"):
         SAC(3, 2, 2, [-1.0, 1.0], [1.0, 1.0], SMALL)
     assert np.isfinite(float(make_sac().alpha))
+
+
+@pytest.mark.parametrize("temperature", ["alpha", 0.3])
+def test_relabeled_update_is_relabel_then_update(temperature) -> None:
+    """relabeled_update == hipi relabeling with pair_q at alpha (or the fixed
+    temperature), then update, on the same generators."""
+    family = TargetFamily(feature="steps/actions")
+    relabeler = make_relabeler("hipi", family, fraction=0.75, temperature=temperature)
+    batch = make_batch(12)
+    one, two = make_sac(seed=3), make_sac(seed=3)
+    for step in range(2):
+        stats, out = relabeled_update(one, relabeler, batch, torch.Generator().manual_seed(step))
+        t = float(two.alpha) if temperature == "alpha" else None
+        q = lambda c, s=two: s.pair_q(batch.obs, batch.actions, c)  # noqa: E731
+        want = relabeler(batch, torch.Generator().manual_seed(step), q_values=q, temperature=t)
+        two.update(want.batch)
+        assert torch.equal(out.batch.tasks, want.batch.tasks)
+        assert torch.equal(out.batch.rewards, want.batch.rewards)
+        assert int(out.relabeled.sum()) == 9
+        own = (out.index == torch.arange(12)) & out.relabeled
+        assert float(stats["own_task"]) == int(own.sum()) / 9
+    for a, b in zip(one.parameters(), two.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -62,7 +62,7 @@ class Context:
     batch: Batch
     family: RewardFamily
     generator: torch.Generator
-    temperature: float
+    temperature: float | None
     q_values: QValues | None = None
     lookup: EpisodeLookup | None = None
     log_prior: Tensor | None = None
@@ -114,8 +114,8 @@ class Hipi:
     goal_only: bool = False
 
     def draw(self, ctx: Context, rows: Tensor) -> Draw:
-        if ctx.q_values is None:
-            raise ValueError("hipi relabeling needs q_values (the learner's pair Q-values)")
+        if ctx.q_values is None or ctx.temperature is None:
+            raise ValueError("hipi relabeling needs q_values and a temperature")
         candidates = ctx.batch.tasks
         q = ctx.q_values(candidates)
         size = ctx.batch.size
@@ -256,7 +256,8 @@ class Relabeler:
     strategy: Strategy
     family: RewardFamily
     fraction: float = 1.0
-    temperature: float = 1.0
+    temperature: float | None = None
+    """hipi's temperature; None: the learner's alpha, passed to each call."""
 
     @property
     def name(self) -> str:
@@ -289,6 +290,8 @@ class Relabeler:
             perm = torch.randperm(size, generator=generator, device=device)
             rows = perm[:count].sort().values
         t = self.temperature if temperature is None else check_temperature(temperature)
+        if t is None and self.strategy.name == "hipi":
+            raise ValueError("hipi relabeling: pass temperature= (the learner's alpha)")
         ctx = Context(batch, self.family, generator, t, q_values, lookup, log_prior)
         draw = self.strategy.draw(ctx, rows)
         tasks = batch.tasks.clone()
@@ -305,7 +308,9 @@ class Relabeler:
 
 def check_temperature(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"--relabel-temperature: expected a positive number, got {value!r}")
+        raise InputError(
+            f"--relabel-temperature: expected a positive number or 'alpha', got {value!r}"
+        )
     value = float(value)
     if not (math.isfinite(value) and value > 0):
         raise InputError(f"--relabel-temperature: expected a positive finite number, got {value}")
@@ -313,9 +318,11 @@ def check_temperature(value: object) -> float:
 
 
 def make_relabeler(
-    name: str, family: RewardFamily, fraction: float = 1.0, temperature: float = 1.0
+    name: str, family: RewardFamily, fraction: float = 1.0, temperature: float | str = "alpha"
 ) -> Relabeler:
-    """The strategy ``name`` checked against ``family`` and the options, or an InputError."""
+    """The strategy ``name`` checked against ``family`` and the options, or an InputError.
+    ``temperature``: a positive number, or ``alpha`` (the SAC temperature at each step:
+    Q / alpha is the soft value in the units of Eq. 8's exponent)."""
     strategy = STRATEGIES.get(name)
     if strategy is None:
         known = ", ".join(STRATEGIES)
@@ -329,4 +336,5 @@ def make_relabeler(
         raise InputError(f"--relabel-fraction: expected a number in [0, 1], got {fraction!r}")
     if not 0.0 <= float(fraction) <= 1.0:  # NaN fails too
         raise InputError(f"--relabel-fraction: expected a number in [0, 1], got {fraction}")
-    return Relabeler(strategy, family, float(fraction), check_temperature(temperature))
+    t = None if temperature == "alpha" else check_temperature(temperature)
+    return Relabeler(strategy, family, float(fraction), t)

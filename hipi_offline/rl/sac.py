@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from hipi_offline.bc.policy import HALF_RANGE_FLOOR, BCNetwork
 from hipi_offline.errors import InputError
-from hipi_offline.rl.batch import Batch
+from hipi_offline.rl.batch import Batch, EpisodeLookup
+from hipi_offline.rl.relabel import Relabeled, Relabeler
 
 _LOG_2 = math.log(2.0)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -182,20 +183,29 @@ class SAC(nn.Module):
 
     @torch.no_grad()
     def pair_q(self, obs: Tensor, actions: Tensor, tasks: Tensor, chunk: int = 1 << 16) -> Tensor:
-        """min_k Q_k(s_i, a_i, psi_j) [B, K] for every transition i and task j: one
-        batched forward of B*K rows (in pieces of at most ``chunk`` rows)."""
+        """min_k Q_k(s_i, a_i, psi_j) [B, K] for every transition i and task j, without
+        Python loops over pairs: the first layer is applied to the B transitions and the
+        K tasks apart (its input is their concatenation) and broadcast-added; the rest
+        of each critic runs as one batched forward of B*K rows (in pieces of at most
+        ``chunk`` rows)."""
         size, count = obs.shape[0], tasks.shape[0]
         x = torch.cat([obs, actions], dim=1)
         rows_per = max(1, chunk // max(count, 1))
-        out = []
-        for start in range(0, size, rows_per):
-            xs = x[start : start + rows_per]
-            n = xs.shape[0]
-            xx = xs[:, None, :].expand(n, count, x.shape[1]).reshape(n * count, -1)
-            tt = tasks[None, :, :].expand(n, count, tasks.shape[1]).reshape(n * count, -1)
-            q = torch.minimum(self.critics[0](xx, tt), self.critics[1](xx, tt))
-            out.append(q.reshape(n, count))
-        return torch.cat(out) if out else x.new_zeros(0, count)
+        parts = []
+        for critic in self.critics:
+            first = critic.trunk[0]
+            width = x.shape[1]
+            hx = torch.nn.functional.linear(
+                (x - critic.obs_mean) / critic.obs_std, first.weight[:, :width], first.bias
+            )
+            ht = ((tasks - critic.task_mean) / critic.task_std) @ first.weight[:, width:].T
+            out = []
+            for start in range(0, size, rows_per):
+                h = (hx[start : start + rows_per, None, :] + ht[None, :, :]).flatten(0, 1)
+                q = critic.out(critic.trunk[1:](h))
+                out.append(q.reshape(-1, count))
+            parts.append(torch.cat(out) if out else x.new_zeros(0, count))
+        return torch.minimum(parts[0], parts[1])
 
     @torch.no_grad()
     def td_target(self, batch: Batch) -> Tensor:
@@ -251,3 +261,32 @@ class SAC(nn.Module):
         torch._foreach_lerp_(list(self.targets.parameters()), online, self.config.tau)
         for mine, theirs in zip(self.targets.buffers(), self.critics.buffers(), strict=True):
             mine.copy_(theirs)
+
+
+def relabeled_update(
+    sac: SAC,
+    relabeler: Relabeler,
+    batch: Batch,
+    generator: torch.Generator,
+    lookup: EpisodeLookup | None = None,
+) -> tuple[dict[str, Tensor], Relabeled]:
+    """Alg. 2's inner step: relabel the minibatch (hipi with the critics' pair Q-values,
+    at the learner's alpha unless the relabeler fixes a temperature), then one SAC
+    update on the relabeled batch. The stats gain ``relabeled`` (the fraction of rows
+    redrawn) and ``own_task`` (the fraction of redrawn rows that drew their own
+    commanded task; NaN for HER or when no row was redrawn)."""
+    temperature = float(sac.alpha) if relabeler.temperature is None else None
+    q_values = None
+    if relabeler.name == "hipi":
+
+        def q_values(candidates: Tensor) -> Tensor:
+            return sac.pair_q(batch.obs, batch.actions, candidates)
+
+    out = relabeler(batch, generator, q_values=q_values, lookup=lookup, temperature=temperature)
+    stats = sac.update(out.batch)
+    rows = torch.arange(batch.size, device=out.index.device)
+    redrawn = out.relabeled & (out.index >= 0)
+    own = (out.index == rows) & redrawn
+    stats["relabeled"] = out.relabeled.to(torch.float64).mean()
+    stats["own_task"] = own.sum().to(torch.float64) / redrawn.sum().to(torch.float64)
+    return stats, out
