@@ -437,14 +437,16 @@ def accumulate_returns(
     :class:`StoreRows` view), into ``accumulator``.
 
     On CUDA, ``index_add_`` is made deterministic for the pass (the default uses
-    atomics, whose order of float additions changes the last bits run to run)."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(previous or device.type == "cuda", warn_only=True)
+    atomics, whose order of float additions changes the last bits run to run). The CPU
+    leaves the setting alone: setting it imports ``torch._inductor`` (seconds)."""
+    rows = StoreRows.of(store)
+    if device.type != "cuda" or torch.are_deterministic_algorithms_enabled():
+        return _accumulate(rows, spec, accumulator, device, chunk_steps, progress)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        rows = StoreRows.of(store)
         return _accumulate(rows, spec, accumulator, device, chunk_steps, progress)
     finally:
-        torch.use_deterministic_algorithms(previous)
+        torch.use_deterministic_algorithms(False)
 
 
 def _accumulate(
