@@ -353,3 +353,22 @@ def test_hipi_temperature_alpha_is_given_per_call() -> None:
     np.testing.assert_allclose(out.log_probs.exp().numpy(), want, rtol=1e-12)
     # random and HER need no temperature
     assert bool(make_relabeler("random", GOAL)(batch, generator(0)).relabeled.all())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_q_values_are_refused(bad: float) -> None:
+    batch = make_batch(torch.zeros(3, 2).double(), torch.eye(3)[:, :2].double())
+    q = torch.zeros(3, 3, dtype=torch.float64)
+    q[1, 2] = bad
+    with pytest.raises(FloatingPointError, match="critics diverged"):
+        make_relabeler("hipi", GOAL, temperature=1.0)(batch, generator(0), q_values=lambda c: q)
+
+
+def test_minus_infinity_q_values_get_probability_zero() -> None:
+    """Eq. 9's reward: -inf where the goal was missed; only the reached goals remain."""
+    batch = make_batch(torch.zeros(3, 2).double(), torch.eye(3)[:, :2].double())
+    q = torch.tensor([[0.0, -math.inf, 0.0], [-math.inf, 0.0, -math.inf], [0.0] * 3])
+    out = make_relabeler("hipi", GOAL, temperature=1.0)(batch, generator(0), q_values=lambda c: q)
+    probs = out.log_probs.exp()
+    assert float(probs[0, 1]) == 0.0 and float(probs[1, 0]) == 0.0 == float(probs[1, 2])
+    assert out.index[1] == 1 and out.index[0] != 1

@@ -122,6 +122,11 @@ class Hipi:
         if tuple(q.shape) != (size, candidates.shape[0]):
             raise ValueError(f"q_values returned {tuple(q.shape)}, expected ({size}, {size})")
         log_probs, _ = hipi_log_probs(q, ctx.temperature, ctx.log_prior)
+        if bool((log_probs.isnan() | (log_probs == math.inf)).any()):  # -inf: probability 0
+            raise FloatingPointError(
+                "hipi relabeling: the Q-values give no relabeling distribution "
+                "(NaN or +inf Q-values: the critics diverged)"
+            )
         probs = log_probs[rows].exp()
         index = torch.multinomial(probs, 1, generator=ctx.generator).squeeze(1)
         return Draw(candidates[index], index, log_probs)
