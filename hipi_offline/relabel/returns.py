@@ -57,6 +57,21 @@ def _numpy_path(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+class Scratch:
+    """Work arrays reused from chunk to chunk by one accumulator: a fresh array of a
+    chunk's rows each time costs page faults that weigh as much as the arithmetic."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, size: int, dtype: type[np.generic]) -> np.ndarray:
+        """An uninitialized array of ``size`` elements, the same memory on every call."""
+        array = self.arrays.get(name)
+        if array is None or len(array) < size or array.dtype != dtype:
+            array = self.arrays[name] = np.empty(size, dtype)
+        return array[:size]
+
+
 class Segments:
     """The rows of one chunk that count toward the returns, in runs of one episode each
     (episodes are contiguous): an accumulator reduces each run to one row.
@@ -125,6 +140,27 @@ class Segments:
             rows = rows * weight[:, None]
         out = torch.zeros(len(self.offsets), rows.shape[1], dtype=torch.float64, device=self.device)
         return out.index_add_(0, self.runs(), rows)
+
+    def square_sums(self, values: np.ndarray, scratch: Scratch) -> Tensor:
+        """Weighted sums of ||row||^2 over each run, float64 [E] on the device. Unweighted
+        on the CPU, the runs of a row-major [rows, d] array are runs of its flat view, so
+        the float64 squares are summed in one flat pass (row by row, column by column)."""
+        matrix = values.reshape(len(values), -1)
+        if not _numpy_path(self.device) or self.weight is not None or not matrix.shape[1]:
+            return self.sums(values, square=True).sum(dim=1)
+        flat = np.ascontiguousarray(matrix).reshape(-1)
+        squares = scratch.get("squares", len(flat), np.float64)
+        np.square(flat, out=squares, dtype=np.float64)  # exact: a float32 square fits
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf: checked after
+            sums = np.add.reduceat(squares, self.offsets * matrix.shape[1])
+        return torch.from_numpy(sums)
+
+    def run_base(self, scale: int, scratch: Scratch) -> np.ndarray:
+        """int64 [rows]: ``scale`` times each row's run (a reused buffer)."""
+        base = scratch.get("base", self.size, np.int64)
+        base.fill(0)
+        base[self.offsets[1:]] = scale
+        return np.cumsum(base, out=base)
 
     def locate(self, name: str, first_episode: int) -> None:
         """InputError naming the first row of ``name`` that holds NaN or inf, if any."""
@@ -231,33 +267,53 @@ class SortedTargetAccumulator:
         self.moment = torch.zeros_like(self.weight)
         self.squares = torch.zeros(episodes, dtype=torch.float64, device=device)
         self.table: Float32Buckets | None = None  # built for the first float32 chunk
+        self.scratch = Scratch()
 
     def add(self, segments: Segments) -> bool:
-        field = torch.from_numpy(np.ascontiguousarray(segments.values[self.family.feature]))
-        f = self.family.value({self.family.feature: field.to(segments.device)})[:, 0]  # [C]
+        name = self.family.feature
+        field = torch.from_numpy(np.ascontiguousarray(segments.values[name]))
+        f = self.family.value({name: field.to(segments.device)})[:, 0]  # [C]
         if _numpy_path(f.device) and f.dtype == torch.float32:
-            if self.table is None:
-                self.table = Float32Buckets(self.sorted.numpy(), segments.size)
-            bucket = torch.from_numpy(self.table(f.numpy()))
-            f = f.to(torch.float64)
+            count, moment = self._host_buckets(segments, f.numpy())
         else:
-            f = f.to(torch.float64)
-            bucket = torch.searchsorted(self.sorted, f)  # number of candidates < f
-        flat = segments.runs() * self.buckets + bucket
-        size = len(segments.offsets) * self.buckets
-        weight = segments.weights()
-        count = _scatter_sum(flat, weight, size).view(-1, self.buckets)
-        moment = _scatter_sum(flat, f if weight is None else weight * f, size)
-        moment = moment.view(-1, self.buckets)
+            count, moment = self._torch_buckets(segments, f.to(torch.float64))
         episodes = segments.episode_index
         self.weight.index_add_(0, episodes, count)
         self.moment.index_add_(0, episodes, moment)
         finite = bool(torch.isfinite(moment).all())
         if self.family.ctrl_cost:
-            squares = segments.sums(segments.values[ACTIONS], square=True).sum(dim=1)
+            squares = segments.square_sums(segments.values[ACTIONS], self.scratch)
             self.squares.index_add_(0, episodes, squares)
             finite = finite and bool(torch.isfinite(squares).all())
         return finite
+
+    def _host_buckets(self, segments: Segments, f: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Per (run, bucket) weights and weighted feature sums [E, K+1] of float32 ``f``:
+        buckets from the table, sums by ``np.bincount`` (sequential, float64)."""
+        if self.table is None:
+            self.table = Float32Buckets(self.sorted.numpy(), segments.size)
+        flat = self.table(f, self.scratch)  # a reused int64 buffer
+        np.add(flat, segments.run_base(self.buckets, self.scratch), out=flat)
+        size = len(segments.offsets) * self.buckets
+        wide = self.scratch.get("wide", len(f), np.float64)
+        if segments.weight is None:
+            np.copyto(wide, f)  # exact
+            count = np.bincount(flat, minlength=size).astype(np.float64)
+        else:
+            np.multiply(segments.weight, f, out=wide)
+            count = np.bincount(flat, segments.weight, minlength=size)
+        moment = np.bincount(flat, wide, minlength=size)
+        shape = (-1, self.buckets)
+        return torch.from_numpy(count).view(shape), torch.from_numpy(moment).view(shape)
+
+    def _torch_buckets(self, segments: Segments, f: Tensor) -> tuple[Tensor, Tensor]:
+        """The same with torch ops (CUDA, or a feature that is not float32)."""
+        flat = segments.runs() * self.buckets + torch.searchsorted(self.sorted, f)
+        size = len(segments.offsets) * self.buckets
+        weight = segments.weights()
+        count = _scatter_sum(flat, weight, size).view(-1, self.buckets)
+        moment = _scatter_sum(flat, f if weight is None else weight * f, size)
+        return count, moment.view(-1, self.buckets)
 
     def result(self, tasks: Tensor) -> Tensor:
         weight = self.weight.cumsum(dim=1)  # [N, K+1]
@@ -296,10 +352,22 @@ class Float32Buckets:
         table = np.where(count == 0, below, -1)  # -1: a candidate lies in the cell
         self.table = table.astype(np.int32)  # 4 MiB at 2^20 cells
 
-    def __call__(self, values: np.ndarray) -> np.ndarray:
-        keys = _order_keys(np.ascontiguousarray(values, dtype=np.float32))
-        bucket = self.table[(keys >> self.shift) + self.middle].astype(np.int64)  # [C]
-        search = np.flatnonzero(bucket < 0)
+    def __call__(self, values: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
+        """int64 buckets of float32 ``values`` (in a buffer of ``scratch``, if given)."""
+        scratch = Scratch() if scratch is None else scratch
+        n = len(values)
+        bits = np.ascontiguousarray(values, dtype=np.float32).view(np.int32)
+        keys, cells = scratch.get("keys", n, np.int32), scratch.get("cells", n, np.int32)
+        np.right_shift(bits, 31, out=keys)  # the same as _order_keys, in place
+        np.bitwise_and(keys, 0x7FFFFFFF, out=keys)
+        np.bitwise_xor(keys, bits, out=keys)
+        np.right_shift(keys, self.shift, out=cells)
+        np.add(cells, self.middle, out=cells)
+        found = scratch.get("found", n, np.int32)
+        np.take(self.table, cells, out=found, mode="clip")  # cells are in range
+        bucket = scratch.get("bucket", n, np.int64)
+        np.copyto(bucket, found)
+        search = np.flatnonzero(found < 0)
         if len(search):
             bucket[search] = np.searchsorted(self.keys, keys[search], side="left")
         return bucket
