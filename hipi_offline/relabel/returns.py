@@ -42,7 +42,6 @@ from hipi_offline.tasks.families import (
 )
 from hipi_offline.tasks.spec import TaskSpec
 
-Fields = Mapping[str, Tensor]
 MAX_REWARD_ELEMENTS = 1 << 22  # rows x tasks evaluated at once by the generic path
 # Peak bytes per element of an N x tile block of R, measured (RSS) on CPU: R, the
 # scores, q and q * s of the posterior; the sorted-target buckets and cumsums add more.
@@ -252,7 +251,7 @@ class LinearAccumulator:
 class SortedTargetAccumulator:
     """Exact returns of -|f - psi| - ctrl for a scalar feature via sorted buckets: per
     (episode, bucket) step weights and weighted feature sums, and per episode the
-    weighted sum of ||a||^2 (summed per column, then over the columns)."""
+    weighted sum of ||a||^2 (float64 squares; see :meth:`Segments.square_sums`)."""
 
     def __init__(self, family: TargetFamily, tasks: Tensor, episodes: int) -> None:
         self.family = family
