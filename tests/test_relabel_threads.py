@@ -101,3 +101,30 @@ def test_bad_threads_on_the_command_line_change_nothing(store):
     assert lines == ["error: --threads: must be an integer from 0 to 1024, got -2"]
     with open_store(store) as s:
         assert s.label_names() == before
+
+
+def test_no_prefetch_reads_in_turn_and_gives_the_same_labels(store, monkeypatch):
+    from hipi_offline.store.store import TrajectoryStore
+
+    seen: list[bool] = []
+    real = TrajectoryStore.iter_chunks
+
+    def spy(self, fields, chunk_steps=65536, prefetch=True, start=0, stop=None):
+        seen.append(prefetch)
+        return real(self, fields, chunk_steps, prefetch, start, stop)
+
+    monkeypatch.setattr(TrajectoryStore, "iter_chunks", spy)
+    labels = {}
+    for prefetch in (True, False):
+        name = f"prefetch-{prefetch}"
+        config = RelabelConfig(
+            tasks="synthetic-linear", name=name, threads=1, prefetch=prefetch, chunk_steps=1000
+        )
+        relabel(store, config)
+        with open_store(store) as s:
+            labels[prefetch] = s.read_labels(name)
+    assert seen == [True, False]
+    on, off = labels[True], labels[False]
+    for key in ("log_z", "topk_index", "topk_logprob", "entropy", "coverage"):
+        # one thread, the same chunks in the same order: only who reads them differs
+        np.testing.assert_array_equal(getattr(off, key), getattr(on, key), err_msg=key)

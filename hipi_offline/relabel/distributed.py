@@ -75,6 +75,8 @@ class PartitionJob:
     device: str
     total: int
     """N, the episodes of the whole store."""
+    prefetch: bool = True
+    """Read the next chunk on a second thread of the worker (``--no-prefetch``: not)."""
 
     def __repr__(self) -> str:
         return f"PartitionJob({self.location!r}, K={len(self.candidates)}, tile={self.tile})"
@@ -141,6 +143,7 @@ def partition_returns(job: PartitionJob, part: Partition) -> np.ndarray:
             chunk_steps=job.chunk_steps,
             tile=job.tile,
             show_progress=False,
+            prefetch=job.prefetch,
         )
         for j0, j1, block in tiles:
             out[:, j0:j1] = block.cpu().numpy()
@@ -250,6 +253,7 @@ def dask_posterior(
             chunk_steps=plan.chunk_steps,
             device=config.device,
             total=store.num_episodes,
+            prefetch=config.prefetch,
         )
         global_tile = tile_columns(store.num_episodes, k, config.max_matrix_mb)
         return _run(client, job, plan, global_tile)

@@ -499,19 +499,21 @@ def accumulate_returns(
     device: torch.device,
     chunk_steps: int,
     progress: Callable[[int], None] | None = None,
+    prefetch: bool = True,
 ) -> ReturnAccumulator:
     """One streaming pass over the steps the family reads (of the whole store or of a
-    :class:`StoreRows` view), into ``accumulator``.
+    :class:`StoreRows` view), into ``accumulator``; with ``prefetch`` the next chunk is
+    read on a background thread while this one is reduced.
 
     On CUDA, ``index_add_`` is made deterministic for the pass (the default uses
     atomics, whose order of float additions changes the last bits run to run). The CPU
     leaves the setting alone: setting it imports ``torch._inductor`` (seconds)."""
     rows = StoreRows.of(store)
     if device.type != "cuda" or torch.are_deterministic_algorithms_enabled():
-        return _accumulate(rows, spec, accumulator, device, chunk_steps, progress)
+        return _accumulate(rows, spec, accumulator, device, chunk_steps, progress, prefetch)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _accumulate(rows, spec, accumulator, device, chunk_steps, progress)
+        return _accumulate(rows, spec, accumulator, device, chunk_steps, progress, prefetch)
     finally:
         torch.use_deterministic_algorithms(False)
 
@@ -523,6 +525,7 @@ def _accumulate(
     device: torch.device,
     chunk_steps: int,
     progress: Callable[[int], None] | None,
+    prefetch: bool,
 ) -> ReturnAccumulator:
     """Each chunk's rewarded rows go to the accumulator once. Finiteness is checked on
     sums (the accumulator's per-episode sums, else one sum per field and chunk); only
@@ -530,7 +533,7 @@ def _accumulate(
     holding NaN or inf (none: finite values overflowed, as R would too)."""
     fields = spec.family.fields
     unchecked = [name for name in fields if name not in accumulator.checks]
-    for chunk in store.iter_chunks(fields, chunk_steps):
+    for chunk in store.iter_chunks(fields, chunk_steps, prefetch):
         segments = _segments(chunk, store.ends, store.starts, spec, device)
         if segments is not None:
             if not all(_finite(segments.values[name]) for name in unchecked):
@@ -553,6 +556,7 @@ def returns_tiles(
     chunk_steps: int,
     tile: int,
     show_progress: bool = True,
+    prefetch: bool = True,
 ) -> Iterator[tuple[int, int, Tensor]]:
     """R [N, K] in column tiles of at most ``tile`` tasks: yields (j0, j1, R[:, j0:j1]),
     N the episodes of ``store`` (a :class:`StoreRows` view: its episodes only).
@@ -577,7 +581,13 @@ def returns_tiles(
             if shared is None or not linear:
                 acc = make_accumulator(spec.family, tasks[j0:j1], n, j0, store.first_episode)
                 shared = accumulate_returns(
-                    store, spec, acc, device=device, chunk_steps=chunk_steps, progress=bar.update
+                    store,
+                    spec,
+                    acc,
+                    device=device,
+                    chunk_steps=chunk_steps,
+                    progress=bar.update,
+                    prefetch=prefetch,
                 )
             yield j0, j1, shared.result(tasks[j0:j1])
 

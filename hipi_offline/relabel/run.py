@@ -88,6 +88,9 @@ class RelabelConfig:
     least 1; on 2 cores one thread computes while the reader thread reads ahead, and two
     compute threads stall as soon as anything else runs). With ``--scheduler`` the
     workers compute on their own threads (one each for local:N)."""
+    prefetch: bool = True
+    """Read the next chunk of steps on a background thread while this one is reduced
+    (--no-prefetch reads and reduces in turn, on one thread)."""
     worker_memory: str | None = None
     """Memory limit of each local:N worker (1GiB, 512MiB, 2GB; a plain number is MiB);
     with tcp:// it caps what a task is planned for. Unset: the machine's memory shared
@@ -115,6 +118,7 @@ class RelabelConfig:
         check_number(self.max_matrix_mb, "max_matrix_mb")
         check_scheduler(self.scheduler)
         check_threads(self.threads)
+        check_flag(self.prefetch, "prefetch")
         if self.threads and self.scheduler is not None:
             raise FieldError(
                 "threads",
@@ -184,7 +188,13 @@ def _hipi_posterior(
     n, k = store.num_episodes, len(candidates)
     tile = tile_columns(n, k, config.max_matrix_mb)
     tiles = returns_tiles(
-        store, spec, candidates, device=device, chunk_steps=config.chunk_steps, tile=tile
+        store,
+        spec,
+        candidates,
+        device=device,
+        chunk_steps=config.chunk_steps,
+        tile=tile,
+        prefetch=config.prefetch,
     )
     prior = None if log_prior is None else torch.from_numpy(log_prior).to(device)
     options = dict(
