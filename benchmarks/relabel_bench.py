@@ -386,8 +386,11 @@ def bench_config(job: dict[str, Any]) -> Any:
         tasks=job["spec_path"], name="bench", candidates=FAMILIES[job["family"]]["k"],
         device=job["device"], chunk_steps=job["chunk_steps"], overwrite=True, top_k=32,
     )
-    if "threads" in {f.name for f in dataclasses.fields(RelabelConfig)}:
+    known = {f.name for f in dataclasses.fields(RelabelConfig)}
+    if "threads" in known:
         options["threads"] = torch.get_num_threads()
+    if not job.get("prefetch", True):
+        options["prefetch"] = False  # an engine without the option cannot run this row
     return RelabelConfig(**options)
 
 
@@ -459,8 +462,9 @@ def profile_relabel(job: dict[str, Any]) -> str:
 
 
 def engine(r: dict[str, Any]) -> str:
-    """``cpu (2 thr)`` or ``cuda``."""
-    return f"cpu ({r['torch_threads']} thr)" if r["device"] == "cpu" else r["device"]
+    """``cpu (2 thr)``, ``cpu (1 thr, no prefetch)`` or ``cuda``."""
+    reads = "" if r.get("prefetch", True) else ", no prefetch"
+    return f"cpu ({r['torch_threads']} thr{reads})" if r["device"] == "cpu" else r["device"]
 
 
 def floor_of(r: dict[str, Any]) -> float:
@@ -632,6 +636,8 @@ def report(
         for r in main:
             if r["family"] != family or r["device"] != "cpu" or r["engine_path"]:
                 continue
+            if not r.get("prefetch", True):
+                continue
             ratio = r["relabel_seconds"] / floor_of(r)
             verdict = "met" if ratio <= goal else "NOT met"
             lines.append(
@@ -699,6 +705,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--before", metavar="REV",
                         help="also run every relabel row on the engine of git revision REV "
                              "(checked out into a temporary worktree): before/after table")
+    parser.add_argument("--no-prefetch-rows", dest="prefetch_rows", action="store_false",
+                        help="skip the 1-thread CPU rows that read without the prefetch thread")
     parser.add_argument("--feat-episodes", type=int, default=FEAT_EPISODES,
                         help="N of the linear8 row (8 features in one field, T = --steps)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
@@ -795,6 +803,17 @@ def main(argv: list[str] | None = None) -> int:
                             numpy_loop=args.loop_episodes if index == 0 and not engine_path else 0,
                             profile=args.profile and device == "cpu",
                         ))
+        if args.prefetch_rows and "cpu" in devices:  # the read/compute overlap, measured
+            for backend in backends:
+                for family in families:
+                    jobs.append(dict(
+                        kind="main", backend=backend, family=family, device="cpu", threads=1,
+                        spec_path=spec_paths[family], prefetch=False,
+                        path=str(paths[backend, FAMILIES[family].get("store", "runner")]),
+                        revision="after", engine_path=None, chunk_steps=args.chunk_steps,
+                        floor_repeats=args.repeats, relabel_repeats=args.repeats,
+                        breakdown=False, numpy_loop=0, profile=False,
+                    ))
         main_results = run_isolated(jobs)
         memory_results: list[dict[str, Any]] = []
         if memory_sizes:
