@@ -180,6 +180,13 @@ def _finish(
 # it, every term within e^-50 of the row's largest is a product of normal float64s.
 _TINY_ROW_SUM = 1e-250
 _CHUNK_BYTES = 1 << 20  # rows of R taken at a time on the CPU: a chunk stays in cache
+_EXP_FLOOR = -700.0
+"""E_ij = exp(max(R_ij / alpha - M_j, -700)) on the CPU. From about -708 down the exp
+is 5-30x slower (subnormal results, underflow; measured with numpy's AVX-512 exp), and
+there its value cannot count: every column holds an E of 1 (its maximum), so a log Z
+sum is >= 1; a row below :data:`_TINY_ROW_SUM` is computed the direct way; elsewhere
+the floor, exp(-700) ~ 1e-304, adds < K * 1e-304 to a row sum >= 1e-250 (relative
+1e-50) and < N * 1e-54 to a coverage sum >= 1 / K."""
 
 
 def _one_tile(
@@ -319,7 +326,8 @@ def _rows_numpy(
             yield rows, x, x_buffer[:size], e_buffer[:size]
 
     def exp_minus(x: np.ndarray, top: np.ndarray, out: np.ndarray) -> np.ndarray:
-        return np.exp(np.subtract(x, top, out=out), out=out)
+        np.maximum(np.subtract(x, top, out=out), _EXP_FLOOR, out=out)  # NaN stays NaN
+        return np.exp(out, out=out)
 
     def rescaled(top: np.ndarray, new: np.ndarray) -> np.ndarray:
         """exp(top - new), 1 where equal (also where both are -inf)."""
