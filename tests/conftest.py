@@ -10,6 +10,7 @@ reference of relabeling) stays its own module (``import reference as ref``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,17 @@ prior: {uniform: {low: [0.0], high: [3.0]}}
 candidates: 16
 """
 """A task spec over the synthetic runner's speed (``steps/infos/speed``)."""
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch intra-op thread for a module of tiny tensors (OpenMP's hand-off costs
+    more than it gains, most of all on a busy machine); results are compared within one
+    thread setting only. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    from hipi_offline.device import torch_threads
+
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(params=KINDS)

@@ -41,14 +41,7 @@ ACT = "steps/actions"
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """The tensors here are tiny: one intra-op thread avoids OpenMP hand-off
-    latency (which dominates on a busy machine) without changing any result."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------ helpers

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +43,7 @@ LENGTHS = [1, 3, 12, 1, 1, 7, 25, 2, 1, 9, 4]
 RTOL = 1e-12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_steps(lengths: list[int], seed: int = 0) -> dict[str, np.ndarray]:

@@ -22,14 +22,7 @@ F64 = torch.float64
 SMALL = SACConfig(hidden=(32, 32))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks: one intra-op thread is faster than two on a shared machine
-    (results here are compared within one thread setting only)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_sac(seed: int = 0, config: SACConfig = SMALL, dtype=F64) -> SAC:
