@@ -245,7 +245,9 @@ class LinearAccumulator:
         return bool(torch.isfinite(sums).all())
 
     def result(self, tasks: Tensor) -> Tensor:
-        return self.stats @ tasks.T  # [N, K]
+        if _numpy_path(self.stats.device):  # numpy's matmul: 3x faster for D of a few
+            return torch.from_numpy(self.stats.numpy() @ tasks.numpy().T)  # [N, K]
+        return self.stats @ tasks.T
 
 
 class SortedTargetAccumulator:
