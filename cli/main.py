@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from hipi_offline.evaluate.run import EvalConfig
     from hipi_offline.relabel.run import RelabelConfig
     from hipi_offline.report import ReportConfig
+    from hipi_offline.rl.config import RLConfig
     from hipi_offline.store.synthetic import SyntheticConfig
 
 app = lazy_app(
@@ -195,6 +196,24 @@ def train_bc(
     from hipi_offline.bc import train_bc as run_train_bc
 
     summary = _run(lambda: run_train_bc(store, config()))
+    for line in summary.lines():
+        typer.echo(line)
+
+
+@config_command(
+    app,
+    "train-rl",
+    "hipi_offline.rl.config:RLConfig",
+    flags={"hidden": Flag(type=str, default="256,256", parse=_hidden)},
+)
+def train_rl(
+    config: Callable[[], RLConfig],
+    env: Annotated[str, typer.Argument(help="Environment to step, e.g. pointmass.")],
+) -> None:
+    """Train a task-conditioned SAC policy online, relabeling every minibatch (paper Alg. 2)."""
+    from hipi_offline.rl.train import train_rl as run_train_rl
+
+    summary = _run(lambda: run_train_rl(env, config()))
     for line in summary.lines():
         typer.echo(line)
 

@@ -39,4 +39,5 @@ __all__ = [
 
 import hipi_offline.envs.cheetah  # noqa: E402,F401  (registers "cheetah")
 import hipi_offline.envs.desk  # noqa: E402,F401  (registers "desk")
+import hipi_offline.envs.pointmass  # noqa: E402,F401  (registers "pointmass")
 import hipi_offline.envs.quadruped  # noqa: E402,F401  (registers "quadruped")
