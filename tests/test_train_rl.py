@@ -195,3 +195,33 @@ def test_resume_after_a_kill_is_exact(tmp_path: Path) -> None:
     for r_s, r_k in zip(rows_s, rows_k, strict=True):
         for key in set(METRICS) - timing:
             assert r_s[key] == r_k[key] or (np.isnan(r_s[key]) and np.isnan(r_k[key])), key
+
+
+@pytest.mark.slow
+def test_hipi_learns_to_reach_goals_on_the_dense_point_mass() -> None:
+    """3000 steps of HIPI relabeling (64x64 networks, batch 64, alpha from 0.1) bring
+    the mean final distance to the goal of the last 10 training episodes (stochastic
+    policy) far below a random policy's. Measured here with one torch thread: seeds 0,
+    1, 2 ended at 0.138, 0.122, 0.117; uniformly random actions (start_steps = steps)
+    at 1.01, 1.01, 1.07 (last 20 episodes of 3000 steps, seeds 0-2). The bar, 0.4,
+    leaves a wide margin on both sides."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "run"
+        config = RLConfig(
+            out=out,
+            steps=3000,
+            batch_size=64,
+            hidden=(64, 64),
+            start_steps=500,
+            init_alpha=0.1,
+            relabel="hipi",
+            progress=False,
+        )
+        train_rl("pointmass", config)
+        rows = read_metrics(out / "metrics.csv")
+    assert len(rows) == 60
+    first = np.mean([r["final_distance"] for r in rows[:10]])  # random actions
+    last = np.mean([r["final_distance"] for r in rows[-10:]])
+    assert first > 0.6 and last < 0.4, (first, last)
