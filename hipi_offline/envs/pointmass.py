@@ -20,11 +20,9 @@ seeded Gaussian noise), so ``collect`` can record offline data too.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from hipi_offline.envs.base import EnvInfo, StepResult, TaskEnv, register, registered_info
+from hipi_offline.envs.base import EnvInfo, StepResult, register, registered_info
 from hipi_offline.errors import InputError
 
 HALF_WIDTH = 1.0
@@ -101,39 +99,3 @@ class PointMassEnv:
 
     def close(self) -> None:
         pass
-
-
-class GreedyExpert:
-    """Moves straight toward the goal (the task's first two entries), at most
-    :data:`MAX_STEP` per axis, plus Gaussian noise of std ``noise`` (seeded)."""
-
-    def __init__(self, noise: float = 0.02) -> None:
-        from hipi_offline.experts.base import float_option
-
-        self.noise = float_option("noise", noise, 0.0, 1.0)
-        self.goal = np.zeros(2)
-        self.rng = np.random.default_rng(0)
-
-    def reset(self, env: TaskEnv, task: np.ndarray, seed: int) -> None:
-        self.goal = np.asarray(task, np.float64).reshape(-1)[:2]
-        self.rng = np.random.default_rng(seed)
-
-    def act(self, env: TaskEnv, observation: np.ndarray) -> np.ndarray:
-        toward = self.goal - np.asarray(observation, np.float64)
-        action = np.clip(toward, -MAX_STEP, MAX_STEP) + self.noise * self.rng.standard_normal(2)
-        return np.clip(action, -MAX_STEP, MAX_STEP)
-
-
-def _register_expert() -> None:
-    from hipi_offline.experts.base import register_expert
-
-    def greedy(**options: Any) -> GreedyExpert:
-        from hipi_offline.experts.base import unknown_options
-
-        unknown_options("greedy", options, ("noise",))
-        return GreedyExpert(**options)
-
-    register_expert("pointmass", "greedy", default=True)(greedy)
-
-
-_register_expert()

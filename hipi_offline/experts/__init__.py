@@ -2,6 +2,7 @@
 
 from hipi_offline.experts import (
     desk_play,  # noqa: F401  (the desk's scripted play)
+    greedy,  # noqa: F401  (the point mass: straight to the goal)
     mppi,  # noqa: F401  (MPPI for "cheetah" and "quadruped")
     trot,  # noqa: F401  (the quadruped's default gait)
 )
