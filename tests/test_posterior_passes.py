@@ -349,3 +349,27 @@ def test_columns_left_over_by_the_blocks_are_candidates(path):
     post = run(path, returns, partition=False, top_k=8)
     check(post, reference(returns, 1.0, None, False, 8), same_index=True)
     assert post is not None and set(post.topk_index[:, :3].ravel()) == {256, 257, 258}
+
+
+@pytest.mark.parametrize("k", [64, 1024])  # the full sort and the two-stage selection
+def test_exact_ties_come_in_increasing_candidate_order(k):
+    """Labels must not depend on how the top k was found: tied scores (a target
+    reward is flat between the middle order statistics of an episode) are listed by
+    increasing candidate index, also when the tie straddles the k-th place."""
+    from hipi_offline.relabel.posterior import _top_k
+
+    rng = np.random.default_rng(3)
+    s = rng.normal(size=(40, k))
+    tied = rng.choice(k, size=(40, 9), replace=True)
+    for row in range(40):
+        s[row, tied[row]] = s[row].max() + 1.0  # nine (or fewer) equal maxima
+    s[::2, rng.choice(k, 50, replace=False)] = -np.inf
+    values, index = _top_k(s.copy(), 32)
+    for row in range(40):
+        want = np.lexsort((np.arange(k), -s[row]))[:32]
+        np.testing.assert_array_equal(index[row], want)
+        np.testing.assert_array_equal(values[row], s[row, want])
+    # a tie across the k-th place keeps the lowest indices
+    flat = np.zeros((3, k))
+    values, index = _top_k(flat, 32)
+    np.testing.assert_array_equal(index, np.tile(np.arange(32), (3, 1)))

@@ -402,12 +402,11 @@ def _top_k(s: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     b + K // B, ...), hold the row's top k, as an entry of another block is below
     ``top_k`` block maxima; then the top k of those candidates. Each stage takes the
     k-th largest value (numpy's vectorized partition) and keeps the entries at or above
-    it; a row where that keeps more than k (ties at the k-th value, or NaN) goes to
-    torch.topk, so the result is torch.topk's up to the order of exact ties."""
+    it; a row where that keeps more than k (ties at the k-th value, or NaN) is sorted
+    whole. Exact ties are ordered by increasing j, whichever way was taken."""
     n, k = s.shape
     if k < 256 or k < 8 * top_k:
-        values, index = torch.topk(torch.from_numpy(s), top_k, dim=1)
-        return values.numpy(), index.numpy()
+        return _top_k_sorted(s, top_k)
     block = max(2, k // (8 * top_k))
     blocks = k // block  # >= 4 top_k
     maxima = np.maximum(s[:, :blocks], s[:, blocks : 2 * blocks])
@@ -423,14 +422,23 @@ def _top_k(s: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     ok &= ok_too
     picked += np.arange(0, n * columns.shape[1], columns.shape[1])[:, None]
     values, index = candidates.ravel()[picked], columns.ravel()[picked]
-    order = np.argsort(-values, axis=1)
+    order = np.lexsort((index, -values), axis=1)  # decreasing values; ties: lower j first
     order += np.arange(0, n * top_k, top_k)[:, None]
     values, index = values.ravel()[order], index.ravel()[order]
     if not ok.all():
         bad = np.flatnonzero(~ok)
-        exact = torch.topk(torch.from_numpy(s[bad]), top_k, dim=1)
-        values[bad], index[bad] = exact.values.numpy(), exact.indices.numpy()
+        values[bad], index[bad] = _top_k_sorted(s[bad], top_k)
     return values, index
+
+
+def _top_k_sorted(s: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_top_k` by a full sort of each row: decreasing values, exact ties in
+    increasing j (NaN first, as the largest), so that the labels do not depend on which
+    way the top k was found."""
+    columns = np.broadcast_to(np.arange(s.shape[1]), s.shape)
+    keys = np.where(np.isnan(s), -np.inf, -s)  # NaN first (it fails the finite check later)
+    index = np.lexsort((columns, keys), axis=1)[:, :top_k]
+    return np.take_along_axis(s, index, axis=1), index
 
 
 def _take(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
