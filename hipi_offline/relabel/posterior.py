@@ -432,13 +432,26 @@ def _top_k(s: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _top_k_sorted(s: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_top_k` by a full sort of each row: decreasing values, exact ties in
-    increasing j (NaN first, as the largest), so that the labels do not depend on which
-    way the top k was found."""
-    columns = np.broadcast_to(np.arange(s.shape[1]), s.shape)
-    keys = np.where(np.isnan(s), -np.inf, -s)  # NaN first (it fails the finite check later)
-    index = np.lexsort((columns, keys), axis=1)[:, :top_k]
-    return np.take_along_axis(s, index, axis=1), index
+    """:func:`_top_k` by ``torch.topk``, then exact ties put in increasing j; a row whose
+    tie straddles the k-th place (or holding NaN) is sorted whole, so the labels do not
+    depend on which way the top k was found."""
+    n, k = s.shape
+    extra = min(top_k + 1, k)
+    found = torch.topk(torch.from_numpy(s), extra, dim=1)
+    values, index = found.values.numpy(), found.indices.numpy()
+    whole = np.isnan(values).any(axis=1)
+    if extra > top_k:
+        whole |= values[:, top_k - 1] == values[:, top_k]
+    values, index = values[:, :top_k], index[:, :top_k]
+    order = np.lexsort((index, -values), axis=1)
+    values, index = np.take_along_axis(values, order, 1), np.take_along_axis(index, order, 1)
+    if whole.any():
+        rows = s[whole]
+        columns = np.broadcast_to(np.arange(k), rows.shape)
+        keys = np.where(np.isnan(rows), -np.inf, -rows)  # NaN first, as torch.topk has it
+        full = np.lexsort((columns, keys), axis=1)[:, :top_k]
+        values[whole], index[whole] = np.take_along_axis(rows, full, 1), full
+    return values, index
 
 
 def _take(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
