@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from reference import logsumexp
 
 import hipi_offline.relabel.posterior as posterior_module
 from hipi_offline.relabel.posterior import (
@@ -34,7 +35,6 @@ from hipi_offline.relabel.posterior import (
     inverse_rl_posterior,
     posterior_rows,
 )
-from tests.reference import logsumexp
 
 CPU = torch.device("cpu")
 
