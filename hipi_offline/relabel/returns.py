@@ -246,7 +246,8 @@ class LinearAccumulator:
 
     def result(self, tasks: Tensor) -> Tensor:
         if _numpy_path(self.stats.device):  # numpy's matmul: 3x faster for D of a few
-            return torch.from_numpy(self.stats.numpy() @ tasks.numpy().T)  # [N, K]
+            with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN in R are reported
+                return torch.from_numpy(self.stats.numpy() @ tasks.numpy().T)  # [N, K]
         return self.stats @ tasks.T
 
 
