@@ -19,8 +19,8 @@ import types
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import MISSING, fields, is_dataclass
-from typing import Any, TypeVar
+from dataclasses import MISSING, asdict, fields, is_dataclass
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -218,3 +218,30 @@ def field_docs(cls: type) -> dict[str, str]:
             ):
                 docs[statement.target.id] = " ".join(following.value.value.split())
     return docs
+
+
+R = TypeVar("R", bound="RunConfig")
+
+
+class RunConfig:
+    """What the config dataclass of a training run (train-bc, train-rl) shares: its JSON
+    form (``out`` as text, ``hidden`` as a list) and its identity, the fields that define
+    what the run computes (all but :attr:`run_control`), compared when a run continues."""
+
+    run_control: ClassVar[frozenset[str]] = frozenset()
+    """Fields that say where and how the run is carried out, not what it computes."""
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)  # type: ignore[call-overload]
+        data["out"] = str(data["out"])
+        data["hidden"] = list(data["hidden"])
+        return data
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what the run computes (compared on resume)."""
+        return {k: v for k, v in self.to_json().items() if k not in self.run_control}
+
+    @classmethod
+    def from_json(cls: type[R], data: dict[str, Any]) -> R:
+        """The config :meth:`to_json` wrote; unknown keys and bad values are InputErrors."""
+        return from_dict(cls, data, "config")

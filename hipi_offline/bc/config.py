@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 from hipi_offline.configs import (
     INT_LIMIT,
     FieldError,
+    RunConfig,
     check_choice,
     check_flag,
     check_int,
     check_number,
     check_seed,
     check_threads,
-    from_dict,
 )
 from hipi_offline.errors import one_line
 
@@ -48,8 +48,10 @@ same device)."""
 
 
 @dataclass(frozen=True)
-class BCConfig:
+class BCConfig(RunConfig):
     """Options of one behavior-cloning run."""
+
+    run_control: ClassVar[frozenset[str]] = RUN_CONTROL_FIELDS
 
     out: str | Path
     """Run directory: config.json, metrics.csv, checkpoints/ and tensorboard/."""
@@ -111,21 +113,6 @@ class BCConfig:
 
     def __post_init__(self) -> None:
         check_config(self)
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that define what the run computes (compared on resume)."""
-        return {k: v for k, v in self.to_json().items() if k not in RUN_CONTROL_FIELDS}
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["out"] = str(self.out)
-        data["hidden"] = list(self.hidden)
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BCConfig:
-        """The config :meth:`to_json` wrote; unknown keys and bad values are InputErrors."""
-        return from_dict(cls, data, "config")
 
 
 def parse_hidden(text: str) -> tuple[int, ...]:

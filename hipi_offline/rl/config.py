@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 from hipi_offline.bc.config import MAX_LAYERS
 from hipi_offline.configs import (
     INT_LIMIT,
     FieldError,
+    RunConfig,
     check_choice,
     check_flag,
     check_int,
     check_number,
     check_seed,
     check_threads,
-    from_dict,
 )
 from hipi_offline.errors import one_line
 from hipi_offline.rl.relabel import STRATEGIES
@@ -31,8 +31,10 @@ match the run's config.json."""
 
 
 @dataclass(frozen=True)
-class RLConfig:
+class RLConfig(RunConfig):
     """Options of one online RL run."""
+
+    run_control: ClassVar[frozenset[str]] = RUN_CONTROL_FIELDS
 
     out: str | Path
     """Run directory: config.json, replay.h5, metrics.csv and checkpoints/. Rerunning the
@@ -83,20 +85,6 @@ class RLConfig:
 
     def __post_init__(self) -> None:
         check_config(self)
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that define what the run computes (compared when continuing)."""
-        return {k: v for k, v in self.to_json().items() if k not in RUN_CONTROL_FIELDS}
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["out"] = str(self.out)
-        data["hidden"] = list(self.hidden)
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RLConfig:
-        return from_dict(cls, data, "config")
 
 
 def check_config(config: RLConfig) -> None:
