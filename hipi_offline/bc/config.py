@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from hipi_offline.configs import (
     INT_LIMIT,
@@ -130,16 +130,8 @@ def parse_hidden(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
-def check_config(config: BCConfig) -> None:
-    """Refuse bad option values with one-line FieldErrors naming the field
-    (``BCConfig`` calls this when it is made)."""
-    for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
-        check_int(getattr(config, name), name)
-    for name in ("warmup_steps", "keep_checkpoints", "task_embedding"):
-        check_int(getattr(config, name), name, low=0)
-    check_threads(config.threads)
-    check_seed(config.seed)
-    hidden = config.hidden
+def check_hidden(hidden: Any) -> None:
+    """``hidden``: a tuple of 1 to :data:`MAX_LAYERS` positive layer sizes."""
     if (
         not isinstance(hidden, tuple)
         or not hidden
@@ -152,6 +144,18 @@ def check_config(config: BCConfig) -> None:
             "hidden",
             f"expected 1 to {MAX_LAYERS} positive layer sizes, got {one_line(repr(hidden), 80)}",
         )
+
+
+def check_config(config: BCConfig) -> None:
+    """Refuse bad option values with one-line FieldErrors naming the field
+    (``BCConfig`` calls this when it is made)."""
+    for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        check_int(getattr(config, name), name)
+    for name in ("warmup_steps", "keep_checkpoints", "task_embedding"):
+        check_int(getattr(config, name), name, low=0)
+    check_threads(config.threads)
+    check_seed(config.seed)
+    check_hidden(config.hidden)
     check_choice(config.head, "head", HEADS)
     check_choice(config.schedule, "schedule", SCHEDULES)
     check_choice(config.activation, "activation", ACTIVATIONS)

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from hipi_offline.bc.config import MAX_LAYERS
+from hipi_offline.bc.config import check_hidden
 from hipi_offline.configs import (
-    INT_LIMIT,
     FieldError,
     RunConfig,
     check_choice,
@@ -115,19 +114,7 @@ def check_config(config: RLConfig) -> None:
                 "expected alpha or a positive finite number, got "
                 + one_line(repr(temperature), 80),
             )
-    hidden = config.hidden
-    if (
-        not isinstance(hidden, tuple)
-        or not hidden
-        or len(hidden) > MAX_LAYERS
-        or any(
-            isinstance(h, bool) or not isinstance(h, int) or not 1 <= h < INT_LIMIT for h in hidden
-        )
-    ):
-        raise FieldError(
-            "hidden",
-            f"expected 1 to {MAX_LAYERS} positive layer sizes, got {one_line(repr(hidden), 80)}",
-        )
+    check_hidden(config.hidden)
     for name in ("gamma", "tau"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
