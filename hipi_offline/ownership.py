@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from hipi_offline.errors import InputError
@@ -47,6 +48,35 @@ def marker_kind(folder: Path) -> str | None:
         return None
     kind = payload.get("kind")
     return kind if isinstance(kind, str) else None
+
+
+def check_own_entries(folder: Path, files: frozenset[str], folders: frozenset[str]) -> None:
+    """Refuse a folder we made whose own entries (``files``, ``folders``) are links or of
+    the wrong kind (a crafted or damaged folder): nothing is read or written through them."""
+    for name in sorted(files | folders):
+        path = folder / name
+        if path.is_symlink():
+            raise InputError(
+                f"{path}: is a symbolic link; a run folder's entries must be plain files and "
+                "folders (remove it yourself)"
+            )
+        if not path.exists():
+            continue
+        want_file = name in files
+        if (path.is_file() if want_file else path.is_dir()) is False:
+            kind = "file" if want_file else "folder"
+            raise InputError(f"{path}: is not a {kind}; the run folder is damaged")
+
+
+def remove_own_entries(folder: Path, names: frozenset[str]) -> None:
+    """Delete these entries of ``folder`` (a link as a link, never what it points to);
+    anything else in the folder stays."""
+    for name in names:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def _contents(folder: Path, limit: int = 3) -> str:

@@ -5,6 +5,7 @@ learning on the dense goal task."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,6 +90,35 @@ def test_out_must_be_a_train_rl_folder(tmp_path: Path, capsys: pytest.CaptureFix
         code, _, err = run(capsys, "pointmass", "--out", other, *TINY, *extra)
         assert code == 2 and err.startswith("error: --out: ") and "not a train-rl run" in err
         assert sorted(p.name for p in other.iterdir()) == ["keep.txt"]
+
+
+def test_overwrite_removes_only_the_runs_own_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert run(capsys, "pointmass", "--out", out, *TINY)[0] == 0
+    (out / "notes.txt").write_text("mine")  # the user's own file in the run folder
+    code, _, err = run(capsys, "pointmass", "--out", out, *TINY, "--seed", "5", "--overwrite")
+    assert code == 0, err
+    assert (out / "notes.txt").read_text() == "mine"
+    assert '"seed": 5' in (out / "config.json").read_text()
+
+
+def test_a_linked_entry_of_a_run_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    assert run(capsys, "pointmass", "--out", out, *TINY)[0] == 0
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    shutil.rmtree(out / "checkpoints")
+    os.symlink(elsewhere, out / "checkpoints")
+    for extra in ([], ["--overwrite"], ["--steps", "120"]):
+        code, _, err = run(capsys, "pointmass", "--out", out, *TINY, *extra)
+        assert code == 2 and "checkpoints: is a symbolic link" in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]
+    assert (out / "checkpoints").is_symlink()
 
 
 def _tiny(tmp_path: Path, relabel: str, **extra: object) -> RLConfig:

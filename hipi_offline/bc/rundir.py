@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hipi_offline import ownership
 from hipi_offline.bc.config import BCConfig
 from hipi_offline.bc.description import RUN_FORMAT, RunDescription
 from hipi_offline.bc.policy import list_checkpoints
@@ -56,19 +57,7 @@ class Start:
 def check_own_entries(run_dir: Path) -> None:
     """Refuse a run folder whose own entries are links or of the wrong kind (a crafted
     or damaged folder): train-bc never reads or writes through them."""
-    for name in sorted(OWN_ENTRIES):
-        path = run_dir / name
-        if path.is_symlink():
-            raise InputError(
-                f"{path}: is a symbolic link; a run folder's entries must be plain files and "
-                "folders (remove it yourself)"
-            )
-        if not path.exists():
-            continue
-        want_file = name in _FILES
-        if (path.is_file() if want_file else path.is_dir()) is False:
-            kind = "file" if want_file else "folder"
-            raise InputError(f"{path}: is not a {kind}; the run folder is damaged")
+    ownership.check_own_entries(run_dir, _FILES, _FOLDERS)
 
 
 def read_description(run_dir: Path) -> dict[str, Any]:
@@ -181,12 +170,7 @@ def remove_own(run_dir: Path, *, everything: bool = False) -> None:
     """Delete the run's own entries (links as links); the marker and the lock stay
     unless ``everything``."""
     names = OWN_ENTRIES if everything else OWN_ENTRIES - {".lock", MARKER_NAME}
-    for name in names:
-        path = run_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+    ownership.remove_own_entries(run_dir, names)
 
 
 def _lock(run_dir: Path, stack: contextlib.ExitStack) -> None:

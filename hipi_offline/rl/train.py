@@ -37,7 +37,13 @@ import torch
 from hipi_offline.device import torch_threads
 from hipi_offline.envs.base import TaskEnv, env_entry, make_env
 from hipi_offline.errors import InputError, one_line
-from hipi_offline.ownership import marker_kind, write_marker
+from hipi_offline.ownership import (
+    MARKER_NAME,
+    check_own_entries,
+    marker_kind,
+    remove_own_entries,
+    write_marker,
+)
 from hipi_offline.progress import progress_bar
 from hipi_offline.rl import checkpoint as ckpt
 from hipi_offline.rl.config import RLConfig
@@ -45,7 +51,7 @@ from hipi_offline.rl.relabel import Relabeler, achieved_goal, is_goal_family, ma
 from hipi_offline.rl.replay import Replay, append_episode, load_replay, rewrite_store
 from hipi_offline.rl.sac import SAC, SACConfig, relabeled_update
 from hipi_offline.store import open_store
-from hipi_offline.store.atomic import atomic_write_bytes, remove_path
+from hipi_offline.store.atomic import atomic_write_bytes
 from hipi_offline.store.backends import ArrayInfo
 from hipi_offline.tasks.families import GoalFamily, base_family
 from hipi_offline.tasks.spec import TaskSpec, load_task_spec
@@ -148,6 +154,12 @@ def _setup(env_name: str, config: RLConfig) -> Setup:
     return Setup(env, spec, relabeler, task_dim, steps)
 
 
+RUN_FILES = frozenset({"config.json", "metrics.csv", "replay.h5", MARKER_NAME})
+RUN_FOLDERS = frozenset({ckpt.FOLDER, "replay.h5.labels"})
+"""The entries of a train-rl run folder that train-rl (or relabel, for the replay
+store's label sets) wrote: the only ones it reads, writes or removes."""
+
+
 def _prepare_folder(run_dir: Path, env_name: str, config: RLConfig) -> bool:
     """Make or check the run folder; True when it holds a run to continue."""
     record = {"env": env_name, "config": config.identity()}
@@ -161,8 +173,10 @@ def _prepare_folder(run_dir: Path, env_name: str, config: RLConfig) -> bool:
             f"--out: {run_dir} is not a train-rl run folder; choose another --out "
             "(--overwrite replaces only a folder train-rl made)"
         )
-    if ours and config.overwrite:
-        remove_path(run_dir)
+    if ours:
+        check_own_entries(run_dir, RUN_FILES, RUN_FOLDERS)
+    if ours and config.overwrite:  # its own entries only: anything else in it stays
+        remove_own_entries(run_dir, (RUN_FILES | RUN_FOLDERS) - {MARKER_NAME})
     elif ours:
         try:
             theirs = json.loads((run_dir / "config.json").read_text())
