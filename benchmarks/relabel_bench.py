@@ -186,7 +186,7 @@ def feature_store(path: Path, episodes: int, steps: int) -> None:
 
     rng = np.random.default_rng(SEED)
     with create_store(
-        path, env="synthetic-runner",
+        path, env="synthetic-runner", overwrite=True,  # replaces only a hipi-offline store
         metadata={"generator": "hipi_offline.store.synthetic+feat", "seed": SEED},
     ) as store:
         batch = max(1, min(episodes, 500_000 // steps))
@@ -240,8 +240,6 @@ def ensure_store(
     # the library's generator is vectorized over episodes (~1 s per 1M steps here)
     batch = max(1, min(episodes, 500_000 // steps))
     if feat:
-        if tmp.exists():
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
         feature_store(tmp, episodes, steps)
     else:
         config = SyntheticConfig(episodes=episodes, steps=steps, seed=SEED, batch_episodes=batch)
