@@ -249,18 +249,23 @@ def policy_tensors(network: BCNetwork) -> dict[str, Tensor]:
     return {POLICY_PREFIX + k: v for k, v in network.state_dict().items()}
 
 
-def network_state(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The network's ``state_dict`` held in checkpoint tensors (``policy.*``)."""
-    cut = len(POLICY_PREFIX)
-    return {k[cut:]: v for k, v in tensors.items() if k.startswith(POLICY_PREFIX)}
+def network_state(tensors: Mapping[str, Tensor], prefix: str = POLICY_PREFIX) -> dict[str, Tensor]:
+    """The network's ``state_dict`` held in checkpoint tensors (``policy.*``, or the
+    names under another ``prefix``: ``sac.actor.`` in a train-rl checkpoint)."""
+    cut = len(prefix)
+    return {k[cut:]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def check_policy_tensors(
-    tensors: Mapping[str, Tensor], spec: Mapping[str, Any], where: str
+    tensors: Mapping[str, Tensor],
+    spec: Mapping[str, Any],
+    where: str,
+    prefix: str = POLICY_PREFIX,
 ) -> None:
     """Refuse checkpoint tensors that do not fit the network ``spec`` describes (names,
-    shapes, floating types), before any real network is built."""
-    present = {POLICY_PREFIX + k: v for k, v in network_state(tensors).items()}
+    shapes, floating types), before any real network is built. The network's tensors
+    are those named ``prefix`` + its state_dict key (errors name them so)."""
+    present = {prefix + k: v for k, v in network_state(tensors, prefix).items()}
     described = parameter_count(**spec)
     held = sum(v.numel() for v in present.values())
     if described > held:
@@ -269,7 +274,7 @@ def check_policy_tensors(
             f"the checkpoint holds {held:,} values; it is damaged"
         )
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in policy_tensors(BCNetwork(**spec)).items()}
+        expected = {prefix + k: v.shape for k, v in BCNetwork(**spec).state_dict().items()}
     for key in sorted(set(expected) | set(present)):
         if key not in present or key not in expected:
             what = "lacks" if key not in present else "has an unexpected"
@@ -536,14 +541,16 @@ def policy_from_tensors(
     device: torch.device | str = "cpu",
     seed: int = 0,
     where: str = "checkpoint",
+    prefix: str = POLICY_PREFIX,
 ) -> Policy:
     """The policy of checkpoint tensors and their run description, the tensors checked
-    first (``where`` names the checkpoint in errors)."""
+    first (``where`` names the checkpoint in errors; ``prefix``: see
+    :func:`check_policy_tensors`)."""
     spec = check_run(run.to_json(), where)
-    check_policy_tensors(tensors, spec, where)
+    check_policy_tensors(tensors, spec, where, prefix)
     network = BCNetwork(**spec)
     try:
-        network.load_state_dict(network_state(tensors), strict=True)
+        network.load_state_dict(network_state(tensors, prefix), strict=True)
     except RuntimeError as err:
         reason = one_line(str(err), 200)
         raise InputError(f"checkpoint does not match its run description ({reason})") from None
@@ -556,7 +563,14 @@ def load_policy(path: str | Path, device: str = "auto", seed: int = 0) -> Policy
     """Load a policy from a run directory (its latest checkpoint) or a checkpoint file.
 
     ``device``: auto (CUDA when available), cpu or cuda; ``seed`` seeds the
-    generator used by ``act(..., sample=True)``."""
+    generator used by ``act(..., sample=True)``. A train-rl run folder, its
+    checkpoints/ folder or one of its checkpoint files gives the run's SAC actor
+    (:func:`hipi_offline.rl.policy.load_rl_policy`)."""
+    from hipi_offline.rl.policy import load_rl_policy, rl_run_of
+
+    located = rl_run_of(Path(path))
+    if located is not None:
+        return load_rl_policy(located, resolve_device(device), seed)
     checkpoint = resolve_checkpoint(path)
     tensors, step, run = read_checkpoint(checkpoint)
     return policy_from_tensors(tensors, step, run, resolve_device(device), seed, str(checkpoint))

@@ -50,6 +50,7 @@ from hipi_offline.evaluate.tasks import evaluation_spec, plan_episodes
 from hipi_offline.evaluate.video import check_video_path, video_paths, write_video
 from hipi_offline.parallel import ordered_map
 from hipi_offline.progress import progress_bar
+from hipi_offline.rl.policy import RLPolicy
 from hipi_offline.store import open_store
 from hipi_offline.store.atomic import atomic_write_bytes
 from hipi_offline.store.location import is_url
@@ -67,17 +68,20 @@ class EvalConfig:
     env: str | None = None
     """Environment: a built-in name, gymnasium:ID (any Gymnasium environment id), or
     dataset (the Gymnasium environment the first run's store was imported from);
-    default: the one the first run's store was collected in."""
+    default: the one the first run's store was collected in (a train-rl run: the one
+    its config.json names)."""
     episodes: int | None = None
     """Episodes per run (default 20 from the prior, or one per listed task)."""
     tasks: str = "prior"
     """``prior`` or a YAML/JSON/.npy file of tasks."""
     task_spec: str | None = None
     """Task spec (YAML file or built-in name) whose family scores the episodes; default:
-    the environment's own, else (Gymnasium) the one the runs' label sets were made with."""
+    the one the train-rl runs were trained with, else the environment's own, else
+    (Gymnasium) the one the runs' label sets were made with."""
     steps: int | None = None
     """Control steps per episode (default: the environment's; with ``--env dataset``, the
-    time limit the dataset was collected with, when it records one)."""
+    time limit the dataset was collected with, when it records one; for a first run
+    from train-rl in its own environment, its training episodes' length)."""
     seed: int = 0
     """Seed of the tasks, initial states and sampled-action noise."""
     sample: bool = False
@@ -157,9 +161,17 @@ def evaluate(runs: Sequence[str | Path], config: EvalConfig) -> Evaluation:
     _check(config)
     policies = [load_policy(r, device="cpu") for r in runs]
     env_name, dataset_steps = _env_name(config.env, runs[0], policies[0])
+    first = policies[0]
+    if isinstance(first, RLPolicy) and env_name == first.rl_run.env:
+        dataset_steps = first.rl_run.config.episode_steps or None
     env = cached_envs(env_name, 1)[0]
     labels = [(run, policy.run.labels) for run, policy in zip(runs, policies, strict=True)]
-    spec = evaluation_spec(config.task_spec, env.info.task_spec, labels)
+    trained = [
+        (run, policy.trained_spec)
+        for run, policy in zip(runs, policies, strict=True)
+        if isinstance(policy, RLPolicy)
+    ]
+    spec = evaluation_spec(config.task_spec, env.info.task_spec, labels, trained)
     for run, policy in zip(runs, policies, strict=True):
         check_compatible(policy, env, spec, run)
     check_spec_fields(env, spec)

@@ -16,7 +16,13 @@ import numpy as np
 import yaml
 
 from hipi_offline.errors import InputError, one_line
-from hipi_offline.tasks.spec import TaskSpec, load_task_spec, load_yaml_bounded, parse_task_spec
+from hipi_offline.tasks.spec import (
+    TaskSpec,
+    builtin_spec_names,
+    load_task_spec,
+    load_yaml_bounded,
+    parse_task_spec,
+)
 
 MAX_RESET_ATTEMPTS = 100
 """Initial states tried per episode before a task is declared never feasible."""
@@ -43,16 +49,24 @@ class EpisodePlan:
 
 
 def evaluation_spec(
-    task_spec: str | None, env_spec: str, labels: Sequence[tuple[str, Any]]
+    task_spec: str | None,
+    env_spec: str,
+    labels: Sequence[tuple[str, Any]],
+    trained: Sequence[tuple[str, str]] = (),
 ) -> TaskSpec:
     """The task family an evaluation scores episodes with: ``task_spec`` (``--task-spec``,
-    a file or built-in name) when given, else the environment's own spec (``env_spec``,
-    a built-in name; "" for a Gymnasium environment), else the spec of the runs' label
-    sets. ``labels`` holds (run, LabelsInfo or None) per run; the task-conditioned runs
-    must agree on one spec. A spec read from a run never imports code: a ``custom``
-    family there is refused (pass it with ``--task-spec``)."""
+    a file or built-in name) when given, else the spec the RL runs were trained with
+    (``trained``: (run, spec name) per train-rl run; they must agree), else the
+    environment's own spec (``env_spec``, a built-in name; "" for a Gymnasium
+    environment), else the spec of the runs' label sets. ``labels`` holds (run,
+    LabelsInfo or None) per run; the task-conditioned runs must agree on one spec. A
+    spec read from a run never imports code: a ``custom`` family there is refused (pass
+    it with ``--task-spec``), and an RL run's spec is read only when it is a built-in
+    name (its config.json is untrusted, so a file it names is never opened)."""
     if task_spec is not None:
         return load_task_spec(task_spec)
+    if trained:
+        return _trained_spec(trained)
     if env_spec:
         return load_task_spec(env_spec)
     sources = {
@@ -84,6 +98,25 @@ def evaluation_spec(
         return parse_task_spec(text, origin=origin)
     except InputError as err:
         raise InputError(one_line(f"{where}: {err}", 400)) from None
+
+
+def _trained_spec(trained: Sequence[tuple[str, str]]) -> TaskSpec:
+    """The built-in spec every RL run of ``trained`` was trained with."""
+    names = {name: run for run, name in trained}
+    if len(names) > 1:
+        runs = ", ".join(sorted(names.values()))
+        raise InputError(
+            f"--task-spec: the RL runs were trained on different task specs ({runs}); "
+            "pass --task-spec SPEC to score them with one"
+        )
+    ((name, run),) = names.items()
+    if name not in builtin_spec_names():
+        raise InputError(
+            f"--task-spec: {run} was trained on the task spec {one_line(repr(name), 80)} "
+            "(its config.json's tasks), a file that evaluate does not open on a run "
+            "folder's word; pass --task-spec with the spec to score it"
+        )
+    return load_task_spec(name)
 
 
 def task_label(spec: TaskSpec, task: np.ndarray) -> Any:
