@@ -213,6 +213,26 @@ def test_checkpoint_files_folders_and_sampled_actions(runs, tmp_path: Path) -> N
         )
 
 
+def test_a_checkpoint_written_after_an_evaluation_is_the_one_evaluated_next(
+    runs, tmp_path: Path
+) -> None:
+    """A run that goes on training between two evaluations in one process: the second
+    evaluates the new checkpoint (the rollouts' policy cache follows checkpoints/)."""
+    rl, _ = runs
+    run = copy_run(rl, tmp_path / "run")
+    before = evaluate([run], QUICK).results[0]
+    step, latest = ckpt.list_checkpoints(run)[-1]
+    tensors = load_file(latest)
+    tensors["sac.actor.out.bias"] = tensors["sac.actor.out.bias"] + 0.5
+    newer = ckpt.checkpoint_path(run, step + 100)
+    save_file(tensors, newer)
+    after = evaluate([run], QUICK).results[0]
+    alone = evaluate([newer], QUICK).results[0]
+    assert after.step == alone.step == step + 100
+    np.testing.assert_array_equal(after.returns, alone.returns)
+    assert not np.array_equal(after.returns, before.returns)
+
+
 def edit_config(run: Path, **changes: object) -> None:
     path = run / "config.json"
     data = json.loads(path.read_text())
@@ -377,3 +397,13 @@ def test_a_run_in_another_environment_is_refused(runs, capsys: pytest.CaptureFix
     code, _, err = run_cli(capsys, rl, "--env", "cheetah", "--episodes", 1)
     assert code == 2 and err.count("\n") == 1, err
     assert "policy observations have shape (2,), cheetah gives 17" in err
+
+
+@pytest.mark.slow
+def test_worker_processes_load_the_rl_run_too(runs) -> None:
+    rl, bc = runs
+    one = evaluate([rl, bc], replace(QUICK, group_size=2))
+    two = evaluate([rl, bc], replace(QUICK, group_size=2, workers=2))
+    for a, b in zip(one.results, two.results, strict=True):
+        assert a.method == b.method
+        np.testing.assert_array_equal(a.returns, b.returns)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hipi_offline.bc.policy import Policy, load_policy
+from hipi_offline.bc.policy import CHECKPOINT_DIR, Policy, load_policy
 from hipi_offline.envs.base import (
     StepResult,
     TaskEnv,
@@ -99,15 +99,19 @@ def mean_velocity_along_command(
     return float(velocity.mean()) if len(velocity) else None
 
 
-_POLICIES: dict[tuple[str, float], Policy] = {}
+_POLICIES: dict[tuple[str, int, int | None], Policy] = {}
 _SPECS: dict[tuple[str, str], TaskSpec] = {}
 _ENVS: dict[str, list[TaskEnv]] = {}
 
 
 def _policy(run: str) -> Policy:
-    """The policy of a run, cached per process (reloaded when its checkpoint changes)."""
+    """The policy of a run, cached per process; reloaded when the run (a checkpoint
+    file or a folder) or its checkpoints/ folder changes: a BC or RL run that goes on
+    training adds its checkpoints there, which leaves the run folder's own time."""
     path = Path(run)
-    key = (str(path.resolve()), path.stat().st_mtime)
+    folder = path / CHECKPOINT_DIR
+    changed = folder.stat().st_mtime_ns if folder.is_dir() else None
+    key = (str(path.resolve()), path.stat().st_mtime_ns, changed)
     if key not in _POLICIES:
         _POLICIES[key] = load_policy(path, device="cpu")
     return _POLICIES[key]
