@@ -6,8 +6,9 @@ Tensors: ``sac.*`` (the actor, the twin critics, their targets, log alpha and th
 networks' statistics: :meth:`SAC.state_dict`), ``opt.<actor|critic|alpha>.<i>.<key>``
 (Adam's state of parameter i), ``rng.sac`` and ``rng.train`` (the learner's and the
 minibatch sampler's generators) and the counters ``count.env_steps``,
-``count.episodes``, ``count.updates``. Checkpoints are taken at episode ends, so the
-replay buffer is the store's first ``count.episodes`` episodes.
+``count.episodes``, ``count.updates``, ``count.init_episodes`` (episodes copied from
+``--init-store``; absent in older checkpoints: 0). Checkpoints are taken at the ends of
+lockstep rounds, so the replay buffer is the store's first ``count.episodes`` episodes.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ OPTIMIZERS = ("actor", "critic", "alpha")
 class Counters:
     env_steps: int
     episodes: int
+    """Episodes in the buffer (the init store's included)."""
     updates: int
+    init_episodes: int = 0
+    """Episodes copied from --init-store (the first ones of the buffer)."""
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -107,7 +111,8 @@ def restore(path: Path, sac: SAC, train_generator: torch.Generator) -> Counters:
         sac.generator.set_state(tensors["rng.sac"])
         train_generator.set_state(tensors["rng.train"])
         counters = Counters(
-            **{k: int(tensors[f"count.{k}"]) for k in ("env_steps", "episodes", "updates")}
+            **{k: int(tensors[f"count.{k}"]) for k in ("env_steps", "episodes", "updates")},
+            init_episodes=int(tensors.get("count.init_episodes", torch.tensor(0))),
         )
     except Exception as err:  # noqa: BLE001 - safetensors and torch raise many kinds
         raise InputError(f"{path}: not a checkpoint this run can resume from ({err})") from None

@@ -22,7 +22,7 @@ from hipi_offline.errors import one_line
 from hipi_offline.rl.relabel import STRATEGIES
 
 RUN_CONTROL_FIELDS: frozenset[str] = frozenset(
-    {"out", "steps", "overwrite", "threads", "checkpoint_every", "progress"}
+    {"out", "steps", "overwrite", "threads", "checkpoint_every", "progress", "tensorboard"}
 )
 """Fields that may differ when a run is continued: where and how it is carried out,
 and how long (a rerun with more ``steps`` continues a finished run). The others must
@@ -36,8 +36,8 @@ class RLConfig(RunConfig):
     run_control: ClassVar[frozenset[str]] = RUN_CONTROL_FIELDS
 
     out: str | Path
-    """Run directory: config.json, replay.h5, metrics.csv and checkpoints/. Rerunning the
-    same command continues it from its last checkpoint."""
+    """Run directory: config.json, replay.h5, metrics.csv, checkpoints/ (and tensorboard/).
+    Rerunning the same command continues it from its last checkpoint."""
     tasks: str | None = None
     """Task spec (a built-in name or a YAML file); default: the environment's own."""
     relabel: str = "hipi"
@@ -58,7 +58,21 @@ class RLConfig(RunConfig):
     batch_size: int = 256
     """Transitions per minibatch, drawn uniformly from every stored step."""
     updates_per_step: int = 1
-    """Gradient updates per environment step (once batch_size steps are stored)."""
+    """Gradient updates per environment step (once batch_size steps are stored): with
+    ``envs`` environments, envs x updates_per_step updates after each lockstep step."""
+    envs: int = 1
+    """Environments stepped in lockstep, each on its own worker process when more than
+    one; each lockstep round runs one episode on each (episode indices in environment
+    order), so results do not depend on timing."""
+    init_store: str | None = None
+    """Start the replay buffer from this store's episodes (copied into replay.h5 first),
+    each with its commanded task (episodes/task) or, with init_labels, a label's task."""
+    init_labels: str | None = None
+    """With init_store: each episode's task is the most probable task (the argmax) of
+    this label set's posterior instead of its commanded task."""
+    offline_updates: int = 0
+    """Gradient updates on the initial buffer (init_store) before the first environment
+    step."""
     hidden: tuple[int, ...] = (256, 256)
     """Hidden layer sizes of the actor and of each critic."""
     gamma: float = 0.99
@@ -81,6 +95,9 @@ class RLConfig(RunConfig):
     """Delete an existing run in ``out`` (a folder this toolkit made) and start over."""
     progress: bool = True
     """Show a tqdm progress bar."""
+    tensorboard: bool = False
+    """Also write the per-episode metrics to RUN/tensorboard/ (needs the tensorboard
+    package; metrics.csv stays the record)."""
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -90,7 +107,8 @@ def check_config(config: RLConfig) -> None:
     """One-line FieldErrors naming the field of each bad value."""
     for name in ("steps", "batch_size", "updates_per_step", "checkpoint_every"):
         check_int(getattr(config, name), name)
-    for name in ("episode_steps", "start_steps"):
+    check_int(config.envs, "envs", high=256)
+    for name in ("episode_steps", "start_steps", "offline_updates"):
         check_int(getattr(config, name), name, low=0)
     check_threads(config.threads)
     check_seed(config.seed)
@@ -121,9 +139,17 @@ def check_config(config: RLConfig) -> None:
             raise FieldError(name, f"expected a number in [0, 1], got {value!r}")
     check_number(config.lr, "lr")
     check_number(config.init_alpha, "init_alpha")
-    for name in ("overwrite", "progress"):
+    for name in ("overwrite", "progress", "tensorboard"):
         check_flag(getattr(config, name), name)
     if not isinstance(config.out, (str, Path)) or not str(config.out):
         raise FieldError("out", f"expected a run directory, got {one_line(repr(config.out), 80)}")
     if config.tasks is not None and (not isinstance(config.tasks, str) or not config.tasks):
         raise FieldError("tasks", f"expected a task spec, got {one_line(repr(config.tasks), 80)}")
+    for name in ("init_store", "init_labels"):
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise FieldError(name, f"expected a name, got {one_line(repr(value), 80)}")
+    if config.init_labels is not None and config.init_store is None:
+        raise FieldError("init_labels", "needs --init-store")
+    if config.offline_updates and config.init_store is None:
+        raise FieldError("offline_updates", "needs --init-store (an initial buffer)")

@@ -1,20 +1,32 @@
 """``hipi-offline train-rl``: online task-conditioned SAC whose minibatches are
-relabeled (paper Alg. 2), in one process.
+relabeled (paper Alg. 2).
 
-Each episode draws its commanded task from the spec's prior and its reset seed from
-``default_rng([seed, episode])`` (the first ``start_steps`` actions are uniform draws
-of the same generator; later ones are the policy's draws). After every environment
-step, once ``batch_size`` steps are stored and the random phase is over,
-``updates_per_step`` minibatches are drawn uniformly from every stored step (the
-running episode included) and passed through :func:`~hipi_offline.rl.sac.relabeled_update`.
-Environments without termination: every discount is 1 (episode ends are time limits).
+The run steps ``envs`` environments in lockstep (on worker processes when more than
+one: :mod:`hipi_offline.rl.workers`), in rounds of one episode per environment. Online
+episode ``i`` (counted from 0 over the rounds, environment order within a round) draws
+its commanded task from the spec's prior and its reset seed from
+``default_rng([seed, i])`` (the first ``start_steps`` actions are uniform draws of the
+same generator; later ones are the policy's draws, one batched call for all
+environments). After every lockstep step, once ``batch_size`` steps are stored and the
+random phase is over, ``envs x updates_per_step`` minibatches are drawn uniformly from
+every stored step (the running episodes included) and passed through
+:func:`~hipi_offline.rl.sac.relabeled_update`. Nothing depends on which worker answers
+first. Environments without termination: every discount is 1 (episode ends are time
+limits).
+
+``--init-store`` starts the buffer from another store's episodes
+(:mod:`hipi_offline.rl.init_store`): they become the first episodes of replay.h5, and
+``offline_updates`` updates are made on them before the first environment step.
 
 The run folder holds config.json, replay.h5 (finished episodes, a store that
-``relabel``, ``train-bc`` and ``inspect`` read), metrics.csv (a row per episode) and
-checkpoints/ (at episode ends: :mod:`hipi_offline.rl.checkpoint`). Rerunning the same
-command continues from the last checkpoint: episodes a killed run appended after it are
-dropped from the store and the metrics, and the run ends with the same parameters as an
-uninterrupted one (same thread count).
+``relabel``, ``train-bc`` and ``inspect`` read), metrics.csv (a row per online episode),
+checkpoints/ (at round ends: :mod:`hipi_offline.rl.checkpoint`) and, with
+``--tensorboard``, tensorboard/ (the metrics.csv columns as ``train/<column>`` scalars
+at the environment step). Rerunning the same command continues from the last
+checkpoint: episodes a killed run appended after it are dropped from the store, the
+metrics and the TensorBoard events, and the run ends with the same parameters as an
+uninterrupted one (same thread count). SIGTERM is handled like Ctrl-C: the workers are
+closed and the command ends without a traceback.
 """
 
 from __future__ import annotations
@@ -24,7 +36,9 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,9 +61,17 @@ from hipi_offline.ownership import (
 from hipi_offline.progress import progress_bar
 from hipi_offline.rl import checkpoint as ckpt
 from hipi_offline.rl.config import RLConfig
+from hipi_offline.rl.init_store import InitEpisodes, load_init_episodes
 from hipi_offline.rl.relabel import Relabeler, achieved_goal, is_goal_family, make_relabeler
-from hipi_offline.rl.replay import Replay, append_episode, load_replay, rewrite_store
+from hipi_offline.rl.replay import (
+    Replay,
+    append_episodes,
+    load_replay,
+    rewrite_store,
+    store_metadata,
+)
 from hipi_offline.rl.sac import SAC, SACConfig, relabeled_update
+from hipi_offline.rl.workers import EnvPool, make_pool
 from hipi_offline.store import open_store
 from hipi_offline.store.atomic import atomic_write_bytes
 from hipi_offline.store.backends import ArrayInfo
@@ -94,12 +116,20 @@ class RLSummary:
     env_steps_per_s: float
     updates_per_s: float
     recent: dict[str, float] = field(default_factory=dict)
+    envs: int = 1
+    init_episodes: int = 0
+    """Episodes the buffer started from (--init-store); counted in ``episodes``."""
+    tensorboard: bool | None = None
+    """Whether RUN/tensorboard was written (False: asked for, not installed)."""
 
     def lines(self) -> list[str]:
         start = "" if self.resumed_from is None else f" (continued from step {self.resumed_from})"
+        where = f" on {self.envs} environments" if self.envs > 1 else ""
+        init = f" ({self.init_episodes} from --init-store)" if self.init_episodes else ""
         out = [
-            f"trained on {self.env} with {self.relabel} relabeling{start}: {self.env_steps} "
-            f"env steps, {self.episodes} episodes, {self.updates} updates -> {self.run_dir}"
+            f"trained on {self.env}{where} with {self.relabel} relabeling{start}: "
+            f"{self.env_steps} env steps, {self.episodes} episodes{init}, {self.updates} "
+            f"updates -> {self.run_dir}"
         ]
         if self.recent:
             out.append(
@@ -107,6 +137,10 @@ class RLSummary:
                 + ", ".join(f"{k} {v:.4g}" for k, v in self.recent.items() if math.isfinite(v))
             )
         out.append(f"  {self.env_steps_per_s:.0f} env steps/s, {self.updates_per_s:.0f} updates/s")
+        if self.tensorboard:
+            out.append(f"  tensorboard {self.run_dir / 'tensorboard'}")
+        elif self.tensorboard is False:
+            out.append("  tensorboard is not installed: metrics in metrics.csv only")
         return out
 
 
@@ -118,6 +152,8 @@ class Setup:
     relabeler: Relabeler
     task_dim: int
     episode_steps: int
+    rows: dict[str, tuple[tuple[int, ...], np.dtype]]
+    """Shape and dtype of every step field of a stored transition."""
 
 
 def _setup(env_name: str, config: RLConfig) -> Setup:
@@ -151,11 +187,21 @@ def _setup(env_name: str, config: RLConfig) -> Setup:
         temperature = float(temperature)
     relabeler = make_relabeler(config.relabel, spec.family, config.relabel_fraction, temperature)
     steps = config.episode_steps or info.default_steps
-    return Setup(env, spec, relabeler, task_dim, steps)
+    rows = {
+        "steps/observations": (tuple(np.shape(observation)), np.dtype(np.float32)),
+        "steps/actions": ((info.action_dim,), np.dtype(np.float32)),
+        "steps/next_observations": (tuple(np.shape(observation)), np.dtype(np.float32)),
+        **{
+            f"steps/{name}": (tuple(np.shape(v)), np.asarray(v).dtype)
+            for name, v in result.fields.items()
+        },
+        "steps/rewards": ((), np.dtype(np.float64)),
+    }
+    return Setup(env, spec, relabeler, task_dim, steps, rows)
 
 
 RUN_FILES = frozenset({"config.json", "metrics.csv", "replay.h5", MARKER_NAME})
-RUN_FOLDERS = frozenset({ckpt.FOLDER, "replay.h5.labels"})
+RUN_FOLDERS = frozenset({ckpt.FOLDER, "replay.h5.labels", "tensorboard"})
 """The entries of a train-rl run folder that train-rl (or relabel, for the replay
 store's label sets) wrote: the only ones it reads, writes or removes."""
 
@@ -269,17 +315,61 @@ def _kill_step() -> int | None:
     return None
 
 
+def _resumable(run_dir: Path, config: RLConfig) -> bool:
+    """Whether the run folder (read, never written) holds checkpoints this command
+    would continue from; the folder's full checks come after (:func:`_prepare_folder`)."""
+    try:
+        return (
+            not config.overwrite
+            and run_dir.is_dir()
+            and not run_dir.is_symlink()
+            and marker_kind(run_dir) == RUN_KIND
+            and not (run_dir / ckpt.FOLDER).is_symlink()
+            and bool(ckpt.list_checkpoints(run_dir))
+        )
+    except OSError:
+        return False
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def train_rl(env_name: str, config: RLConfig) -> RLSummary:
     """Run (or continue) ``config``'s online run on the environment ``env_name``."""
     setup = _setup(env_name, config)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _sigterm) if main else None
     try:
+        init = None
+        if config.init_store is not None and not _resumable(Path(config.out), config):
+            init = load_init_episodes(
+                config.init_store, config.init_labels, setup.rows, setup.spec, setup.task_dim
+            )
+            total = sum(init.lengths)
+            if config.offline_updates and total < config.batch_size:
+                raise InputError(
+                    f"--offline-updates: the initial buffer has {total} steps, fewer than "
+                    f"--batch-size {config.batch_size}"
+                )
         with torch_threads(config.threads):
-            return _train(env_name, config, setup)
+            return _train(env_name, config, setup, init)
     finally:
         setup.env.close()
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def _train(env_name: str, config: RLConfig, setup: Setup) -> RLSummary:
+def _tensorboard_writer(run_dir: Path, purge_step: int) -> Any:
+    """A SummaryWriter on RUN/tensorboard (None when tensorboard is not installed)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step or None)
+
+
+def _train(env_name: str, config: RLConfig, setup: Setup, init: InitEpisodes | None) -> RLSummary:
     run_dir = Path(config.out)
     env, spec, info = setup.env, setup.spec, setup.env.info
     sac = SAC(
@@ -302,26 +392,48 @@ def _train(env_name: str, config: RLConfig, setup: Setup) -> RLSummary:
     generator = torch.Generator().manual_seed(config.seed + 1)
     resume = _prepare_folder(run_dir, env_name, config)
     store, metrics = run_dir / "replay.h5", run_dir / "metrics.csv"
+    board = run_dir / "tensorboard"
     counters = ckpt.Counters(0, 0, 0)
     resumed_from = None
+    n_envs, length = config.envs, setup.episode_steps
+    family_fields = tuple(spec.family.fields)
     if resume:
         step, path = ckpt.list_checkpoints(run_dir)[-1]
         counters = ckpt.restore(path, sac, generator)
         resumed_from = step
+        metadata = store_metadata(store)
         replay = load_replay(store, counters.episodes, max(config.steps, counters.env_steps))
         if _stored_episodes(store) > counters.episodes:
-            rewrite_store(store, env_name, replay)
+            rewrite_store(store, env_name, replay, metadata)
         rows = [r for r in _read_rows(metrics) if int(float(r["episode"])) < counters.episodes]
         _write_metrics(metrics, rows)
     else:
         for leftover in (store, metrics):
             leftover.unlink(missing_ok=True)
-        replay = Replay(config.steps + setup.episode_steps)
+        if board.is_dir() and not board.is_symlink():
+            shutil.rmtree(board)
+        initial = sum(init.lengths) if init is not None else 0
+        replay = Replay(initial + config.steps + n_envs * length)
+        metadata = {"made_by": "train-rl"}
+        if init is not None:
+            metadata.update(
+                init_store=str(config.init_store),
+                init_episodes=init.episodes,
+                init_tasks=init.source,
+            )
+            for e in range(init.episodes):
+                replay.add_episode(init.episode(e), init.tasks[e])
+            append_episodes(store, env_name, replay, range(init.episodes), metadata)
+            counters = ckpt.Counters(0, init.episodes, 0, init.episodes)
         _write_metrics(metrics, [])
+        for _ in range(config.offline_updates):
+            batch = replay.sample(config.batch_size, generator, family_fields, "steps/observations")
+            relabeled_update(sac, setup.relabeler, batch, generator, lookup=replay)
 
-    family_fields = tuple(spec.family.fields)
+    writer = _tensorboard_writer(run_dir, counters.env_steps + 1) if config.tensorboard else None
     kill_at = _kill_step()
     env_steps, episodes = counters.env_steps, counters.episodes
+    init_episodes = counters.init_episodes
     next_checkpoint = (env_steps // config.checkpoint_every + 1) * config.checkpoint_every
     env_time = update_time = 0.0
     run_env_steps = run_updates = 0
@@ -332,40 +444,54 @@ def _train(env_name: str, config: RLConfig, setup: Setup) -> RLSummary:
         initial=min(env_steps, config.steps),
         unit="step",
     )
+    pool: EnvPool | None = None
     try:
+        pool = make_pool(env_name, n_envs, env)
         while env_steps < config.steps:
-            rng = np.random.default_rng([config.seed, episodes])
-            task = spec.prior.sample(1, rng)[0].astype(np.float32)
-            task_t = torch.from_numpy(task[None])
+            # one lockstep round: one episode on each environment, in environment order
+            rngs = [
+                np.random.default_rng([config.seed, episodes - init_episodes + k])
+                for k in range(n_envs)
+            ]
+            tasks = [spec.prior.sample(1, rng)[0].astype(np.float32) for rng in rngs]
+            task_t = torch.from_numpy(np.stack(tasks))
             tic = time.perf_counter()
-            observation = env.reset(int(rng.integers(2**31)))
-            replay.start_episode(task)
+            observations = pool.reset([int(rng.integers(2**31)) for rng in rngs])
+            replay.start_round(tasks, length)
             sums = {k: 0.0 for k in STATS}
             own_count = 0
             updates = 0
             ep_env = ep_upd = 0.0
-            for _ in range(setup.episode_steps):
+            for _ in range(length):
                 if env_steps < config.start_steps:
-                    action = rng.uniform(info.action_low, info.action_high).astype(np.float32)
+                    actions = [
+                        rng.uniform(info.action_low, info.action_high).astype(np.float32)
+                        for rng in rngs
+                    ]
                 else:
-                    obs_t = torch.from_numpy(np.asarray(observation, np.float32)[None])
-                    action = sac.act(obs_t, task_t)[0].numpy()
-                result = env.step(action)
-                row = {
-                    "steps/observations": np.asarray(observation, np.float32),
-                    "steps/actions": action,
-                    "steps/next_observations": np.asarray(result.observation, np.float32),
-                    **{f"steps/{k}": np.asarray(v) for k, v in result.fields.items()},
-                }
-                row["steps/rewards"] = np.float64(_reward(spec, row, task))
-                replay.add(row)
-                observation = result.observation
-                env_steps += 1
+                    obs_t = torch.from_numpy(
+                        np.stack([np.asarray(o, np.float32) for o in observations])
+                    )
+                    actions = list(sac.act(obs_t, task_t).numpy())
+                results = pool.step(actions)
+                rows = []
+                for k, result in enumerate(results):
+                    row = {
+                        "steps/observations": np.asarray(observations[k], np.float32),
+                        "steps/actions": actions[k],
+                        "steps/next_observations": np.asarray(result.observation, np.float32),
+                        **{f"steps/{n}": np.asarray(v) for n, v in result.fields.items()},
+                    }
+                    row["steps/rewards"] = np.float64(_reward(spec, row, tasks[k]))
+                    rows.append(row)
+                replay.add_round(rows)
+                observations = [result.observation for result in results]
+                env_steps += n_envs
                 toc = time.perf_counter()
                 ep_env += toc - tic
                 tic = toc
                 if replay.size >= config.batch_size and env_steps >= config.start_steps:
-                    for _ in range(config.updates_per_step):
+                    for _ in range(n_envs * config.updates_per_step):
                         batch = replay.sample(
                             config.batch_size, generator, family_fields, "steps/observations"
                         )
@@ -382,45 +508,56 @@ def _train(env_name: str, config: RLConfig, setup: Setup) -> RLSummary:
                     toc = time.perf_counter()
                     ep_upd += toc - tic
                     tic = toc
-            # the episode is over: store it, log it, maybe checkpoint
-            episode = replay.episodes - 1
-            steps_of = replay.episode_rows(episode)
-            append_episode(store, env_name, steps_of, task)
-            distance, success = _final_distance(spec, steps_of, task)
+            # the round is over: store its episodes, log them, maybe checkpoint
+            finished = replay.end_round()
+            append_episodes(store, env_name, replay, finished, metadata)
             means = {
                 k: (sums[k] / own_count if own_count else math.nan)
                 if k == "own_task"
                 else (sums[k] / updates if updates else math.nan)
                 for k in STATS
             }
-            metric = {
-                "step": env_steps,
-                "episode": episode,
-                "return": float(steps_of["steps/rewards"].sum()),
-                "final_distance": distance,
-                "success": success,
-                **means,
-                "env_steps_per_s": setup.episode_steps / ep_env if ep_env > 0 else math.nan,
-                "updates_per_s": updates / ep_upd if ep_upd > 0 else math.nan,
-            }
-            _append_metrics(metrics, metric)
-            recent = [*recent[-9:], metric]
-            episodes += 1
+            for k, episode in enumerate(finished):
+                steps_of = replay.episode_rows(episode)
+                distance, success = _final_distance(spec, steps_of, tasks[k])
+                metric = {
+                    "step": env_steps,
+                    "episode": episode,
+                    "return": float(steps_of["steps/rewards"].sum()),
+                    "final_distance": distance,
+                    "success": success,
+                    **means,
+                    "env_steps_per_s": n_envs * length / ep_env if ep_env > 0 else math.nan,
+                    "updates_per_s": updates / ep_upd if ep_upd > 0 else math.nan,
+                }
+                _append_metrics(metrics, metric)
+                if writer is not None:
+                    for name in METRICS[2:]:
+                        if math.isfinite(metric[name]):
+                            writer.add_scalar(f"train/{name}", metric[name], env_steps)
+                recent = [*recent[-9:], metric]
+            episodes += n_envs
             env_time += ep_env
             update_time += ep_upd
-            run_env_steps += setup.episode_steps
+            run_env_steps += n_envs * length
             run_updates += updates
             bar.update(min(env_steps, config.steps) - bar.n)
             if kill_at is not None and env_steps >= kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             if env_steps >= next_checkpoint or env_steps >= config.steps:
-                counters = ckpt.Counters(env_steps, episodes, sac.updates)
+                if writer is not None:
+                    writer.flush()
+                counters = ckpt.Counters(env_steps, episodes, sac.updates, init_episodes)
                 ckpt.save(run_dir, sac, generator, counters)
                 next_checkpoint = (
                     env_steps // config.checkpoint_every + 1
                 ) * config.checkpoint_every
     finally:
         bar.close()
+        if pool is not None:
+            pool.close()
+        if writer is not None:
+            writer.close()
     keys = ("return", "final_distance", "success")
     summary_recent = {k: float(np.mean([r[k] for r in recent])) for k in keys} if recent else {}
     return RLSummary(
@@ -434,6 +571,9 @@ def _train(env_name: str, config: RLConfig, setup: Setup) -> RLSummary:
         env_steps_per_s=run_env_steps / env_time if env_time > 0 else math.nan,
         updates_per_s=run_updates / update_time if update_time > 0 else math.nan,
         recent=summary_recent,
+        envs=n_envs,
+        init_episodes=init_episodes,
+        tensorboard=None if not config.tensorboard else writer is not None,
     )
 
 
