@@ -392,8 +392,15 @@ def test_hostile_run_folders_are_one_line_exit_2(
     assert after == before
 
 
-def test_a_run_in_another_environment_is_refused(runs, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_lone_checkpoint_and_another_environment_are_refused(
+    runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rl, _ = runs
+    lone = tmp_path / "lone.safetensors"
+    shutil.copy(ckpt.list_checkpoints(rl)[-1][1], lone)
+    code, _, err = run_cli(capsys, lone, "--episodes", 1)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"error: {lone}: a train-rl checkpoint outside its run folder" in err
     code, _, err = run_cli(capsys, rl, "--env", "cheetah", "--episodes", 1)
     assert code == 2 and err.count("\n") == 1, err
     assert "policy observations have shape (2,), cheetah gives 17" in err

@@ -100,7 +100,24 @@ def rl_run_of(path: Path) -> tuple[Path, Path | None] | None:
     in_run = parent.name == ckpt.FOLDER and marker_kind(parent.parent) == RUN_KIND
     if in_run and (path.is_symlink() or not path.is_dir()):
         return parent.parent, path
+    if path.is_file() and _holds_an_actor(path):
+        raise InputError(
+            f"{path}: a train-rl checkpoint outside its run folder; its options are in the "
+            "run's config.json, so give the run folder or a checkpoint in its checkpoints/"
+        )
     return None
+
+
+def _holds_an_actor(path: Path) -> bool:
+    """Whether a file is a safetensors file with ``sac.actor.*`` tensors (its header
+    only is read; anything unreadable is left to the BC reader's errors)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return any(k.startswith(ACTOR_PREFIX) for k in handle.keys())  # noqa: SIM118
+    except (OSError, ValueError, RuntimeError, TypeError, SafetensorError):
+        return False
 
 
 def _checkpoint(run_dir: Path, given: Path | None) -> tuple[Path, int]:
