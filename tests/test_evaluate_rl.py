@@ -392,7 +392,7 @@ def test_hostile_run_folders_are_one_line_exit_2(
     assert after == before
 
 
-def test_a_lone_checkpoint_and_another_environment_are_refused(
+def test_lone_checkpoints_huge_episodes_and_other_environments_are_refused(
     runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rl, _ = runs
@@ -401,6 +401,13 @@ def test_a_lone_checkpoint_and_another_environment_are_refused(
     code, _, err = run_cli(capsys, lone, "--episodes", 1)
     assert code == 2 and err.count("\n") == 1, err
     assert f"error: {lone}: a train-rl checkpoint outside its run folder" in err
+    huge = copy_run(rl, tmp_path / "huge")
+    edit_config(huge, episode_steps=2**62)
+    code, _, err = run_cli(capsys, huge, "--episodes", 1)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "config.json: field config.episode_steps: 4611686018427387904 is more" in err
+    code, _, err = run_cli(capsys, huge, "--episodes", 1, "--steps", 2)
+    assert code == 0, err  # the user's --steps needs nothing from the run
     code, _, err = run_cli(capsys, rl, "--env", "cheetah", "--episodes", 1)
     assert code == 2 and err.count("\n") == 1, err
     assert "policy observations have shape (2,), cheetah gives 17" in err

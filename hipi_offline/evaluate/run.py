@@ -161,9 +161,8 @@ def evaluate(runs: Sequence[str | Path], config: EvalConfig) -> Evaluation:
     _check(config)
     policies = [load_policy(r, device="cpu") for r in runs]
     env_name, dataset_steps = _env_name(config.env, runs[0], policies[0])
-    first = policies[0]
-    if isinstance(first, RLPolicy) and env_name == first.rl_run.env:
-        dataset_steps = first.rl_run.config.episode_steps or None
+    if config.steps is None and isinstance(policies[0], RLPolicy):
+        dataset_steps = _rl_episode_steps(policies[0], env_name) or dataset_steps
     env = cached_envs(env_name, 1)[0]
     labels = [(run, policy.run.labels) for run, policy in zip(runs, policies, strict=True)]
     trained = [
@@ -284,6 +283,23 @@ def _store_attrs(policy: Policy) -> dict[str, Any]:
             return dict(opened.attrs)
     except (InputError, ResourceError, OSError):
         return {}
+
+
+def _rl_episode_steps(policy: RLPolicy, env_name: str) -> int | None:
+    """A train-rl run's episode length, when it is evaluated in its own environment
+    (None: the environment's default). Its config.json is untrusted: a length that
+    :func:`_positive_int` would not take is refused."""
+    run = policy.rl_run
+    value = run.config.episode_steps
+    if env_name != run.env or not value:
+        return None
+    steps = _positive_int(value)
+    if steps is None:
+        raise InputError(
+            f"{run.run_dir / 'config.json'}: field config.episode_steps: {value} is more "
+            f"steps than evaluate takes from a run (below 2**31); pass --steps"
+        )
+    return steps
 
 
 def _positive_int(value: Any) -> int | None:

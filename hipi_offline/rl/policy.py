@@ -220,8 +220,8 @@ def actor_description(run: RLRun, tensors: dict[str, Tensor], where: str) -> Run
     (SAC's actor: :class:`~hipi_offline.bc.policy.BCNetwork` with the gaussian head),
     in the dimensions of the checkpoint's statistics vectors (``where`` names the
     checkpoint; ``evaluate`` checks them against the environment); its label name is
-    the method (``rl-hipi``). A description that cannot be (layer sizes too large)
-    is refused naming config.json."""
+    the method (``rl-hipi``). Layer sizes no network can have are refused naming
+    config.json."""
     dims = {
         name: _length(tensors, f"{name}_{vector}", where)
         for name, vector in (("obs", "mean"), ("act", "low"), ("task", "mean"))
