@@ -183,10 +183,71 @@ def test_rerun_of_a_finished_run_continues_or_refuses(
     assert code == 0 and "continued" not in text
 
 
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of every scalar of the run's TensorBoard events, by tag."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+@pytest.mark.skipif(not _has_tensorboard(), reason="tensorboard is not installed")
+def test_tensorboard_events_hold_the_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every metrics.csv column but step/episode is a train/<column> scalar at the
+    episode's environment step, with the csv's value (as float32, TensorBoard's
+    precision); a continued run appends to the same events."""
+    out = tmp_path / "run"
+    code, text, err = run(capsys, "pointmass", "--out", out, *TINY, "--tensorboard")
+    assert code == 0, err
+    assert f"tensorboard {out / 'tensorboard'}" in text
+    code, _, err = run(capsys, "pointmass", "--out", out, *TINY, "--steps", "100", "--tensorboard")
+    assert code == 0, err
+    rows = read_metrics(out / "metrics.csv")
+    scalars = _scalars(out)
+    assert {"train/return", "train/critic_loss", "train/final_distance"} <= set(scalars)
+    assert set(scalars) <= {f"train/{k}" for k in METRICS[2:]}
+    for name in METRICS[2:]:
+        expected = [
+            (int(r["step"]), float(np.float32(r[name]))) for r in rows if np.isfinite(r[name])
+        ]
+        assert scalars.get(f"train/{name}", []) == expected, name
+    assert [s for s, _ in scalars["train/return"]] == [20, 40, 60, 80, 100]
+
+
+def test_tensorboard_not_installed_is_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    out = tmp_path / "run"
+    code, text, err = run(capsys, "pointmass", "--out", out, *TINY, "--tensorboard")
+    assert code == 0, err
+    assert "tensorboard is not installed: metrics in metrics.csv only" in text
+    assert not (out / "tensorboard").exists()
+    code, text, err = run(capsys, "pointmass", "--out", out, *TINY, "--steps", "80")
+    assert code == 0 and "tensorboard" not in text.replace(str(tmp_path), "TMP"), text
+
+
 def _command(out: Path) -> list[str]:
-    """The tiny run at 100 steps (5 episodes), a checkpoint every 40 steps."""
+    """The tiny run at 100 steps (5 episodes), a checkpoint every 40 steps, TensorBoard
+    events where tensorboard is installed."""
     tiny = [*TINY[2:10], "--steps", "100", "--checkpoint-every", "40", *TINY[12:]]
-    return [sys.executable, "-m", "cli.main", "train-rl", "pointmass", "--out", str(out), *tiny]
+    board = ["--tensorboard"] if _has_tensorboard() else []
+    command = [sys.executable, "-m", "cli.main", "train-rl", "pointmass", "--out", str(out)]
+    return [*command, *tiny, *board]
 
 
 @pytest.mark.slow
@@ -225,6 +286,12 @@ def test_resume_after_a_kill_is_exact(tmp_path: Path) -> None:
     for r_s, r_k in zip(rows_s, rows_k, strict=True):
         for key in set(METRICS) - timing:
             assert r_s[key] == r_k[key] or (np.isnan(r_s[key]) and np.isnan(r_k[key])), key
+    if _has_tensorboard():  # the killed run's events past its checkpoint are purged
+        events_s, events_k = _scalars(straight), _scalars(killed)
+        assert events_s.keys() == events_k.keys()
+        for tag in events_s.keys() - {f"train/{k}" for k in timing}:
+            assert events_s[tag] == events_k[tag], tag
+        assert [s for s, _ in events_k["train/return"]] == [20, 40, 60, 80, 100]
 
 
 @pytest.mark.slow
