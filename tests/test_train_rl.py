@@ -252,8 +252,9 @@ def _command(out: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_resume_after_a_kill_is_exact(tmp_path: Path) -> None:
-    """Killed after the episode ending at step 60 was stored (checkpoint at 40): the
-    rerun drops that episode from the store and the metrics, continues from 40 and ends
+    """Killed at the checkpoint at step 80 after its episodes were appended to the store
+    and before it was written (checkpoint at 40): the rerun drops the two episodes past
+    40 from the store and the metrics, continues from 40 and ends
     with the very parameters, optimizer states, generators and store of a straight run
     (same thread count)."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -262,7 +263,7 @@ def test_resume_after_a_kill_is_exact(tmp_path: Path) -> None:
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
     assert [s for s, _ in list_checkpoints(killed)] == [40]
     with open_store(killed / "replay.h5") as store:
-        assert store.num_episodes == 3  # one more than the checkpoint holds
+        assert store.num_episodes == 4  # two more than the checkpoint holds
     outputs = []
     for out in (killed, straight):
         done = subprocess.run(_command(out), cwd=ROOT, capture_output=True, timeout=300)

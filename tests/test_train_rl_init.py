@@ -246,8 +246,9 @@ def _command(out: Path, source: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_resume_after_a_kill_is_exact_with_an_init_store(tmp_path: Path) -> None:
-    """Killed after the episode ending at step 60 was stored (checkpoint at 40): the
-    rerun keeps the init episodes, drops the extra one, and ends as a straight run."""
+    """Killed at the checkpoint at step 80 after its episodes were stored, before it was
+    written (checkpoint at 40): the rerun keeps the init episodes, drops the two extra
+    ones, and ends as a straight run."""
     source = _hand_store(tmp_path / "source.h5", episodes=4, length=6)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     env = {**os.environ, "HIPI_OFFLINE_TEST_KILL": "rl:60"}
@@ -256,6 +257,8 @@ def test_resume_after_a_kill_is_exact_with_an_init_store(tmp_path: Path) -> None
     )
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
     assert [s for s, _ in list_checkpoints(killed)] == [40]
+    with open_store(killed / "replay.h5") as store:
+        assert store.num_episodes == 4 + 4  # the init episodes, two past the checkpoint
     source.unlink()  # a resumed run reads only its own replay.h5
     outputs = []
     for out in (killed, straight):

@@ -182,8 +182,9 @@ def _workers_of(token: str) -> list[psutil.Process]:
 
 @pytest.mark.slow
 def test_resume_after_a_kill_is_exact_with_two_workers(tmp_path: Path) -> None:
-    """SIGKILL after the round ending at step 80 was stored (checkpoint at 40): the
-    workers leave by themselves, and the rerun ends as a straight run does."""
+    """SIGKILL at the checkpoint at step 80, its round stored, the checkpoint not
+    written (checkpoint at 40): the workers leave by themselves, and the rerun ends as
+    a straight run does."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     token = f"kill-{os.getpid()}-{tmp_path.name}"
     env = {**os.environ, "HIPI_OFFLINE_TEST_KILL": "rl:60", "HIPI_TEST_TOKEN": token}

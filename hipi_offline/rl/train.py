@@ -19,7 +19,8 @@ limits).
 ``offline_updates`` updates are made on them before the first environment step.
 
 The run folder holds config.json, replay.h5 (finished episodes, a store that
-``relabel``, ``train-bc`` and ``inspect`` read), metrics.csv (a row per online episode),
+``relabel``, ``train-bc`` and ``inspect`` read; appended at each checkpoint, since every
+append commits the store to disk), metrics.csv (a row per online episode),
 checkpoints/ (at round ends: :mod:`hipi_offline.rl.checkpoint`) and, with
 ``--tensorboard``, tensorboard/ (the metrics.csv columns as ``train/<column>`` scalars
 at the environment step). Rerunning the same command continues from the last
@@ -81,8 +82,9 @@ from hipi_offline.tasks.spec import TaskSpec, load_task_spec
 RUN_KIND = "rl-run"
 """The marker kind of a train-rl run folder."""
 KILL_ENV = "HIPI_OFFLINE_TEST_KILL"
-"""Test hook: ``rl:N`` kills the process with SIGKILL at the first episode end at or
-after N environment steps, after the episode is stored and before any checkpoint."""
+"""Test hook: ``rl:N`` kills the process with SIGKILL at the first checkpoint at or
+after N environment steps, after its episodes are appended to replay.h5 and before the
+checkpoint is written (so the store holds episodes that the last checkpoint does not)."""
 SUCCESS_RADIUS = 0.1
 """Success of a goal task without a margin: the final step within this distance."""
 METRICS = (
@@ -432,6 +434,7 @@ def _train(env_name: str, config: RLConfig, setup: Setup, init: InitEpisodes | N
 
     writer = _tensorboard_writer(run_dir, counters.env_steps + 1) if config.tensorboard else None
     kill_at = _kill_step()
+    pending: list[int] = []  # finished episodes not yet in replay.h5
     env_steps, episodes = counters.env_steps, counters.episodes
     init_episodes = counters.init_episodes
     next_checkpoint = (env_steps // config.checkpoint_every + 1) * config.checkpoint_every
@@ -510,7 +513,7 @@ def _train(env_name: str, config: RLConfig, setup: Setup, init: InitEpisodes | N
                     tic = toc
             # the round is over: store its episodes, log them, maybe checkpoint
             finished = replay.end_round()
-            append_episodes(store, env_name, replay, finished, metadata)
+            pending += finished
             means = {
                 k: (sums[k] / own_count if own_count else math.nan)
                 if k == "own_task"
@@ -542,11 +545,17 @@ def _train(env_name: str, config: RLConfig, setup: Setup, init: InitEpisodes | N
             run_env_steps += n_envs * length
             run_updates += updates
             bar.update(min(env_steps, config.steps) - bar.n)
-            if kill_at is not None and env_steps >= kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
             if env_steps >= next_checkpoint or env_steps >= config.steps:
+                # the store first (one append of every episode since the last one), then
+                # the checkpoint that counts them: a kill between the two leaves extra
+                # episodes, which the resumed run drops
+                if pending:
+                    append_episodes(store, env_name, replay, pending, metadata)
+                pending = []
                 if writer is not None:
                     writer.flush()
+                if kill_at is not None and env_steps >= kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
                 counters = ckpt.Counters(env_steps, episodes, sac.updates, init_episodes)
                 ckpt.save(run_dir, sac, generator, counters)
                 next_checkpoint = (
