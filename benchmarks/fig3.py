@@ -39,6 +39,7 @@ FLAGS = {
     "temperature": "--temperature",
     "alpha": "--alpha",
     "gamma": "--gamma",
+    "workers": "--workers",
 }
 """Config field -> option (error messages name the option)."""
 
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", help="temperature of hipi's posterior")
     p.add_argument("--alpha", help="soft Q-learning temperature")
     p.add_argument("--gamma", help="discount, below 1")
+    p.add_argument("--workers", help="processes running seeds (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -76,7 +78,7 @@ def _parse(flag: str, text: str, kind: type) -> Any:
 def config_from(args: argparse.Namespace) -> Fig3Config:
     """The preset with the options applied; InputError naming the option."""
     config = Fig3Config.preset(args.preset)
-    kinds = {"seeds": tuple, "rounds": int, "labels_per_round": int}
+    kinds = {"seeds": tuple, "rounds": int, "labels_per_round": int, "workers": int}
     changes = {
         name: _parse(flag, getattr(args, name), kinds.get(name, float))
         for name, flag in FLAGS.items()

@@ -31,6 +31,7 @@ from hipi_offline.experiments.gridworld import (
     random_paths,
     reaches,
     run_fig3,
+    run_strategy,
     sample_categorical,
     score,
     soft_value_iteration,
@@ -385,3 +386,17 @@ def test_script_refuses_a_linked_output(tmp_path: Path, capsys: pytest.CaptureFi
     assert line_.startswith("error: --out: ") and "symbolic link" in line_
     assert (tmp_path / "elsewhere.png").read_bytes() == b"keep"
     assert not (tmp_path / "fig3-tiny.json").exists()
+
+
+@pytest.mark.parametrize("strategy", ["hipi", "random", "her-future"])
+def test_rounds_update_only_changed_goals_as_a_full_solve_would(strategy: str) -> None:
+    """The rounds re-solve only the goals whose labels changed, from the last values;
+    the final scores equal a from-scratch solve of the final labels."""
+    data = Layout("random").dataset(np.random.default_rng(5))
+    scores, labeled = run_strategy(
+        data, strategy, np.random.default_rng(6), 12, 2, ALPHA, GAMMA, 4.0
+    )
+    values = soft_value_iteration(data, labeled, ALPHA, GAMMA)
+    full = score(data, reaches(data, greedy_next(data, labeled, values, GAMMA)))
+    assert full.success == scores[-1].success
+    assert full.per_goal == pytest.approx(scores[-1].per_goal, nan_ok=True, rel=0, abs=0)

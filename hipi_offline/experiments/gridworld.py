@@ -53,6 +53,7 @@ from hipi_offline.configs import (
 )
 from hipi_offline.errors import InputError
 from hipi_offline.experiments.common import check_seeds
+from hipi_offline.parallel import ordered_map
 from hipi_offline.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -203,10 +204,17 @@ def v_fail(gamma: float) -> float:
     return -1.0 / (1.0 - gamma)
 
 
-def backup(data: Dataset, values: np.ndarray, gamma: float) -> np.ndarray:
+def _goal_columns(data: Dataset, columns: np.ndarray | None) -> np.ndarray:
+    return np.arange(data.n_goals) if columns is None else np.asarray(columns, dtype=np.int64)
+
+
+def backup(
+    data: Dataset, values: np.ndarray, gamma: float, columns: np.ndarray | None = None
+) -> np.ndarray:
     """Q(s, a, ψ) = -1 + γ V(s', ψ) (0 after arriving) of every unique transition and
-    goal, [U, G] float64."""
-    return -1.0 + gamma * np.where(data.not_goal, values[data.u_next], 0.0)
+    goal, [U, G] float64; with ``columns``, for those goals only (``values`` [S, C])."""
+    not_goal = data.not_goal if columns is None else data.not_goal[:, columns]
+    return -1.0 + gamma * np.where(not_goal, values[data.u_next], 0.0)
 
 
 def _soft_max_by_state(
@@ -233,6 +241,7 @@ def soft_value_iteration(
     tol: float = 1e-13,
     max_iterations: int = 100_000,
     start: np.ndarray | None = None,
+    columns: np.ndarray | None = None,
 ) -> np.ndarray:
     """V [S, G] (float64): per goal ψ, the fixed point of
     V(s, ψ) = α log Σ_{labeled (s, a)} exp(Q(s, a, ψ)/α), Q from :func:`backup`;
@@ -241,19 +250,23 @@ def soft_value_iteration(
     ``labeled`` [U, G] bool: unique transition u is labeled with goal g. Iterates until
     the largest change is at most ``tol`` (a γ-contraction: the error is then at most
     tol γ / (1 - γ)). ``start``: the values to iterate from (default :func:`v_fail`;
-    the fixed point is the same from any start)."""
+    the fixed point is the same from any start). ``columns``: only these goals (each
+    goal's values depend on its own labels alone); the result is then [S, C]."""
     if labeled.shape != (len(data.u_s), data.n_goals):
         raise ValueError("soft_value_iteration: labeled must be [unique transitions, goals]")
-    base = np.full((data.grid.n_states, data.n_goals), v_fail(gamma))
-    columns = np.arange(data.n_goals)
-    base[data.goals, columns] = 0.0
+    cols = _goal_columns(data, columns)
+    labeled = labeled[:, cols]
+    own = (data.goals[cols], np.arange(len(cols)))
+    base = np.full((data.grid.n_states, len(cols)), v_fail(gamma))
+    base[own] = 0.0
     values = base.copy() if start is None else np.array(start, dtype=np.float64)
     for _ in range(max_iterations):
-        _, soft = _soft_max_by_state(data, backup(data, values, gamma), labeled, alpha)
+        q = backup(data, values, gamma, None if columns is None else cols)
+        _, soft = _soft_max_by_state(data, q, labeled, alpha)
         new = base.copy()
         block = new[data.group_state]
         new[data.group_state] = np.where(np.isfinite(soft), soft, block)
-        new[data.goals, columns] = 0.0
+        new[own] = 0.0
         change = float(np.max(np.abs(new - values)))
         values = new
         if change <= tol:
@@ -261,35 +274,46 @@ def soft_value_iteration(
     raise RuntimeError("soft_value_iteration: no convergence (is gamma < 1?)")
 
 
-def greedy_next(data: Dataset, labeled: np.ndarray, values: np.ndarray, gamma: float) -> np.ndarray:
+def greedy_next(
+    data: Dataset,
+    labeled: np.ndarray,
+    values: np.ndarray,
+    gamma: float,
+    columns: np.ndarray | None = None,
+) -> np.ndarray:
     """[S, G]: the next state of the greedy policy (argmax of Q over the transitions
-    labeled with the goal; ties to the lowest action), -1 where it has none."""
-    q = backup(data, values, gamma)
+    labeled with the goal; ties to the lowest action), -1 where it has none; with
+    ``columns`` (``values`` [S, C]), [S, C] for those goals."""
+    q = backup(data, values, gamma, columns)
+    if columns is not None:
+        labeled = labeled[:, columns]
     masked = np.where(labeled, q, -np.inf)
     top = np.maximum.reduceat(masked, data.group_start, axis=0)
     best = labeled & (masked == top[data.group_of_u])
     index = np.where(best, np.arange(len(data.u_s))[:, None], len(data.u_s))
     first = np.minimum.reduceat(index, data.group_start, axis=0)
-    out = np.full((data.grid.n_states, data.n_goals), -1, dtype=np.int64)
+    out = np.full((data.grid.n_states, q.shape[1]), -1, dtype=np.int64)
     found = first < len(data.u_s)
     nxt = np.where(found, data.u_next[np.minimum(first, len(data.u_s) - 1)], -1)
     out[data.group_state] = nxt
     return out
 
 
-def reaches(data: Dataset, nxt: np.ndarray) -> np.ndarray:
-    """[S, G] bool: following ``nxt`` from the start arrives at the goal within S steps."""
+def reaches(data: Dataset, nxt: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    """[S, G] bool: following ``nxt`` from the start arrives at the goal within S steps;
+    with ``columns`` (``nxt`` [S, C]), [S, C] for those goals."""
     n = data.grid.n_states
-    pos = np.repeat(np.arange(n)[:, None], data.n_goals, axis=1)
-    columns = np.broadcast_to(np.arange(data.n_goals), pos.shape)
-    done = pos == data.goals[None, :]
+    goals = data.goals[_goal_columns(data, columns)]
+    pos = np.repeat(np.arange(n)[:, None], len(goals), axis=1)
+    index = np.broadcast_to(np.arange(len(goals)), pos.shape)
+    done = pos == goals[None, :]
     for _ in range(n):
-        step = nxt[pos, columns]
+        step = nxt[pos, index]
         move = ~done & (step >= 0)
         if not move.any():
             break
         pos = np.where(move, step, pos)
-        done |= pos == data.goals[None, :]
+        done |= pos == goals[None, :]
     return done
 
 
@@ -415,12 +439,20 @@ def run_strategy(
     the final labeled mask [U, G]."""
     labeled = np.zeros((len(data.u_s), data.n_goals), dtype=bool)
     values = soft_value_iteration(data, labeled, alpha, gamma)
+    success = np.zeros((data.grid.n_states, data.n_goals), dtype=bool)
     scores = []
     for _ in range(rounds):
         goals = draw_labels(strategy, data, rng, labels_per_round, values, gamma, temperature)
+        before = labeled.copy()
         labeled[np.repeat(data.row_u, labels_per_round), goals.reshape(-1)] = True
-        values = soft_value_iteration(data, labeled, alpha, gamma, start=values)
-        scores.append(score(data, reaches(data, greedy_next(data, labeled, values, gamma))))
+        changed = np.flatnonzero((labeled != before).any(axis=0))  # only these goals move
+        if len(changed):
+            values[:, changed] = soft_value_iteration(
+                data, labeled, alpha, gamma, start=values[:, changed], columns=changed
+            )
+            nxt = greedy_next(data, labeled, values[:, changed], gamma, changed)
+            success[:, changed] = reaches(data, nxt, changed)
+        scores.append(score(data, success))
     return scores, labeled
 
 
@@ -488,6 +520,8 @@ class Fig3Config:
     """Temperature T of hipi's posterior (Q/T; the project's --relabel-temperature)."""
     progress: bool = field(default=True, compare=False)
     """A progress bar over (layout, seed) jobs."""
+    workers: int = field(default=1, compare=False)
+    """Processes running (layout, seed) jobs (results do not depend on it)."""
 
     def __post_init__(self) -> None:
         self.check()
@@ -499,15 +533,16 @@ class Fig3Config:
 
     @classmethod
     def reduced(cls) -> Fig3Config:
-        """The paper's layout and random 10 x 10 crossings, 10 seeds, 60 rounds:
-        about a minute on 2 cores."""
-        return cls(layouts=(Layout(), Layout("random")), seeds=tuple(range(10)), rounds=60)
+        """The paper's layout and random 10 x 10 crossings, 10 seeds, 150 rounds:
+        about a minute of CPU."""
+        return cls(layouts=(Layout(), Layout("random")), seeds=tuple(range(10)), rounds=150)
 
     @classmethod
     def full(cls) -> Fig3Config:
-        """Adds random 16 x 16 crossings (6 + 6 walks), 30 seeds, 100 rounds."""
+        """Adds random 16 x 16 crossings (6 + 6 walks); 20 seeds, 300 rounds: about
+        an hour of CPU (``--workers`` runs seeds in parallel)."""
         big = Layout("random", rows=16, cols=16, horizontal=6, vertical=6, min_length=8)
-        return cls(layouts=(Layout(), Layout("random"), big), seeds=tuple(range(30)), rounds=100)
+        return cls(layouts=(Layout(), Layout("random"), big), seeds=tuple(range(20)), rounds=300)
 
     @classmethod
     def preset(cls, name: str) -> Fig3Config:
@@ -541,11 +576,13 @@ class Fig3Config:
         if self.gamma >= 1.0:
             raise FieldError("gamma", f"must be below 1, got {self.gamma}")
         check_number(self.temperature, "temperature")
+        check_int(self.workers, "workers", 1, 256)
 
     def settings(self) -> dict[str, Any]:
         """What the experiment computes (progress left out), JSON-ready."""
         data = asdict(self)
         data.pop("progress")
+        data.pop("workers")
         data["layouts"] = [asdict(lay) for lay in self.layouts]
         data["strategies"] = list(self.strategies)
         data["seeds"] = list(self.seeds)
@@ -593,6 +630,10 @@ def run_seed(config: Fig3Config, layout: Layout, seed: int) -> dict[str, Any]:
     return out
 
 
+def _seed_job(job: tuple[Fig3Config, Layout, int]) -> dict[str, Any]:
+    return run_seed(*job)
+
+
 def mean_se(values: Sequence[float | None]) -> dict[str, Any]:
     """Mean and standard error (ddof 1; None for one value) of the values that are
     not None or NaN."""
@@ -605,11 +646,13 @@ def mean_se(values: Sequence[float | None]) -> dict[str, Any]:
 
 def run_fig3(config: Fig3Config, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every layout, seed and strategy; returns the results (JSON-ready)."""
-    jobs = [(layout, seed) for layout in config.layouts for seed in config.seeds]
+    jobs = [(config, layout, seed) for layout in config.layouts for seed in config.seeds]
     per: dict[str, list[dict[str, Any]]] = {layout.name: [] for layout in config.layouts}
     with progress_bar(enabled=config.progress, total=len(jobs), desc="fig3", unit="seed") as bar:
-        for layout, seed in jobs:
-            per[layout.name].append(run_seed(config, layout, seed))
+        for (_, layout, _), result in zip(
+            jobs, ordered_map(_seed_job, jobs, config.workers), strict=True
+        ):
+            per[layout.name].append(result)
             bar.update(1)
     layouts: dict[str, Any] = {}
     for layout in config.layouts:
@@ -676,7 +719,7 @@ def _colors() -> dict[str, Any]:
 
 def _draw_paths(ax: Any, data: dict[str, Any], alpha: float = 1.0, names: bool = False) -> None:
     cols = data["cols"]
-    path_colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    path_colors = [f"C{i}" for i in range(10)]
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     for k, path in enumerate(data["paths"]):
         ys, xs = zip(*(divmod(s, cols) for s in path), strict=True)
@@ -776,7 +819,7 @@ def fig3_figure(results: dict[str, Any]) -> Figure:
             fontsize=10,
         )
         _grid_axes(axes[0], data["rows"], data["cols"])
-        _draw_paths(axes[0], data, names=True)
+        _draw_paths(axes[0], data, names=fixed)
         axes[0].set_title("data trajectories", fontsize=9)
         for ax, strategy in zip(axes[1:], strategies, strict=True):
             _grid_axes(ax, data["rows"], data["cols"])
