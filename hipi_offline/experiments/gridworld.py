@@ -793,8 +793,12 @@ def fig3_figure(results: dict[str, Any]) -> Figure:
         + 0.8
         for e in layouts.values()
     ]
-    fig = Figure(figsize=(2.6 * ncols, sum(heights) + 4.6), layout="constrained")
-    rows = fig.subfigures(len(layouts) + 1, 1, height_ratios=[*heights, 4.0])
+    pairs_per_row = 2  # layouts whose bars and curves share a row at the bottom
+    bottom_rows = math.ceil(len(layouts) / pairs_per_row)
+    fig = Figure(
+        figsize=(2.6 * ncols, sum(heights) + 4.2 * bottom_rows + 0.6), layout="constrained"
+    )
+    rows = fig.subfigures(len(layouts) + 1, 1, height_ratios=[*heights, 4.2 * bottom_rows])
     fig.suptitle(
         "Fig. 3: relabeling with inverse RL stitches crossing trajectories\n"
         f"tabular soft Q-learning; {settings['rounds']} rounds x "
@@ -840,7 +844,9 @@ def fig3_figure(results: dict[str, Any]) -> Figure:
             label="reach map: per goal cell, fraction of the connected start states from "
             "which the greedy policy arrives (blank: no start leads there)",
         )
-    bottom = rows[-1].subplots(1, 2 * len(layouts), squeeze=False)[0]
+    bottom = rows[-1].subplots(bottom_rows, 2 * pairs_per_row, squeeze=False).ravel()
+    for ax in bottom[2 * len(layouts) :]:
+        ax.set_visible(False)
     for k, (name, entry) in enumerate(layouts.items()):
         runs = entry["seeds"]
         ax = bottom[2 * k]
@@ -875,7 +881,7 @@ def fig3_figure(results: dict[str, Any]) -> Figure:
                 se = np.array(summary["curve_stderr"])
                 ax.fill_between(rounds, mean - se, mean + se, color=colors[strategy], alpha=0.2)
         ax.set_ylim(0, 1.05)
-        ax.set_xlabel("round (goals drawn, then soft value iteration)")
+        ax.set_xlabel("round (goals drawn, then soft value iteration)", fontsize=8)
         ax.set_ylabel("success rate (all connected pairs)")
         ax.set_title(f"{name}: learning curves,\nmean ± s.e. over {len(runs)} seeds", fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
