@@ -8,6 +8,8 @@ order, and bit for bit only for the same computation repeated (determinism)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -123,6 +125,22 @@ def test_temperature_moves_toward_the_target_entropy(target_entropy: float, sign
     )
     frozen.update(batch)
     assert float(frozen.alpha) == 1.0
+
+
+@pytest.mark.parametrize("half", [0.1, 1.0, 3.0])
+def test_default_target_entropy_is_minus_act_dim_in_the_unit_box(half: float) -> None:
+    """-act_dim in the [-1, 1] box is -act_dim + sum log(half-width) in environment
+    units; a fresh policy (std ~ 1 before tanh) sits above it for any box width, so the
+    temperature goes down first instead of growing without bound in a small box."""
+    sac = SAC(
+        3, 2, 2, [-half, -2 * half], [half, 0.0], SACConfig(hidden=(32, 32)), seed=0, dtype=F64
+    )
+    expected = math.log(half) + math.log(half) - 2.0  # both half-widths are `half`
+    assert sac.target_entropy == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    before = float(sac.alpha)
+    stats = sac.update(make_batch())
+    assert float(stats["entropy"]) > sac.target_entropy
+    assert float(sac.alpha) < before
 
 
 def test_updates_are_deterministic_given_the_seed() -> None:

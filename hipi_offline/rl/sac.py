@@ -6,8 +6,8 @@ BC policy. Each twin critic Q(s, a, psi) is the same network class with a
 one-output deterministic head on the input [s, a]: its observation statistics
 cover s and a (a is standardized by the action range). Target critics follow by
 Polyak averaging; the entropy temperature alpha is learned toward a target
-entropy (-act_dim by default). :meth:`SAC.pair_q` evaluates the B x K
-(transition, task) pairs in one batched forward, for HIPI relabeling::
+entropy (by default -act_dim in the action box scaled to [-1, 1]). :meth:`SAC.pair_q`
+evaluates the B x K (transition, task) pairs in one batched forward, for HIPI relabeling::
 
     sac = SAC(obs_dim, act_dim, task_dim, low, high, SACConfig(), seed=0)
     stats = sac.update(batch)                      # one gradient step on each loss
@@ -31,6 +31,9 @@ from hipi_offline.rl.relabel import Relabeled, Relabeler
 
 _LOG_2 = math.log(2.0)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+PAIR_CHUNK_CPU = 2048
+"""Rows per piece of :meth:`SAC.pair_q` on the CPU: at width 256 a piece's activations
+(2 MiB) stay in cache (B = K = 256 on one thread: 0.33 s instead of 0.68 s)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,10 @@ class SACConfig:
     alpha_lr: float = 3e-4
     init_alpha: float = 1.0
     target_entropy: float | None = None
-    """None: -act_dim."""
+    """None: -act_dim for the action box scaled to [-1, 1]^act_dim (SAC v2's target, made
+    for that box), that is -act_dim + sum_i log(half-width_i) in environment units, the
+    units of the log-densities. A plain -act_dim is out of reach for a small box (the
+    point mass's +-0.1: its largest entropy is 2 log 0.2 = -3.2) and alpha then only grows."""
     learn_alpha: bool = True
 
     def __post_init__(self) -> None:
@@ -90,9 +96,6 @@ class SAC(nn.Module):
             raise ValueError("SAC: task_dim must be at least 1 (a task-conditioned learner)")
         self.config = config = config or SACConfig()
         self.obs_dim, self.act_dim, self.task_dim = obs_dim, act_dim, task_dim
-        self.target_entropy = (
-            -float(act_dim) if config.target_entropy is None else float(config.target_entropy)
-        )
         low = torch.as_tensor(np.asarray(action_low, dtype=np.float64)).reshape(act_dim)
         high = torch.as_tensor(np.asarray(action_high, dtype=np.float64)).reshape(act_dim)
         if not bool((high > low).all()):
@@ -123,6 +126,11 @@ class SAC(nn.Module):
             for critic in self.critics:
                 critic.obs_mean[obs_dim:] = center
                 critic.obs_std[obs_dim:] = half
+        self.target_entropy = (
+            float(torch.log(half.double()).sum()) - act_dim
+            if config.target_entropy is None
+            else float(config.target_entropy)
+        )
         self.targets = copy.deepcopy(self.critics)
         self.targets.requires_grad_(False)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
@@ -182,12 +190,17 @@ class SAC(nn.Module):
         return self._q(self.critics, obs, action, task)
 
     @torch.no_grad()
-    def pair_q(self, obs: Tensor, actions: Tensor, tasks: Tensor, chunk: int = 1 << 16) -> Tensor:
+    def pair_q(
+        self, obs: Tensor, actions: Tensor, tasks: Tensor, chunk: int | None = None
+    ) -> Tensor:
         """min_k Q_k(s_i, a_i, psi_j) [B, K] for every transition i and task j, without
         Python loops over pairs: the first layer is applied to the B transitions and the
         K tasks apart (its input is their concatenation) and broadcast-added; the rest
         of each critic runs as one batched forward of B*K rows (in pieces of at most
-        ``chunk`` rows)."""
+        ``chunk`` rows; default :data:`PAIR_CHUNK_CPU` on the CPU, where pieces that stay
+        in cache halve the time of B = K = 256, and 1 << 16 on a GPU)."""
+        if chunk is None:
+            chunk = PAIR_CHUNK_CPU if obs.device.type == "cpu" else 1 << 16
         size, count = obs.shape[0], tasks.shape[0]
         x = torch.cat([obs, actions], dim=1)
         rows_per = max(1, chunk // max(count, 1))
