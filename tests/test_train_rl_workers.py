@@ -232,13 +232,21 @@ def test_a_failing_worker_is_one_error_line_and_every_worker_is_joined(
 
 
 @pytest.mark.slow
-def test_sigterm_closes_the_workers(tmp_path: Path) -> None:
-    """SIGTERM once both workers run: exit code 130, one line, and no worker left."""
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_sigterm_and_ctrl_c_close_the_workers(tmp_path: Path, how: str) -> None:
+    """SIGTERM to the command, or SIGINT to its whole process group (Ctrl-C in a
+    terminal), once both workers run: exit code 130, one line (no worker traceback),
+    and no worker left."""
     token = f"term-{os.getpid()}-{tmp_path.name}"
     env = {**os.environ, "HIPI_TEST_TOKEN": token}
     command = [*_command(tmp_path / "run"), "--steps", "100000"]
     process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         parent = psutil.Process(process.pid)
@@ -251,7 +259,10 @@ def test_sigterm_closes_the_workers(tmp_path: Path) -> None:
             time.sleep(0.05)
         children = parent.children()
         assert len(children) >= 2
-        process.send_signal(signal.SIGTERM)
+        if how == "sigterm":
+            process.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(process.pid, signal.SIGINT)
         _, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
@@ -261,3 +272,25 @@ def test_sigterm_closes_the_workers(tmp_path: Path) -> None:
     assert len(err.decode().strip().splitlines()) == 1, err.decode()
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive and not _workers_of(token)
+
+
+def test_a_stop_request_is_a_flag_then_an_interrupt() -> None:
+    """The first SIGTERM/SIGINT only sets the flag (raised at the run's next safe point,
+    never inside a finalizer that would swallow it), a second interrupts at once; the
+    previous handlers come back."""
+    from hipi_offline.rl.train import StopRequest
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    stop = StopRequest()
+    stop.install()
+    try:
+        stop.check()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop()
+        with pytest.raises(KeyboardInterrupt):
+            stop.check()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

@@ -26,8 +26,9 @@ checkpoints/ (at round ends: :mod:`hipi_offline.rl.checkpoint`) and, with
 at the environment step). Rerunning the same command continues from the last
 checkpoint: episodes a killed run appended after it are dropped from the store, the
 metrics and the TensorBoard events, and the run ends with the same parameters as an
-uninterrupted one (same thread count). SIGTERM is handled like Ctrl-C: the workers are
-closed and the command ends without a traceback.
+uninterrupted one (same thread count). SIGTERM and Ctrl-C stop the run at the next
+safe point (:class:`StopRequest`; a second one at once): the workers are closed and the
+command ends without a traceback, keeping the last checkpoint.
 """
 
 from __future__ import annotations
@@ -333,15 +334,48 @@ def _resumable(run_dir: Path, config: RLConfig) -> bool:
         return False
 
 
-def _sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+class StopRequest:
+    """SIGTERM and SIGINT during a run: the first sets :attr:`requested`, which the
+    run checks at safe points (after each lockstep step and update, and while it waits
+    for a worker) and then stops like Ctrl-C; a second one interrupts at once. An
+    exception raised by the handler itself could land anywhere, even in a finalizer
+    that swallows it, and the run would go on."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def check(self) -> None:
+        """KeyboardInterrupt once a stop was requested."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for number in self.SIGNALS:
+                self.previous[number] = signal.signal(number, self._handle)
+
+    def restore(self) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous = {}
 
 
 def train_rl(env_name: str, config: RLConfig) -> RLSummary:
     """Run (or continue) ``config``'s online run on the environment ``env_name``."""
     setup = _setup(env_name, config)
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _sigterm) if main else None
+    stop = StopRequest()
+    stop.install()
     try:
         init = None
         if config.init_store is not None and not _resumable(Path(config.out), config):
@@ -355,11 +389,10 @@ def train_rl(env_name: str, config: RLConfig) -> RLSummary:
                     f"--batch-size {config.batch_size}"
                 )
         with torch_threads(config.threads):
-            return _train(env_name, config, setup, init)
+            return _train(env_name, config, setup, init, stop)
     finally:
         setup.env.close()
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        stop.restore()
 
 
 def _tensorboard_writer(run_dir: Path, purge_step: int) -> Any:
@@ -371,7 +404,13 @@ def _tensorboard_writer(run_dir: Path, purge_step: int) -> Any:
     return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step or None)
 
 
-def _train(env_name: str, config: RLConfig, setup: Setup, init: InitEpisodes | None) -> RLSummary:
+def _train(
+    env_name: str,
+    config: RLConfig,
+    setup: Setup,
+    init: InitEpisodes | None,
+    stop: StopRequest,
+) -> RLSummary:
     run_dir = Path(config.out)
     env, spec, info = setup.env, setup.spec, setup.env.info
     sac = SAC(
@@ -431,6 +470,7 @@ def _train(env_name: str, config: RLConfig, setup: Setup, init: InitEpisodes | N
         for _ in range(config.offline_updates):
             batch = replay.sample(config.batch_size, generator, family_fields, "steps/observations")
             relabeled_update(sac, setup.relabeler, batch, generator, lookup=replay)
+            stop.check()
 
     writer = _tensorboard_writer(run_dir, counters.env_steps + 1) if config.tensorboard else None
     kill_at = _kill_step()
@@ -449,8 +489,9 @@ def _train(env_name: str, config: RLConfig, setup: Setup, init: InitEpisodes | N
     )
     pool: EnvPool | None = None
     try:
-        pool = make_pool(env_name, n_envs, env)
+        pool = make_pool(env_name, n_envs, env, interrupted=stop)
         while env_steps < config.steps:
+            stop.check()
             # one lockstep round: one episode on each environment, in environment order
             rngs = [
                 np.random.default_rng([config.seed, episodes - init_episodes + k])
@@ -477,6 +518,7 @@ def _train(env_name: str, config: RLConfig, setup: Setup, init: InitEpisodes | N
                     )
                     actions = list(sac.act(obs_t, task_t).numpy())
                 results = pool.step(actions)
+                stop.check()
                 rows = []
                 for k, result in enumerate(results):
                     row = {
@@ -502,6 +544,7 @@ def _train(env_name: str, config: RLConfig, setup: Setup, init: InitEpisodes | N
                             sac, setup.relabeler, batch, generator, lookup=replay
                         )
                         updates += 1
+                        stop.check()
                         for k in STATS:
                             value = float(stats[k])
                             if k == "own_task" and math.isnan(value):

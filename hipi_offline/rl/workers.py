@@ -9,7 +9,8 @@ a pipe. Every read of a pipe waits with a timeout while checking that the worker
 alive, so a crashed worker is one :class:`~hipi_offline.errors.ResourceError` naming it
 and a hung one ends the run after :data:`TIMEOUT_S`; :meth:`ProcessPool.close` always
 joins every worker (terminating, then killing, one that does not leave) and is called
-from the trainer's ``finally`` (Ctrl-C, SIGTERM and errors included). Workers ignore
+from the trainer's ``finally`` (Ctrl-C, SIGTERM and errors included; the trainer's
+``interrupted`` callback is polled while it waits for a worker). Workers ignore
 SIGINT (the parent decides) and leave when the parent's end of their pipe closes, so a
 killed parent leaves no worker behind.
 
@@ -25,7 +26,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
@@ -110,6 +111,7 @@ def _worker(env_name: str, index: int, conn: Connection) -> None:
     """A worker's loop: make the environment, then answer reset/step until told to
     close or until the parent's end of the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     fault = _test_fault(index)
     try:
         env = make_env(env_name)
@@ -150,9 +152,17 @@ def _worker(env_name: str, index: int, conn: Connection) -> None:
 class ProcessPool:
     """One worker process per environment, driven over pipes."""
 
-    def __init__(self, env_name: str, size: int, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        env_name: str,
+        size: int,
+        timeout: float | None = None,
+        interrupted: Callable[[], bool] | None = None,
+    ) -> None:
         self.size = size
         self.timeout = timeout if timeout is not None else _timeout()
+        self.interrupted = interrupted
+        """Checked while waiting for a worker: True raises KeyboardInterrupt."""
         self.processes: list[BaseProcess] = []
         self.conns: list[Connection] = []
         context = mp.get_context("spawn")
@@ -165,7 +175,13 @@ class ProcessPool:
                     name=f"hipi-env-{index}",
                     daemon=True,
                 )
-                process.start()
+                # started with SIGINT blocked (the mask is inherited), so that a Ctrl-C
+                # before the worker ignores it is not a traceback in the worker
+                blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                try:
+                    process.start()
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                 child.close()
                 self.processes.append(process)
                 self.conns.append(parent)
@@ -182,6 +198,8 @@ class ProcessPool:
         limit = START_TIMEOUT_S if what == "start" else self.timeout
         deadline = time.monotonic() + limit
         while not conn.poll(POLL_S):
+            if self.interrupted is not None and self.interrupted():
+                raise KeyboardInterrupt
             if not process.is_alive():
                 raise ResourceError(
                     f"environment worker {index} died during {what} (exit code {process.exitcode})"
@@ -238,10 +256,12 @@ class ProcessPool:
         self.processes, self.conns = [], []
 
 
-def make_pool(env_name: str, size: int, first: TaskEnv) -> EnvPool:
+def make_pool(
+    env_name: str, size: int, first: TaskEnv, interrupted: Callable[[], bool] | None = None
+) -> EnvPool:
     """``size`` copies of ``env_name``: ``first`` itself when ``size`` is 1 (or below
     :data:`PROCESSES_FROM`, with more copies made here), else worker processes (then
-    ``first`` is left to the caller)."""
+    ``first`` is left to the caller; ``interrupted``: see :class:`ProcessPool`)."""
     if size < PROCESSES_FROM:
         envs = [first]
         try:
@@ -251,4 +271,4 @@ def make_pool(env_name: str, size: int, first: TaskEnv) -> EnvPool:
                 env.close()
             raise
         return LocalPool(envs, borrowed=1)
-    return ProcessPool(env_name, size)
+    return ProcessPool(env_name, size, interrupted=interrupted)
