@@ -125,7 +125,6 @@ class BareSAC(nn.Module):
     ) -> None:
         super().__init__()
         self.gamma, self.tau = setting.gamma, setting.tau
-        self.target_entropy = -float(act_dim)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(setting.seed)
             self.actor = mlp(obs_dim + task_dim, 2 * act_dim, setting.hidden)
@@ -139,6 +138,8 @@ class BareSAC(nn.Module):
         high_t = torch.as_tensor(np.asarray(high, np.float64), dtype=dtype)
         self.center = 0.5 * (high_t + low_t)
         self.half = (0.5 * (high_t - low_t)).clamp(min=HALF_RANGE_FLOOR)
+        # -act_dim in the box scaled to [-1, 1] (SB3's 'auto', which acts in that box)
+        self.target_entropy = float(torch.log(self.half.double()).sum()) - act_dim
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=setting.lr)
         self.critic_opt = torch.optim.Adam(self.critics.parameters(), lr=setting.lr)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=setting.lr)
