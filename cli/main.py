@@ -90,7 +90,12 @@ def _run(action: Callable[[], T]) -> T:
             ResourceError("out of memory; use a smaller dataset, batch or candidate count"), 1
         ) from None
     except KeyboardInterrupt:
-        typer.secho("interrupted; nothing was committed", fg=typer.colors.RED, err=True)
+        typer.secho(
+            "interrupted; nothing half-written was kept (a training run keeps its "
+            "checkpoints: the same command continues it)",
+            fg=typer.colors.RED,
+            err=True,
+        )
         raise typer.Exit(130) from None
 
 

@@ -43,6 +43,9 @@ class Replay:
         self.episode_starts: list[int] = []
         self.episode_lengths: list[int] = []
         self.episode_tasks: list[np.ndarray] = []
+        self._table: tuple[np.ndarray, np.ndarray] | None = None
+        """(tasks [E, task_dim], lengths [E]) of the E episodes, restacked only when
+        episodes were added (sampling stays O(batch), not O(episodes))."""
         self.round_size = 0
         """Episodes of the running round (0: none running)."""
         self.round_length = 0
@@ -157,7 +160,15 @@ class Replay:
         index = self.rows(torch.randint(0, self.size, (size,), generator=generator).numpy())
         arrays = self.arrays
         episodes = arrays["episode"][index]
-        tasks = np.stack(self.episode_tasks)[episodes]
+        if self._table is None or len(self._table[0]) != len(self.episode_tasks):
+            self._table = (
+                np.stack(self.episode_tasks),
+                np.asarray(self.episode_lengths, np.int64),
+            )
+        tasks = self._table[0][episodes]
+        lengths = self._table[1][episodes]  # committed episodes' lengths never change
+        if self.round_size:
+            lengths[episodes >= len(self.episode_starts) - self.round_size] = self.round_filled
         return Batch(
             obs=torch.from_numpy(arrays[obs_key][index]),
             actions=torch.from_numpy(arrays["steps/actions"][index]),
@@ -168,7 +179,7 @@ class Replay:
             fields={name: torch.from_numpy(arrays[name][index]) for name in fields},
             episodes=torch.from_numpy(episodes),
             steps=torch.from_numpy(arrays["offset"][index]),
-            lengths=torch.from_numpy(self.lengths()[episodes]),
+            lengths=torch.from_numpy(lengths),
         )
 
     def step_fields(
