@@ -164,10 +164,16 @@ LINEAR3 = "family: linear\nfeatures: [steps/infos/position, steps/infos/position
         ("offline-small", "error: --offline-updates: the initial buffer has 12 steps"),
         ("bad-offline", "error: --offline-updates: "),
         ("one-step", "error: --init-store: "),
+        ("nan", "error: --init-store: "),
+        ("memory", "error: --init-store: "),
     ],
 )
 def test_bad_init_input_is_one_line_and_writes_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    message: str,
 ) -> None:
     source = tmp_path / "source.h5"
     args: list[object] = ["--init-store", source]
@@ -207,12 +213,25 @@ def test_bad_init_input_is_one_line_and_writes_nothing(
         args += ["--offline-updates", "-1"]
     elif case == "one-step":
         _hand_store(source, episodes=2, length=1)
+    elif case == "nan":  # episode 1, its step 2: store row 7
+        obs = np.zeros((15, 2))
+        obs[7, 1] = np.nan
+        _hand_store(source, steps={"steps/observations": obs})
+        message = (
+            "error: --init-store: "
+            + str(source)
+            + (": steps/observations holds NaN or inf at step 7 (episode 1)")
+        )
+    elif case == "memory":  # a machine with 1 KiB available
+        _hand_store(source)
+        monkeypatch.setattr("hipi_offline.rl.init_store.available_memory", lambda: 1024)
     before = sorted(p.name for p in tmp_path.iterdir())
     out = tmp_path / "run"
     code, _, err = run(capsys, "pointmass", "--out", out, *TINY, *args)
     assert code == 2, err
     assert err.startswith(message), err
     assert len(err.strip().splitlines()) == 1, err
+    assert case != "memory" or "in memory and 1.0 KiB is available" in err, err
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 

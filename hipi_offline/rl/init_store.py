@@ -28,7 +28,9 @@ import numpy as np
 import torch
 
 from hipi_offline.errors import InputError, one_line
+from hipi_offline.preflight import available_memory, human_bytes
 from hipi_offline.store import open_store
+from hipi_offline.store.backends import ArrayInfo
 from hipi_offline.tasks.spec import TaskSpec
 
 REQUIRED = ("steps/observations", "steps/actions")
@@ -122,9 +124,12 @@ def load_init_episodes(
             )
         if tasks.dtype.kind not in "biuf" or not np.isfinite(tasks).all():
             raise InputError(f"{flag}: {what} of {path} holds non-finite or non-numeric tasks")
+        _check_memory(where, store.num_steps, {n: fields[n] for n in needed}, rows, spec)
         data = {name: store.read_steps(name) for name in needed}
-    tasks = tasks.astype(np.float32)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    for name, values in data.items():
+        _check_finite(where, name, np.asarray(values), starts)
+    tasks = tasks.astype(np.float32)
     if not has_next:  # each episode's steps but the last; s' = the following observation
         keep = np.ones(int(lengths.sum()), bool)
         keep[starts + lengths - 1] = False
@@ -156,3 +161,41 @@ def _rewards(
         out[start:stop] = spec.family.reward(part, all_tasks[e : e + 1])[:, 0].numpy()
         start = stop
     return out
+
+
+def _check_memory(
+    where: str,
+    steps: int,
+    fields: Mapping[str, ArrayInfo],
+    rows: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+    spec: TaskSpec,
+) -> None:
+    """Refuse a store whose steps would not fit in memory: read as stored, cast to the
+    online rows' dtypes, held again by the replay buffer, plus the float64 reward inputs."""
+    need = 0
+    for name, info in fields.items():
+        shape, dtype = rows[name]
+        elements = int(np.prod(shape, dtype=np.int64))
+        stored = int(np.prod(info.shape[1:], dtype=np.int64))
+        need += stored * np.dtype(info.dtype).itemsize + 2 * elements * dtype.itemsize
+    for name in spec.family.fields:
+        shape = rows[name][0] if name in rows else (1,)
+        need += 8 * int(np.prod(shape, dtype=np.int64))
+    need = steps * (need + 3 * 8)  # rewards, episode ids and offsets
+    free = available_memory()
+    if free is not None and need > free:
+        raise InputError(
+            f"{where}: its {steps} steps need about {human_bytes(need)} in memory and "
+            f"{human_bytes(free)} is available; start from a smaller store"
+        )
+
+
+def _check_finite(where: str, name: str, values: np.ndarray, starts: np.ndarray) -> None:
+    """Refuse NaN or inf in a float step field, naming the first step and episode."""
+    if values.dtype.kind != "f":
+        return
+    good = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if not good.all():
+        row = int(np.argmin(good))
+        episode = int(np.searchsorted(starts, row, side="right")) - 1
+        raise InputError(f"{where}: {name} holds NaN or inf at step {row} (episode {episode})")
