@@ -9,9 +9,11 @@ kill and finished runs are kept.
         --png benchmarks/fig6-reduced.png --json benchmarks/fig6-reduced.json
     python benchmarks/fig6.py --preset full --root runs/fig6-full --workers 16
 
-Presets: tiny (seconds, the tests), reduced (under 30 minutes on 2 cores), full (a
-16-core machine). Prints the last point of every curve (mean ± standard error over
-seeds) and writes the figure and the curves' JSON (default: into ``--root``).
+Presets: tiny (seconds, the tests), reduced (4000 steps, 3 seeds: 980 s of CPU time
+with 2 workers, 17 min of wall time on 2 cores loaded 3-6 by other
+jobs), full (hours on a 16-core machine). Prints the last
+point of every curve (mean ± standard error over seeds) and writes the figure and
+the curves' JSON (default: into ``--root``).
 Code: hipi_offline/experiments/rl_curves.py.
 """
 

@@ -556,7 +556,7 @@ environment units), so the learned temperature only grows, by about a factor
 e^(lr x updates) under Adam. The presets therefore start alpha small (and the full one
 learns slower) so that it stays below about 0.1 over a run."""
 REDUCED_TRAIN = RLSettings(
-    steps=2000,
+    steps=4000,
     start_steps=250,
     batch_size=64,
     hidden=(64, 64),
@@ -564,10 +564,10 @@ REDUCED_TRAIN = RLSettings(
     init_alpha=0.02,
     checkpoint_every=1000,
 )
-"""40 episodes, 1750 updates per run: what 2 busy cores fit in 30 minutes per figure
-(hipi's B x B soft Q-values make its updates the dearest). The dense goals are
-reached by then (final distance about 0.1), the sparse ones not yet; ``--steps``
-continues the same runs further. Alpha: see :data:`ALPHA_NOTE`."""
+"""80 episodes, 3750 updates per run (hipi's B x B soft Q-values make its updates the
+dearest): about 1200 s (fig5) and 1000 s (fig6) of CPU time with 2 workers, 10-20
+minutes of wall time on 2 free cores. The dense goals are reached by 2000 steps;
+``--steps`` continues the same runs further. Alpha: see :data:`ALPHA_NOTE`."""
 FULL_TRAIN = RLSettings(
     steps=30_000,
     start_steps=1000,
