@@ -111,10 +111,13 @@ def _trained_spec(trained: Sequence[tuple[str, str]]) -> TaskSpec:
         )
     ((name, run),) = names.items()
     if name not in builtin_spec_names():
-        raise InputError(
-            f"--task-spec: {run} was trained on the task spec {one_line(repr(name), 80)} "
-            "(its config.json's tasks), a file that evaluate does not open on a run "
-            "folder's word; pass --task-spec with the spec to score it"
+        raise InputError(  # one_line shortens a long path in its middle: its name stays
+            one_line(
+                f"--task-spec: {run} was trained on the task spec {name!r} (its "
+                "config.json's tasks), a file that evaluate does not open on a run "
+                "folder's word; pass --task-spec with the spec to score it",
+                400,
+            )
         )
     return load_task_spec(name)
 
