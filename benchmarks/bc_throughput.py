@@ -34,7 +34,6 @@ import io
 import json
 import logging
 import os
-import platform
 import pstats
 import shutil
 import statistics
@@ -46,9 +45,11 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the benchmark output
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_machine, when imported
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_machine import cpu_description, load_average, package_versions  # noqa: E402
 
 from hipi_offline.bc import BCConfig, BCNetwork, parse_hidden, train_bc  # noqa: E402
 from hipi_offline.bc.data import (  # noqa: E402
@@ -275,31 +276,8 @@ class D3rlpyBC:
 
 
 # ---------------------------------------------------------------- report
-def loadavg() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except OSError:
-        return float("nan")
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version(), "torch": torch.__version__}
-    from importlib import metadata
-
-    for name in ("hipi-offline", "d3rlpy", "numpy"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found[name] = metadata.version(name)
-    return found
-
-
 def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    text = f"{cpu}, {os.cpu_count()} logical CPUs"
+    text = cpu_description()
     if device.type == "cuda":
         text += f", GPU {torch.cuda.get_device_name(device)}"
     return text
@@ -430,8 +408,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.data_dir.mkdir(parents=True, exist_ok=True)
     name = (
-        f"bc_E{args.episodes}_T{args.episode_steps}_O{args.obs_dim}_A{args.act_dim}"
-        f"_s{args.seed}.h5"
+        f"bc_E{args.episodes}_T{args.episode_steps}_O{args.obs_dim}_A{args.act_dim}_s{args.seed}.h5"
     )
     t0 = time.perf_counter()
     store_path = make_store(
@@ -481,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(args.repeats):
             rotated = order[repeat % len(order) :] + order[: repeat % len(order)]
             for method in rotated:
-                load = loadavg()
+                load = load_average()
                 result = trainers[method](args.steps)
                 result["load"] = load
                 runs[method].append(result)
@@ -513,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(device),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "versions": versions(),
+        "versions": package_versions("torch", "hipi-offline", "d3rlpy", "numpy"),
         "config": {
             "episodes": args.episodes,
             "episode_steps": args.episode_steps,

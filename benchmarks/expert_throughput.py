@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench_machine import cpu_description
 
 from hipi_offline.collect import CollectConfig, collect
 from hipi_offline.envs import env_entry
@@ -111,19 +112,6 @@ def table(rows: list[Row]) -> list[str]:
     return lines
 
 
-def machine() -> str:
-    """CPU model and core count."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} logical cores"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", default="cheetah,quadruped,desk")
@@ -149,7 +137,7 @@ def main() -> None:
     if unknown or not counts or min(counts) < 1 or (args.units_per_worker or 1) < 1:
         parser.error(f"--envs from {sorted(BENCHMARK_SETS)}; positive --workers and units")
     options = f"; expert options {' '.join(args.expert)}" if args.expert else ""
-    print(f"machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}{options}\n")
+    print(f"machine: {cpu_description()}; {time.strftime('%Y-%m-%d %H:%M')}{options}\n")
     rows = []
     for env in envs:
         for workers in counts:

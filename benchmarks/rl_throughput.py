@@ -34,7 +34,6 @@ see benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import cProfile
 import datetime as dt
@@ -42,7 +41,6 @@ import io
 import json
 import math
 import os
-import platform
 import pstats
 import shutil
 import sys
@@ -54,9 +52,11 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the benchmark output
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_machine, when imported
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_machine import cpu_description, load_average, package_versions  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from hipi_offline.bc import parse_hidden  # noqa: E402
@@ -431,33 +431,6 @@ def run_sb3(setting: Setting) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- report
-def loadavg() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except OSError:
-        return math.nan
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} logical CPUs"
-
-
-def versions() -> dict[str, str]:
-    from importlib import metadata
-
-    found = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("hipi-offline", "stable-baselines3", "gymnasium", "numpy"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found[name] = metadata.version(name)
-    return found
-
-
 def rates(run: dict[str, float]) -> dict[str, float]:
     """A run's figures: env steps/s over the whole run (wall and thread CPU time),
     updates/s over the update phase, env steps/s over the env phase."""
@@ -640,7 +613,7 @@ def _main(args: argparse.Namespace) -> int:
         for repeat in range(args.repeats):
             shift = repeat % len(order)
             for method in order[shift:] + order[:shift]:
-                load = loadavg()
+                load = load_average()
                 run = {**trainers[method](), "load": load}
                 runs[method].append(run)
                 r = rates(run)
@@ -666,8 +639,10 @@ def _main(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine(),
-        "versions": versions(),
+        "machine": cpu_description(),
+        "versions": package_versions(
+            "torch", "hipi-offline", "stable-baselines3", "gymnasium", "numpy"
+        ),
         "setting": asdict(setting),
         "hipi_steps": hipi_setting.steps,
         "repeats": args.repeats,
