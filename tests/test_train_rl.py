@@ -23,6 +23,7 @@ from hipi_offline.rl.relabel import STRATEGIES
 from hipi_offline.rl.train import METRICS, read_metrics, train_rl
 from hipi_offline.store import open_store
 from hipi_offline.store.describe import describe_store
+from hipi_offline.tasks.spec import load_task_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -324,3 +325,44 @@ def test_hipi_learns_to_reach_goals_on_the_dense_point_mass() -> None:
     first = np.mean([r["final_distance"] for r in rows[:10]])  # random actions
     last = np.mean([r["final_distance"] for r in rows[-10:]])
     assert first > 0.6 and last < 0.4, (first, last)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("env", "tasks"),
+    [
+        ("cheetah", "cheetah-velocity"),
+        ("quadruped", "quadruped-linear"),
+        ("desk", "desk-discrete"),
+        ("reacher", "reacher-goal-sparse"),
+    ],
+)
+def test_every_registered_domain_trains(
+    env: str, tasks: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train-rl on the MuJoCo domains with their own task families (target, linear,
+    discrete, sparse goal): a short run stores its episodes, rewards equal to the
+    family's reward of the stored fields summed per episode, and metrics per episode."""
+    out = tmp_path / "run"
+    code, _, err = run(
+        capsys, env, "--tasks", tasks, "--out", out, "--steps", "40", "--episode-steps", "20",
+        "--start-steps", "20", "--batch-size", "8", "--hidden", "16,16", "--threads", "1",
+        "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    family = load_task_spec(tasks).family
+    with open_store(out / "replay.h5") as store:
+        assert store.num_episodes == 2
+        rewards = store.read_steps("steps/rewards").reshape(2, 20).astype(np.float64)
+        commanded = np.asarray(store.read_episode_field("task"), np.float64)
+        named = {n: np.asarray(store.read_steps(n), np.float64) for n in family.fields}
+    for e in range(2):  # float64 reference: the family's reward of the stored fields
+        fields = {
+            n: torch.from_numpy(v[20 * e : 20 * e + 20].reshape(20, -1)) for n, v in named.items()
+        }
+        task = torch.from_numpy(commanded[e].reshape(1, -1))
+        expected = family.reward(fields, task)[:, 0].numpy()
+        np.testing.assert_allclose(rewards[e], expected, rtol=1e-12, atol=1e-12)
+    rows = read_metrics(out / "metrics.csv")
+    assert [int(r["episode"]) for r in rows] == [0, 1]
+    np.testing.assert_allclose([r["return"] for r in rows], rewards.sum(axis=1), rtol=1e-12)
