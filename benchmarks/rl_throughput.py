@@ -50,8 +50,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the benchmark output
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_machine, when imported
 
 import numpy as np  # noqa: E402
@@ -574,7 +574,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    with torch_threads(args.threads):
+    # no progress bars in the benchmark output; only while it runs (a test imports and
+    # runs this module, and the environment reaches every subprocess its session starts)
+    quiet = {"TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1")}
+    with mock.patch.dict(os.environ, quiet), torch_threads(args.threads):
         return _main(args)
 
 

@@ -87,7 +87,13 @@ def metric_rows(run: Path) -> dict[int, list[float]]:
 
 
 def files_under(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
+    """Paths below ``root``; a TensorBoard events file (written where tensorboard is
+    installed) as its folder and prefix, as its name holds a time stamp, host and pid."""
+    names = {str(p.relative_to(root)) for p in root.rglob("*")}
+    return {
+        n.split(".out.tfevents.")[0] + ".out.tfevents" if ".out.tfevents." in n else n
+        for n in names
+    }
 
 
 @pytest.fixture(scope="module")
