@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -52,8 +53,13 @@ class InitEpisodes:
     def episodes(self) -> int:
         return len(self.lengths)
 
+    @cached_property
+    def starts(self) -> np.ndarray:
+        """int64 [episodes]: each episode's first row (summed once, not per episode)."""
+        return np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+
     def episode(self, index: int) -> dict[str, np.ndarray]:
-        start = sum(self.lengths[:index])
+        start = int(self.starts[index])
         stop = start + self.lengths[index]
         return {name: values[start:stop] for name, values in self.steps.items()}
 
