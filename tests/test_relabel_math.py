@@ -25,11 +25,8 @@ from conftest import SUFFIXES
 
 import hipi_offline.relabel.run as run_module
 from hipi_offline.relabel import RelabelConfig, accumulate_returns, make_accumulator, relabel
-from hipi_offline.relabel.returns import (
-    GenericAccumulator,
-    LinearAccumulator,
-    SortedTargetAccumulator,
-)
+from hipi_offline.relabel.returns import GenericAccumulator, LinearAccumulator
+from hipi_offline.relabel.target_returns import SortedTargetAccumulator
 from hipi_offline.store import LabelSet, create_store, open_store
 from hipi_offline.tasks import FAMILIES as REGISTERED_FAMILIES
 from hipi_offline.tasks import parse_task_spec

@@ -20,16 +20,11 @@ import reference as ref
 import torch
 import yaml
 
-import hipi_offline.relabel.returns as returns_module
+import hipi_offline.relabel.segments as segments_module
 from hipi_offline.errors import InputError
 from hipi_offline.relabel import accumulate_returns, make_accumulator
-from hipi_offline.relabel.returns import (
-    Float32Buckets,
-    GenericAccumulator,
-    LinearAccumulator,
-    SortedTargetAccumulator,
-    StoreRows,
-)
+from hipi_offline.relabel.returns import GenericAccumulator, LinearAccumulator, StoreRows
+from hipi_offline.relabel.target_returns import Float32Buckets, SortedTargetAccumulator
 from hipi_offline.store import create_store, open_store
 from hipi_offline.tasks import parse_task_spec
 from hipi_offline.tasks.spec import TaskSpec
@@ -358,7 +353,7 @@ def test_float32_buckets_equal_a_float64_binary_search(rows) -> None:
 @pytest.fixture
 def torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """The sums take the torch ops meant for CUDA (device casts, index_add_, searchsorted)."""
-    monkeypatch.setattr(returns_module, "_numpy_path", lambda device: False)
+    monkeypatch.setattr(segments_module, "numpy_path", lambda device: False)
 
 
 @pytest.mark.parametrize("rows", [None, (3, 10)])

@@ -31,10 +31,12 @@ from torch import Tensor
 from hipi_offline.errors import InputError
 from hipi_offline.preflight import available_memory
 from hipi_offline.progress import progress_bar
+from hipi_offline.relabel import segments as seg
+from hipi_offline.relabel.segments import Segments
+from hipi_offline.relabel.target_returns import SortedTargetAccumulator
 from hipi_offline.store.backends import ArrayInfo
 from hipi_offline.store.store import StepChunk, TrajectoryStore
 from hipi_offline.tasks.families import (
-    ACTIONS,
     LinearFamily,
     NonFiniteReward,
     RewardFamily,
@@ -47,132 +49,6 @@ MAX_REWARD_ELEMENTS = 1 << 22  # rows x tasks evaluated at once by the generic p
 # scores, q and q * s of the posterior; the sorted-target buckets and cumsums add more.
 TILE_FACTOR, SORTED_TILE_FACTOR = 6, 10
 BASE_BYTES = 64 * 2**20  # the run's own buffers (store reads, torch workspaces), measured
-
-
-def _numpy_path(device: torch.device) -> bool:
-    """Whether sums on ``device`` take the numpy path (the CPU); else torch ops made for
-    CUDA (casts on the device, deterministic ``index_add_``), which tests also run on
-    the CPU by replacing this function."""
-    return device.type == "cpu"
-
-
-class Scratch:
-    """Work arrays reused from chunk to chunk by one accumulator: a fresh array of a
-    chunk's rows each time costs page faults that weigh as much as the arithmetic."""
-
-    def __init__(self) -> None:
-        self.arrays: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, size: int, dtype: type[np.generic]) -> np.ndarray:
-        """An uninitialized array of ``size`` elements, the same memory on every call."""
-        array = self.arrays.get(name)
-        if array is None or len(array) < size or array.dtype != dtype:
-            array = self.arrays[name] = np.empty(size, dtype)
-        return array[:size]
-
-
-class Segments:
-    """The rows of one chunk that count toward the returns, in runs of one episode each
-    (episodes are contiguous): an accumulator reduces each run to one row.
-
-    ``values`` are the fields' rows as read (host arrays, their stored dtype), ``offsets``
-    the first row of each run (0 first, increasing), ``episodes`` each run's episode (in
-    the view, increasing), ``weight`` the float64 step weights (None: every weight is 1)
-    and ``rows`` the store row of each row (None: ``first_row + i``)."""
-
-    def __init__(
-        self,
-        values: Mapping[str, np.ndarray],
-        offsets: np.ndarray,
-        episodes: np.ndarray,
-        weight: np.ndarray | None,
-        rows: np.ndarray | None,
-        first_row: int,
-        device: torch.device,
-    ) -> None:
-        self.values, self.offsets, self.episodes = dict(values), offsets, episodes
-        self.weight, self.rows, self.first_row, self.device = weight, rows, first_row, device
-        self.size = len(next(iter(self.values.values())))
-        self._runs: Tensor | None = None
-
-    @property
-    def episode_index(self) -> Tensor:
-        """The runs' episodes, int64 [E] on the device."""
-        return torch.from_numpy(self.episodes).to(self.device)
-
-    def runs(self) -> Tensor:
-        """The run of every row, int64 [rows] on the device (built once)."""
-        if self._runs is None:
-            lengths = np.diff(self.offsets, append=self.size)
-            ids = torch.arange(len(self.offsets), device=self.device)
-            counts = torch.from_numpy(lengths).to(self.device)
-            self._runs = torch.repeat_interleave(ids, counts, output_size=self.size)
-        return self._runs
-
-    def tensor(self, name: str) -> Tensor:
-        """A field's rows in float64 on the device."""
-        return _to_device(name, self.values[name], self.device)
-
-    def weights(self) -> Tensor | None:
-        return None if self.weight is None else torch.from_numpy(self.weight).to(self.device)
-
-    def sums(self, values: np.ndarray, square: bool = False) -> Tensor:
-        """Weighted sums of ``values`` [rows, ...] (or of their float64 squares) over each
-        run, float64 [E, columns] on the device. On the CPU a segment reduction
-        accumulates in float64 straight from the stored dtype (no float64 copy of the
-        rows); on CUDA the rows are cast on the device and summed with (deterministic)
-        ``index_add_``."""
-        matrix = values.reshape(len(values), -1)
-        if _numpy_path(self.device):
-            if square:  # exact: a float32 square fits in float64
-                matrix = np.square(matrix, dtype=np.float64)
-            if self.weight is not None:
-                matrix = matrix * self.weight[:, None]  # float64
-            with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf: checked after
-                sums = np.add.reduceat(matrix, self.offsets, axis=0, dtype=np.float64)
-            return torch.from_numpy(sums)
-        rows = _to_device("", matrix, self.device)
-        if square:
-            rows = rows.square()
-        weight = self.weights()
-        if weight is not None:
-            rows = rows * weight[:, None]
-        out = torch.zeros(len(self.offsets), rows.shape[1], dtype=torch.float64, device=self.device)
-        return out.index_add_(0, self.runs(), rows)
-
-    def square_sums(self, values: np.ndarray, scratch: Scratch) -> Tensor:
-        """Weighted sums of ||row||^2 over each run, float64 [E] on the device. Unweighted
-        on the CPU, the runs of a row-major [rows, d] array are runs of its flat view, so
-        the float64 squares are summed in one flat pass (row by row, column by column)."""
-        matrix = values.reshape(len(values), -1)
-        if not _numpy_path(self.device) or self.weight is not None or not matrix.shape[1]:
-            return self.sums(values, square=True).sum(dim=1)
-        flat = np.ascontiguousarray(matrix).reshape(-1)
-        squares = scratch.get("squares", len(flat), np.float64)
-        np.square(flat, out=squares, dtype=np.float64)  # exact: a float32 square fits
-        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf: checked after
-            sums = np.add.reduceat(squares, self.offsets * matrix.shape[1])
-        return torch.from_numpy(sums)
-
-    def run_base(self, scale: int, scratch: Scratch) -> np.ndarray:
-        """int64 [rows]: ``scale`` times each row's run (a reused buffer)."""
-        base = scratch.get("base", self.size, np.int64)
-        base.fill(0)
-        base[self.offsets[1:]] = scale
-        return np.cumsum(base, out=base)
-
-    def locate(self, name: str, first_episode: int) -> None:
-        """InputError naming the first row of ``name`` that holds NaN or inf, if any."""
-        values = self.values[name]
-        if values.dtype.kind != "f":
-            return
-        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-        if bad.any():
-            i = int(np.argmax(bad))
-            row = self.first_row + i if self.rows is None else int(self.rows[i])
-            run = int(np.searchsorted(self.offsets, i, side="right")) - 1
-            episode = first_episode + int(self.episodes[run])
-            raise InputError(f"{name}: NaN or inf at step row {row} (episode {episode})")
 
 
 class ReturnAccumulator(Protocol):
@@ -245,159 +121,10 @@ class LinearAccumulator:
         return bool(torch.isfinite(sums).all())
 
     def result(self, tasks: Tensor) -> Tensor:
-        if _numpy_path(self.stats.device):  # numpy's matmul: 3x faster for D of a few
+        if seg.numpy_path(self.stats.device):  # numpy's matmul: 3x faster for D of a few
             with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN in R are reported
                 return torch.from_numpy(self.stats.numpy() @ tasks.numpy().T)  # [N, K]
         return self.stats @ tasks.T
-
-
-class SortedTargetAccumulator:
-    """Exact returns of -|f - psi| - ctrl for a scalar feature via sorted buckets: per
-    (episode, bucket) step weights and weighted feature sums, and per episode the
-    weighted sum of ||a||^2 (float64 squares; see :meth:`Segments.square_sums`)."""
-
-    def __init__(self, family: TargetFamily, tasks: Tensor, episodes: int) -> None:
-        self.family = family
-        # With `dims` the bucket sums see only the selected columns: the pass checks the rest.
-        checked = (family.feature,) if family.dims is None else ()
-        self.checks = frozenset(checked + ((ACTIONS,) if family.ctrl_cost else ()))
-        self.order = torch.argsort(tasks[:, 0])
-        self.sorted = tasks[self.order, 0].contiguous()  # [K]
-        self.buckets = len(tasks) + 1
-        device = tasks.device
-        self.weight = torch.zeros(episodes, self.buckets, dtype=torch.float64, device=device)
-        self.moment = torch.zeros_like(self.weight)
-        self.squares = torch.zeros(episodes, dtype=torch.float64, device=device)
-        self.table: Float32Buckets | None = None  # built for the first float32 chunk
-        self.scratch = Scratch()
-
-    def add(self, segments: Segments) -> bool:
-        name = self.family.feature
-        field = torch.from_numpy(np.ascontiguousarray(segments.values[name]))
-        f = self.family.value({name: field.to(segments.device)})[:, 0]  # [C]
-        if _numpy_path(f.device) and f.dtype == torch.float32:
-            count, moment = self._host_buckets(segments, f.numpy())
-        else:
-            count, moment = self._torch_buckets(segments, f.to(torch.float64))
-        episodes = segments.episode_index
-        self.weight.index_add_(0, episodes, count)
-        self.moment.index_add_(0, episodes, moment)
-        finite = bool(torch.isfinite(moment).all())
-        if self.family.ctrl_cost:
-            squares = segments.square_sums(segments.values[ACTIONS], self.scratch)
-            self.squares.index_add_(0, episodes, squares)
-            finite = finite and bool(torch.isfinite(squares).all())
-        return finite
-
-    def _host_buckets(self, segments: Segments, f: np.ndarray) -> tuple[Tensor, Tensor]:
-        """Per (run, bucket) weights and weighted feature sums [E, K+1] of float32 ``f``:
-        buckets from the table, sums by ``np.bincount`` (sequential, float64)."""
-        if self.table is None:
-            self.table = Float32Buckets(self.sorted.numpy(), segments.size)
-        flat = self.table(f, self.scratch)  # a reused int64 buffer
-        np.add(flat, segments.run_base(self.buckets, self.scratch), out=flat)
-        size = len(segments.offsets) * self.buckets
-        wide = self.scratch.get("wide", len(f), np.float64)
-        if segments.weight is None:
-            np.copyto(wide, f)  # exact
-            count = np.bincount(flat, minlength=size).astype(np.float64)
-        else:
-            np.multiply(segments.weight, f, out=wide)
-            count = np.bincount(flat, segments.weight, minlength=size)
-        moment = np.bincount(flat, wide, minlength=size)
-        shape = (-1, self.buckets)
-        return torch.from_numpy(count).view(shape), torch.from_numpy(moment).view(shape)
-
-    def _torch_buckets(self, segments: Segments, f: Tensor) -> tuple[Tensor, Tensor]:
-        """The same with torch ops (CUDA, or a feature that is not float32)."""
-        flat = segments.runs() * self.buckets + torch.searchsorted(self.sorted, f)
-        size = len(segments.offsets) * self.buckets
-        weight = segments.weights()
-        count = _scatter_sum(flat, weight, size).view(-1, self.buckets)
-        moment = _scatter_sum(flat, f if weight is None else weight * f, size)
-        return count, moment.view(-1, self.buckets)
-
-    def result(self, tasks: Tensor) -> Tensor:
-        """R [N, K] in the candidates' order. The N x K work runs in place in two
-        buffers (fresh N x K temporaries cost page faults), and the columns go back to
-        the candidates' order by one gather (a column scatter is 3x slower)."""
-        weight = self.weight.cumsum(dim=1)  # [N, K+1]
-        moment = self.moment.cumsum(dim=1)
-        w_total, m_total = weight[:, -1:], moment[:, -1:]
-        w_below, m_below = weight[:, :-1], moment[:, :-1]  # steps with f <= psi_(j)
-        psi = self.sorted[None, :]
-        # (psi w_below - m_below) + (m_total - m_below) - psi (w_total - w_below)
-        absolute = torch.mul(psi, w_below).sub_(m_below)
-        other = torch.sub(m_total, m_below)
-        absolute += other
-        absolute -= torch.sub(w_total, w_below, out=other).mul_(psi)
-        base = -self.family.ctrl_cost * self.squares
-        absolute.neg_().add_(base[:, None])  # base - absolute, exactly
-        inverse = torch.empty_like(self.order)
-        inverse[self.order] = torch.arange(len(self.order), device=self.order.device)
-        return torch.index_select(absolute, 1, inverse)
-
-
-class Float32Buckets:
-    """The bucket of float32 values f among sorted float64 candidates s (the number of
-    candidates < f, as ``torch.searchsorted(s, f.double())``), exact and without a
-    binary search for most rows.
-
-    A candidate compares with a float32 f as its float32 round-down t does (s < f <=>
-    t < f: no float32 lies in (t, s)), and float32 order is the integer order of the
-    keys ``bits ^ ((bits >> 31) & 0x7fffffff)`` (with -0.0 turned into +0.0 among the
-    t). A table over the keys' top bits holds the bucket of every cell without a
-    candidate; only rows in a cell holding one take a binary search over the keys."""
-
-    def __init__(self, candidates: np.ndarray, rows: int) -> None:
-        with np.errstate(over="ignore"):  # beyond float32's range: +-inf, then rounded down
-            rounded = candidates.astype(np.float32)
-        down = np.where(rounded > candidates, np.nextafter(rounded, np.float32(-np.inf)), rounded)
-        self.keys = _order_keys(down + np.float32(0.0))  # nondecreasing int32 [K]
-        bits = min(20, max(10, rows.bit_length() + 4))  # 2^20 cells for a 64 Ki-row chunk
-        self.shift, self.middle = 32 - bits, 1 << (bits - 1)
-        cells = (self.keys >> self.shift).astype(np.int64) + self.middle
-        count = np.bincount(cells, minlength=1 << bits)
-        below = np.cumsum(count) - count
-        table = np.where(count == 0, below, -1)  # -1: a candidate lies in the cell
-        self.table = table.astype(np.int32)  # 4 MiB at 2^20 cells
-
-    def __call__(self, values: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
-        """int64 buckets of float32 ``values`` (in a buffer of ``scratch``, if given)."""
-        scratch = Scratch() if scratch is None else scratch
-        n = len(values)
-        bits = np.ascontiguousarray(values, dtype=np.float32).view(np.int32)
-        keys, cells = scratch.get("keys", n, np.int32), scratch.get("cells", n, np.int32)
-        np.right_shift(bits, 31, out=keys)  # the same as _order_keys, in place
-        np.bitwise_and(keys, 0x7FFFFFFF, out=keys)
-        np.bitwise_xor(keys, bits, out=keys)
-        np.right_shift(keys, self.shift, out=cells)
-        np.add(cells, self.middle, out=cells)
-        found = scratch.get("found", n, np.int32)
-        np.take(self.table, cells, out=found, mode="clip")  # cells are in range
-        bucket = scratch.get("bucket", n, np.int64)
-        np.copyto(bucket, found)
-        search = np.flatnonzero(found < 0)
-        if len(search):
-            bucket[search] = np.searchsorted(self.keys, keys[search], side="left")
-        return bucket
-
-
-def _order_keys(values: np.ndarray) -> np.ndarray:
-    """int32 keys in the order of the float32 ``values`` (NaN: at either end)."""
-    bits = values.view(np.int32)
-    return bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
-
-
-def _scatter_sum(index: Tensor, values: Tensor | None, size: int) -> Tensor:
-    """float64 [size]: the sum of ``values`` (None: ones) at each index. ``bincount`` on
-    the CPU (sequential); deterministic ``index_add_`` on CUDA (bincount uses atomics)."""
-    if _numpy_path(index.device):
-        return torch.bincount(index, values, minlength=size).to(torch.float64)
-    if values is None:
-        values = torch.ones(len(index), dtype=torch.float64, device=index.device)
-    out = torch.zeros(size, dtype=torch.float64, device=index.device)
-    return out.index_add_(0, index, values)
 
 
 def make_accumulator(
@@ -450,13 +177,6 @@ class StoreRows:
         """The rows in chunks cut where the whole store's chunks are cut (storage
         aligned); with ``prefetch`` the next one is read in a background thread."""
         return self.store.iter_chunks(fields, chunk_steps, prefetch, self.start_row, self.stop_row)
-
-
-def _to_device(name: str, array: np.ndarray, device: torch.device) -> Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if tensor.dtype == torch.bool:
-        tensor = tensor.to(torch.uint8)
-    return tensor.to(device=device, dtype=torch.float64, non_blocking=True)
 
 
 def _finite(values: np.ndarray) -> bool:
