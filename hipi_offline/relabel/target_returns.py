@@ -2,10 +2,19 @@
 through sorted buckets: sum_t w_t |f_t - psi| is piecewise linear in psi, so each step
 lands in one bucket between sorted candidates and only per-bucket weight and
 weighted-feature sums are kept: O(T log K + K) per episode instead of O(T K).
+
+On the CPU, with a float32 feature, one compiled kernel (numba) per chunk finds each
+row's bucket and adds its weight, weighted feature and weighted ||a||^2 straight into
+the per-episode sums, and another computes any rows of R from those sums
+(:meth:`SortedTargetAccumulator.rows`). On CUDA (or with another feature dtype) torch
+ops do the same work.
 """
 
 from __future__ import annotations
 
+import math
+
+import numba
 import numpy as np
 import torch
 from torch import Tensor
@@ -18,7 +27,14 @@ from hipi_offline.tasks.families import ACTIONS, TargetFamily
 class SortedTargetAccumulator:
     """Exact returns of -|f - psi| - ctrl for a scalar feature via sorted buckets: per
     (episode, bucket) step weights and weighted feature sums, and per episode the
-    weighted sum of ||a||^2 (float64 squares; see :meth:`Segments.square_sums`)."""
+    weighted sum of ||a||^2 in float64.
+
+    Summation order, on the CPU with a float32 feature: the bucket sums add the rows of
+    a chunk in row order (as ``np.bincount`` did: bit-identical to it), each chunk's sums
+    of an episode begun in an earlier chunk first on their own and then onto the
+    episode's (as ``index_add_`` did). ||a||^2 is summed column by column for each row
+    and the rows in order (the previous pairwise ``reduceat`` differs within float64
+    rounding)."""
 
     def __init__(self, family: TargetFamily, tasks: Tensor, episodes: int) -> None:
         self.family = family
@@ -36,13 +52,13 @@ class SortedTargetAccumulator:
         self.scratch = Scratch()
 
     def add(self, segments: Segments) -> bool:
+        """Accumulate one chunk; False when a sum this chunk added to is not finite."""
         name = self.family.feature
         field = torch.from_numpy(np.ascontiguousarray(segments.values[name]))
         f = self.family.value({name: field.to(segments.device)})[:, 0]  # [C]
         if seg.numpy_path(f.device) and f.dtype == torch.float32:
-            count, moment = self._host_buckets(segments, f.numpy())
-        else:
-            count, moment = self._torch_buckets(segments, f.to(torch.float64))
+            return self._host_add(segments, np.ascontiguousarray(f.numpy()))
+        count, moment = self._torch_buckets(segments, f.to(torch.float64))
         episodes = segments.episode_index
         self.weight.index_add_(0, episodes, count)
         self.moment.index_add_(0, episodes, moment)
@@ -53,27 +69,42 @@ class SortedTargetAccumulator:
             finite = finite and bool(torch.isfinite(squares).all())
         return finite
 
-    def _host_buckets(self, segments: Segments, f: np.ndarray) -> tuple[Tensor, Tensor]:
-        """Per (run, bucket) weights and weighted feature sums [E, K+1] of float32 ``f``:
-        buckets from the table, sums by ``np.bincount`` (sequential, float64)."""
+    def _host_add(self, segments: Segments, f: np.ndarray) -> bool:
+        """One kernel call over the chunk's rows (float32 ``f``): buckets, then the sums."""
         if self.table is None:
             self.table = Float32Buckets(self.sorted.numpy(), segments.size)
-        flat = self.table(f, self.scratch)  # a reused int64 buffer
-        np.add(flat, segments.run_base(self.buckets, self.scratch), out=flat)
-        size = len(segments.offsets) * self.buckets
-        wide = self.scratch.get("wide", len(f), np.float64)
-        if segments.weight is None:
-            np.copyto(wide, f)  # exact
-            count = np.bincount(flat, minlength=size).astype(np.float64)
-        else:
-            np.multiply(segments.weight, f, out=wide)
-            count = np.bincount(flat, segments.weight, minlength=size)
-        moment = np.bincount(flat, wide, minlength=size)
-        shape = (-1, self.buckets)
-        return torch.from_numpy(count).view(shape), torch.from_numpy(moment).view(shape)
+        table = self.table
+        weighted = segments.weight is not None
+        weight = segments.weight if weighted else _NO_WEIGHT
+        squared = bool(self.family.ctrl_cost)
+        actions = _action_rows(segments.values[ACTIONS]) if squared else _NO_ACTIONS
+        first_w = self.scratch.get("first_weight", self.buckets, np.float64)
+        first_m = self.scratch.get("first_moment", self.buckets, np.float64)
+        return bool(
+            _add_chunk(
+                f,
+                f.view(np.int32),
+                table.table,
+                table.keys,
+                table.shift,
+                table.middle,
+                np.ascontiguousarray(segments.offsets, dtype=np.int64),
+                np.ascontiguousarray(segments.episodes, dtype=np.int64),
+                weighted,
+                np.ascontiguousarray(weight, dtype=np.float64),
+                squared,
+                actions,
+                self.weight.numpy(),
+                self.moment.numpy(),
+                self.squares.numpy(),
+                first_w,
+                first_m,
+            )
+        )
 
     def _torch_buckets(self, segments: Segments, f: Tensor) -> tuple[Tensor, Tensor]:
-        """The same with torch ops (CUDA, or a feature that is not float32)."""
+        """Per (run, bucket) weights and weighted feature sums [E, K+1] with torch ops
+        (CUDA, or a feature that is not float32)."""
         flat = segments.runs() * self.buckets + torch.searchsorted(self.sorted, f)
         size = len(segments.offsets) * self.buckets
         weight = segments.weights()
@@ -81,10 +112,39 @@ class SortedTargetAccumulator:
         moment = _scatter_sum(flat, f if weight is None else weight * f, size)
         return count, moment.view(-1, self.buckets)
 
+    def rows(self, tasks: Tensor, i0: int, i1: int, out: np.ndarray) -> np.ndarray:
+        """R[i0:i1] [i1 - i0, K] in the candidates' order, written into ``out`` (float64,
+        C-contiguous, that shape) and returned: bit-identical to ``result(tasks)[i0:i1]``.
+        CPU tensors only; safe from several threads at once on disjoint rows (the kernel
+        releases the GIL and writes ``out`` only). ``tasks`` are those of the
+        constructor (R is computed from the sorted candidates kept then)."""
+        if self.weight.device.type != "cpu":
+            raise ValueError("rows() needs the sums on the CPU")
+        k = self.buckets - 1
+        if not (0 <= i0 <= i1 <= len(self.weight)):
+            raise ValueError(f"rows {i0}:{i1} out of range for {len(self.weight)} episodes")
+        if out.shape != (i1 - i0, k) or out.dtype != np.float64 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be C-contiguous float64 of shape {(i1 - i0, k)}")
+        _rows(
+            self.weight.numpy(),
+            self.moment.numpy(),
+            self.squares.numpy(),
+            self.sorted.numpy(),
+            self.order.numpy(),
+            -float(self.family.ctrl_cost),
+            int(i0),
+            int(i1),
+            out,
+        )
+        return out
+
     def result(self, tasks: Tensor) -> Tensor:
-        """R [N, K] in the candidates' order. The N x K work runs in place in two
-        buffers (fresh N x K temporaries cost page faults), and the columns go back to
-        the candidates' order by one gather (a column scatter is 3x slower)."""
+        """R [N, K] in the candidates' order. On the CPU one kernel writes each row of R
+        once (:meth:`rows`); elsewhere the N x K work runs in place in two buffers and the
+        columns go back to the candidates' order by one gather."""
+        if seg.numpy_path(self.weight.device):
+            n, k = self.weight.shape[0], self.buckets - 1
+            return torch.from_numpy(self.rows(tasks, 0, n, np.empty((n, k), np.float64)))
         weight = self.weight.cumsum(dim=1)  # [N, K+1]
         moment = self.moment.cumsum(dim=1)
         w_total, m_total = weight[:, -1:], moment[:, -1:]
@@ -100,6 +160,18 @@ class SortedTargetAccumulator:
         inverse = torch.empty_like(self.order)
         inverse[self.order] = torch.arange(len(self.order), device=self.order.device)
         return torch.index_select(absolute, 1, inverse)
+
+
+_NO_WEIGHT = np.empty(0, np.float64)
+_NO_ACTIONS = np.empty((0, 0), np.float32)
+
+
+def _action_rows(values: np.ndarray) -> np.ndarray:
+    """The action rows as a C-contiguous [rows, d] array: float32 as stored, any other
+    dtype in float64 (exact for the dtypes a store holds)."""
+    matrix = values.reshape(len(values), -1)
+    dtype = np.float32 if matrix.dtype == np.float32 else np.float64
+    return np.ascontiguousarray(matrix, dtype=dtype)
 
 
 class Float32Buckets:
@@ -120,31 +192,16 @@ class Float32Buckets:
         self.keys = _order_keys(down + np.float32(0.0))  # nondecreasing int32 [K]
         bits = min(20, max(10, rows.bit_length() + 4))  # 2^20 cells for a 64 Ki-row chunk
         self.shift, self.middle = 32 - bits, 1 << (bits - 1)
-        cells = (self.keys >> self.shift).astype(np.int64) + self.middle
-        count = np.bincount(cells, minlength=1 << bits)
-        below = np.cumsum(count) - count
-        table = np.where(count == 0, below, -1)  # -1: a candidate lies in the cell
-        self.table = table.astype(np.int32)  # 4 MiB at 2^20 cells
+        self.table = np.empty(1 << bits, np.int32)  # 4 MiB at 2^20 cells
+        _fill_table(self.keys, self.shift, self.middle, self.table)
 
     def __call__(self, values: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
         """int64 buckets of float32 ``values`` (in a buffer of ``scratch``, if given)."""
-        scratch = Scratch() if scratch is None else scratch
-        n = len(values)
         bits = np.ascontiguousarray(values, dtype=np.float32).view(np.int32)
-        keys, cells = scratch.get("keys", n, np.int32), scratch.get("cells", n, np.int32)
-        np.right_shift(bits, 31, out=keys)  # the same as _order_keys, in place
-        np.bitwise_and(keys, 0x7FFFFFFF, out=keys)
-        np.bitwise_xor(keys, bits, out=keys)
-        np.right_shift(keys, self.shift, out=cells)
-        np.add(cells, self.middle, out=cells)
-        found = scratch.get("found", n, np.int32)
-        np.take(self.table, cells, out=found, mode="clip")  # cells are in range
-        bucket = scratch.get("bucket", n, np.int64)
-        np.copyto(bucket, found)
-        search = np.flatnonzero(found < 0)
-        if len(search):
-            bucket[search] = np.searchsorted(self.keys, keys[search], side="left")
-        return bucket
+        scratch = Scratch() if scratch is None else scratch
+        out = scratch.get("bucket", len(bits), np.int64)
+        _buckets(bits, self.table, self.keys, self.shift, self.middle, out)
+        return out
 
 
 def _order_keys(values: np.ndarray) -> np.ndarray:
@@ -162,3 +219,187 @@ def _scatter_sum(index: Tensor, values: Tensor | None, size: int) -> Tensor:
         values = torch.ones(len(index), dtype=torch.float64, device=index.device)
     out = torch.zeros(size, dtype=torch.float64, device=index.device)
     return out.index_add_(0, index, values)
+
+
+# ------------------------------------------------------------------ compiled kernels
+@numba.njit(cache=True, nogil=True)
+def _bucket(bits: np.int32, table: np.ndarray, keys: np.ndarray, shift: int, middle: int) -> int:
+    """The bucket of one float32 given by its bits (see :class:`Float32Buckets`)."""
+    b = np.int64(bits)
+    key = b ^ ((b >> 31) & 0x7FFFFFFF)  # the int32 key, sign-extended
+    found = table[(key >> shift) + middle]
+    if found >= 0:
+        return np.int64(found)
+    lo, hi = 0, len(keys)  # the number of keys < key (searchsorted, side left)
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if keys[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_table(keys: np.ndarray, shift: int, middle: int, table: np.ndarray) -> None:
+    """table[c]: the number of keys below cell c, or -1 when a key lies in cell c (the
+    cell of a key is ``(key >> shift) + middle``; ``keys`` nondecreasing)."""
+    p = 0
+    for c in range(len(table)):
+        while p < len(keys) and (np.int64(keys[p]) >> shift) + middle < c:
+            p += 1
+        if p < len(keys) and (np.int64(keys[p]) >> shift) + middle == c:
+            table[c] = -1
+        else:
+            table[c] = p
+
+
+@numba.njit(cache=True, nogil=True)
+def _buckets(
+    bits: np.ndarray, table: np.ndarray, keys: np.ndarray, shift: int, middle: int, out: np.ndarray
+) -> None:
+    for i in range(len(bits)):
+        out[i] = _bucket(bits[i], table, keys, shift, middle)
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_chunk(
+    values: np.ndarray,
+    bits: np.ndarray,
+    table: np.ndarray,
+    keys: np.ndarray,
+    shift: int,
+    middle: int,
+    offsets: np.ndarray,
+    episodes: np.ndarray,
+    weighted: bool,
+    weight: np.ndarray,
+    squared: bool,
+    actions: np.ndarray,
+    weight_sums: np.ndarray,
+    moment_sums: np.ndarray,
+    squares: np.ndarray,
+    first_w: np.ndarray,
+    first_m: np.ndarray,
+) -> bool:
+    """Adds one chunk's rows (float32 ``values``, their ``bits``) to the per-episode
+    bucket sums [N, K+1] and squares [N]; whether every sum it added to is finite.
+
+    Run r covers rows offsets[r]..offsets[r+1] of episode episodes[r]. The first run
+    (whose episode may have begun in an earlier chunk) is summed into ``first_w`` /
+    ``first_m`` and then added to the episode's sums; the others (new episodes) are
+    summed in place. The bucket sums add their terms in row order; each run's squares
+    are summed by :func:`_square_sum`, then added to the episode's."""
+    rows, runs = len(values), len(offsets)
+    finite = True
+    for r in range(runs):
+        lo = offsets[r]
+        hi = offsets[r + 1] if r + 1 < runs else rows
+        e = episodes[r]
+        if r == 0:
+            w_row, m_row = first_w, first_m
+            w_row[:] = 0.0
+            m_row[:] = 0.0
+        else:
+            w_row, m_row = weight_sums[e], moment_sums[e]
+        for i in range(lo, hi):
+            b = _bucket(bits[i], table, keys, shift, middle)
+            x = np.float64(values[i])
+            if weighted:
+                w = weight[i]
+                w_row[b] += w
+                m = m_row[b] + w * x
+            else:
+                w_row[b] += 1.0
+                m = m_row[b] + x
+            m_row[b] = m
+            if not math.isfinite(m):
+                finite = False
+        if r == 0:
+            for b in range(len(first_w)):
+                weight_sums[e, b] += first_w[b]
+                m = moment_sums[e, b] + first_m[b]
+                moment_sums[e, b] = m
+                if not math.isfinite(m):
+                    finite = False
+        if squared:
+            s = squares[e] + _square_sum(actions, lo, hi, weighted, weight)
+            squares[e] = s
+            if not math.isfinite(s):
+                finite = False
+    return finite
+
+
+@numba.njit(cache=True, nogil=True)
+def _square_sum(actions: np.ndarray, lo: int, hi: int, weighted: bool, weight: np.ndarray) -> float:
+    """sum_i w_i ||actions[i]||^2 over rows lo..hi in float64 (exact squares). Unweighted,
+    the rows' squares are the flat run actions[lo:hi].ravel(), summed in four
+    interleaved partial sums; weighted, each row's in two."""
+    d = actions.shape[1]
+    flat = actions.reshape(-1)
+    if not weighted:
+        a0 = a1 = a2 = a3 = 0.0
+        k, stop = lo * d, hi * d
+        while k + 4 <= stop:
+            v0, v1 = np.float64(flat[k]), np.float64(flat[k + 1])
+            v2, v3 = np.float64(flat[k + 2]), np.float64(flat[k + 3])
+            a0 += v0 * v0
+            a1 += v1 * v1
+            a2 += v2 * v2
+            a3 += v3 * v3
+            k += 4
+        while k < stop:
+            v0 = np.float64(flat[k])
+            a0 += v0 * v0
+            k += 1
+        return (a0 + a1) + (a2 + a3)
+    total = 0.0
+    for i in range(lo, hi):
+        s0 = s1 = 0.0
+        j = i * d
+        while j + 2 <= (i + 1) * d:
+            v0, v1 = np.float64(flat[j]), np.float64(flat[j + 1])
+            s0 += v0 * v0
+            s1 += v1 * v1
+            j += 2
+        if j < (i + 1) * d:
+            v0 = np.float64(flat[j])
+            s0 += v0 * v0
+        total += weight[i] * (s0 + s1)
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _rows(
+    weight_sums: np.ndarray,
+    moment_sums: np.ndarray,
+    squares: np.ndarray,
+    psi: np.ndarray,
+    order: np.ndarray,
+    neg_ctrl: float,
+    i0: int,
+    i1: int,
+    out: np.ndarray,
+) -> None:
+    """R[i0:i1] into ``out``: for each row, the cumulative sums over the sorted buckets
+    and (psi w_below - m_below) + (m_total - m_below) - (w_total - w_below) psi, negated,
+    plus -ctrl ||a||^2, each operation in the order of the torch code in ``result``; the
+    column of sorted candidate p is order[p]."""
+    k = len(psi)
+    for i in range(i0, i1):
+        w_total = 0.0
+        m_total = 0.0
+        for j in range(k + 1):
+            w_total += weight_sums[i, j]
+            m_total += moment_sums[i, j]
+        base = neg_ctrl * squares[i]
+        w_below = 0.0
+        m_below = 0.0
+        row = out[i - i0]
+        for p in range(k):
+            w_below += weight_sums[i, p]
+            m_below += moment_sums[i, p]
+            absolute = psi[p] * w_below - m_below
+            absolute = absolute + (m_total - m_below)
+            absolute = absolute - (w_total - w_below) * psi[p]
+            row[order[p]] = -absolute + base
