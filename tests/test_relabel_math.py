@@ -387,14 +387,19 @@ def test_tiled_returns_match_untiled(small_store, tmp_path, monkeypatch, family,
     body = {**body, "temperature": 0.5, "gamma": 0.97, "candidates": 24}
     spec = write_spec(tmp_path, family, body)
     tiles: list[tuple[int, int]] = []
-    real = run_module.returns_tiles
+    real, real_whole = run_module.returns_tiles, run_module.whole_returns
 
     def spy(*args: Any, **kwargs: Any):
         for j0, j1, block in real(*args, **kwargs):
             tiles.append((j0, j1))
             yield j0, j1, block
 
+    def spy_whole(store: Any, spec: Any, candidates: np.ndarray, **kwargs: Any):
+        tiles.append((0, len(candidates)))  # one tile, its rows computed where needed
+        return real_whole(store, spec, candidates, **kwargs)
+
     monkeypatch.setattr(run_module, "returns_tiles", spy)
+    monkeypatch.setattr(run_module, "whole_returns", spy_whole)
     tag = f"{family}-{max_matrix_mb}"
     whole = run_labels(path, spec, f"whole-{tag}", top_k=7, chunk_steps=64)
     assert tiles == [(0, 24)]

@@ -31,9 +31,14 @@ import torch
 from torch import Tensor
 
 from hipi_offline.errors import InputError
+from hipi_offline.relabel import posterior_sweeps as sweeps
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # top-k log-probabilities are stored as float32
 Block = Callable[[int, int], Tensor]  # (j0, j1) -> R[:, j0:j1] float64 on the device
+RowSource = Callable[[int, int, np.ndarray], np.ndarray]
+"""(i0, i1, buffer) -> R[i0:i1] as float64 [i1 - i0, K] on the host: written into
+``buffer`` (float64 [i1 - i0, K], C-contiguous) or a view of an R held whole. Called
+from worker threads on disjoint rows."""
 Array = TypeVar("Array", Tensor, np.ndarray)
 _T = TypeVar("_T")
 
@@ -74,10 +79,15 @@ def inverse_rl_posterior(
     top_k: int,
     tile: int,
     device: torch.device,
+    rows: RowSource | None = None,
 ) -> Posterior:
-    """Posterior summaries from R given tile by tile (see the module docstring)."""
+    """Posterior summaries from R given tile by tile (see the module docstring); on the
+    CPU with one tile, ``rows`` (if given) computes R's rows where they are needed, so
+    that R is never held whole (``block`` then serves only to name a non-finite R)."""
     options = dict(temperature=temperature, log_prior=log_prior, partition=partition)
-    posterior = posterior_rows(block, n, k, **options, top_k=top_k, tile=tile, device=device)
+    posterior = posterior_rows(
+        block, n, k, **options, top_k=top_k, tile=tile, device=device, rows=rows
+    )
     if posterior is None:
         bounds = [(j, min(j + tile, k)) for j in range(0, k, tile)]
         raise_non_finite(ReturnsScan.of(block, bounds, k), temperature, tile)
@@ -97,6 +107,7 @@ def posterior_rows(
     device: torch.device,
     log_z: Tensor | None = None,
     total: int | None = None,
+    rows: RowSource | None = None,
 ) -> Posterior | None:
     """:func:`inverse_rl_posterior` of ``n`` rows, or None when anything came out NaN or
     inf. Rows of a larger set pass that set's ``log_z`` (else it is computed from these
@@ -105,7 +116,8 @@ def posterior_rows(
     bounds = [(j, min(j + tile, k)) for j in range(0, k, tile)]
     if len(bounds) == 1:
         options = dict(temperature=temperature, log_prior=log_prior, partition=partition)
-        return _one_tile(block(0, k), **options, top_k=top_k, log_z=log_z, total=total)
+        one = dict(top_k=top_k, log_z=log_z, total=total, device=device, rows=rows)
+        return _one_tile(block, n, k, **options, **one)
     given = log_z is not None
     if log_z is None:
         log_z = torch.empty(k, dtype=torch.float64, device=device)
@@ -190,7 +202,9 @@ the floor, exp(-700) ~ 1e-304, adds < K * 1e-304 to a row sum >= 1e-250 (relativ
 
 
 def _one_tile(
-    returns: Tensor,
+    block: Block,
+    n: int,
+    k: int,
     *,
     temperature: float,
     log_prior: Tensor | None,
@@ -198,9 +212,12 @@ def _one_tile(
     top_k: int,
     log_z: Tensor | None,
     total: int | None,
+    device: torch.device,
+    rows: RowSource | None,
 ) -> Posterior | None:
-    """:func:`posterior_rows` for R held whole, with no exp pass over N x K but the
-    one log Z needs (and, on the CPU, its repetition chunk by chunk, in cache).
+    """:func:`posterior_rows` for R in one tile, with no exp pass over N x K but the
+    one log Z needs (and, on the CPU, its repetition chunk by chunk, in cache; R's rows
+    come from ``rows`` when given, else from R held whole).
 
     With M_j = max_i R_ij / alpha, E_ij = exp(R_ij / alpha - M_j) in [0, 1] gives
     log Z_j = M_j + log sum_i E_ij - log N. Since s_ij = R_ij / alpha - M_j + c_j with
@@ -209,17 +226,19 @@ def _one_tile(
     exp(c_j - C + log (E^T v)_j) / N with v_i = 1 / (E w)_i, and sum_j q_ij s_ij =
     ((E o s) w)_i v_i. Rows with (E w)_i under :data:`_TINY_ROW_SUM` (all their entries
     far below their columns' maxima) are computed the direct way, q = exp(s - L)."""
-    n, k = returns.shape
     top_k = min(top_k, k)
     total = n if total is None else total
-    if returns.device.type != "cpu":
+    if device.type != "cpu":
         return _finish(
-            *_rows_torch(returns, temperature, log_prior, partition, top_k, log_z, total)
+            *_rows_torch(block(0, k), temperature, log_prior, partition, top_k, log_z, total)
         )
+    if rows is None:
+        held = block(0, k).numpy()
+        rows = lambda i0, i1, out: held[i0:i1]  # noqa: E731
     prior = None if log_prior is None else log_prior.cpu().numpy()
     given = None if log_z is None else log_z.cpu().numpy()
     with np.errstate(all="ignore"):  # NaN and inf are reported by _finish
-        parts = _rows_numpy(returns.numpy(), temperature, prior, partition, top_k, given, total)
+        parts = _rows_numpy(rows, n, k, temperature, prior, partition, top_k, given, total)
     return _finish(*(torch.from_numpy(part) for part in parts))
 
 
@@ -282,7 +301,9 @@ def _direct_rows(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _rows_numpy(
-    returns: np.ndarray,
+    source: RowSource,
+    n: int,
+    k: int,
     temperature: float,
     log_prior: np.ndarray | None,
     partition: bool,
@@ -290,11 +311,11 @@ def _rows_numpy(
     log_z: np.ndarray | None,
     total: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_rows_torch` on the CPU in numpy, R taken in chunks of rows that stay in
-    cache: one pass for log Z (M_j kept current chunk by chunk, the sums rescaled; when
-    log Z is given, M_j alone), one for the rest. With torch.get_num_threads() > 1,
-    that many threads take a share of the chunks each (numpy releases the GIL)."""
-    n, k = returns.shape
+    """:func:`_rows_torch` on the CPU, R's rows taken from ``source`` in chunks that stay
+    in cache: one pass for log Z (M_j kept current chunk by chunk, the sums rescaled;
+    when log Z is given, M_j alone), one for the rest; each is a few compiled sweeps
+    over the chunk (:mod:`~hipi_offline.relabel.posterior_sweeps`) and numpy's exp. With
+    torch.get_num_threads() > 1, that many threads take a share of the chunks each."""
     step = max(1, _CHUNK_BYTES // (8 * k))
     starts = range(0, n, step)
     threads = max(1, min(torch.get_num_threads(), len(starts)))
@@ -315,19 +336,12 @@ def _rows_numpy(
             return list(pool.map(quiet, shares))
 
     def chunks(share: range) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray]]:
-        """(rows, R / alpha (R itself when alpha is 1), buffers for s and E) per chunk."""
+        """(rows, R's rows, buffers for R / alpha or the scores, and for E) per chunk."""
         x_buffer, e_buffer = np.empty((min(step, n), k)), np.empty((min(step, n), k))
         for i0 in share:
             rows = slice(i0, min(i0 + step, n))
             size = rows.stop - i0
-            x = returns[rows]
-            if temperature != 1.0:
-                x = np.divide(x, temperature, out=x_buffer[:size])
-            yield rows, x, x_buffer[:size], e_buffer[:size]
-
-    def exp_minus(x: np.ndarray, top: np.ndarray, out: np.ndarray) -> np.ndarray:
-        np.maximum(np.subtract(x, top, out=out), _EXP_FLOOR, out=out)  # NaN stays NaN
-        return np.exp(out, out=out)
+            yield rows, source(i0, rows.stop, x_buffer[:size]), x_buffer[:size], e_buffer[:size]
 
     def rescaled(top: np.ndarray, new: np.ndarray) -> np.ndarray:
         """exp(top - new), 1 where equal (also where both are -inf)."""
@@ -338,57 +352,73 @@ def _rows_numpy(
     def log_z_share(share: range) -> tuple[np.ndarray, np.ndarray]:
         top = np.full(k, -np.inf)  # max_i R_ij / alpha over the chunks so far
         column_sum = np.zeros(k)  # sum_i exp(R_ij / alpha - top_j) over them
-        for _, x, _, e in chunks(share):
-            new = np.maximum(top, x.max(axis=0))  # NaN stays NaN
+        for _, x, scaled, e in chunks(share):
+            new = top.copy()
+            sweeps.scaled_column_max(x, temperature, scaled, new)
             column_sum *= rescaled(top, new)
-            column_sum += exp_minus(x, new, e).sum(axis=0)
+            sweeps.floored_offsets(scaled if temperature != 1.0 else x, new, e)
+            column_sum += np.exp(e, out=e).sum(axis=0)
             top = new
         return top, column_sum
+
+    def top_share(share: range) -> np.ndarray:
+        top = np.full(k, -np.inf)
+        for _, x, scaled, _ in chunks(share):
+            sweeps.scaled_column_max(x, temperature, scaled, top)
+        return top
 
     if log_z is None:
         found = each_share(log_z_share)
         top = np.maximum.reduce([top for top, _ in found])
         column_sum = sum(part * rescaled(share_top, top) for share_top, part in found)
         log_z = top + np.log(column_sum) - math.log(n)
-    else:  # max_i (R_ij / alpha) = (max_i R_ij) / alpha: rounding is monotone
-        top = returns.max(axis=0) / temperature
+    else:  # max_i R_ij / alpha alone
+        top = np.maximum.reduce(each_share(top_share))
     shift = _shift(log_z, log_prior, partition)
     c = top if shift is None else top + shift
     high = c.max()
     w = np.exp(c - high)
-    zero = None if log_prior is None else np.isneginf(log_prior)
-    zero = zero if zero is not None and zero.any() else None
-    row_norm, expected_score = np.empty(n), np.empty(n)
+    zero = sweeps.zero_flags(None if log_prior is None else np.isneginf(log_prior), k)
+    shift_or_none = np.zeros(0) if shift is None else np.ascontiguousarray(shift)
+    row_sum, weighted_score, inverse = np.empty(n), np.empty(n), np.empty(n)
     best_val, best_idx = np.empty((n, top_k)), np.empty((n, top_k), dtype=np.int64)
 
     def rest_share(share: range) -> tuple[np.ndarray, np.ndarray]:
         mass = np.zeros(k)  # sum_i E_ij v_i
         direct = np.zeros(k)  # sum_i q_ij over the rows computed the direct way
         for rows, x, s, e in chunks(share):
-            e = exp_minus(x, top, e)
-            s = x if shift is None else np.add(x, shift, out=s)
-            row_sum = e @ w
-            good = row_sum >= _TINY_ROW_SUM  # False for NaN too
-            inverse = np.where(good, 1.0 / row_sum, 0.0)
-            mass += inverse @ e
-            row_norm[rows] = high + np.log(row_sum)
+            sweeps.offsets_and_scores(x, temperature, top, shift_or_none, e, s)
+            np.exp(e, out=e)
+            sweeps.row_terms(
+                e,
+                s,
+                w,
+                zero,
+                _TINY_ROW_SUM,
+                row_sum[rows],
+                weighted_score[rows],
+                inverse[rows],
+                mass,
+            )
             best_val[rows], best_idx[rows] = _top_k(s, top_k)
-            e *= s  # q_ij s_ij up to w_j v_i
-            if zero is not None:  # q log q -> 0 where the prior (so q) is 0: not 0 * -inf
-                e[:, zero] = 0.0
-            expected_score[rows] = (e @ w) * inverse
-            if not good.all():
-                bad = np.flatnonzero(~good)
+            bad = np.flatnonzero(inverse[rows] == 0.0)
+            if len(bad):
                 norm, score, q = _direct_rows(torch.from_numpy(s[bad]))
-                row_norm[rows.start + bad] = norm.numpy()
-                expected_score[rows.start + bad] = score.numpy()
+                row_sum[rows.start + bad] = np.nan  # the direct way: L_i given below
+                weighted_score[rows.start + bad] = score.numpy()
+                direct_norm[rows.start + bad] = norm.numpy()
                 direct += q.numpy()
         return mass, direct
 
+    direct_norm = np.full(n, np.nan)
     found = each_share(rest_share)
     mass = sum(part for part, _ in found)
     direct = sum(part for _, part in found)
     coverage = np.exp(c - high + np.log(mass) - math.log(total)) + direct / total
+    row_norm = high + np.log(row_sum)
+    expected_score = weighted_score * inverse
+    done = ~np.isnan(direct_norm)
+    row_norm[done], expected_score[done] = direct_norm[done], weighted_score[done]
     entropy = row_norm - expected_score
     return log_z, row_norm, entropy, coverage, best_val, best_idx
 

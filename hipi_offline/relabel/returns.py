@@ -61,7 +61,14 @@ class ReturnAccumulator(Protocol):
         finite (then the pass looks for the row to name)."""
         ...
 
-    def result(self, tasks: Tensor) -> Tensor: ...
+    def result(self, tasks: Tensor) -> Tensor:
+        """R [N, K] for ``tasks``, whole."""
+        ...
+
+    def rows(self, tasks: Tensor, i0: int, i1: int, out: np.ndarray) -> np.ndarray:
+        """R[i0:i1] for ``tasks`` on the CPU, in ``out`` (float64 [i1 - i0, K]) or a view
+        of an R held whole: see :data:`~hipi_offline.relabel.posterior.RowSource`."""
+        ...
 
 
 class GenericAccumulator:
@@ -104,6 +111,9 @@ class GenericAccumulator:
     def result(self, tasks: Tensor) -> Tensor:
         return self.returns
 
+    def rows(self, tasks: Tensor, i0: int, i1: int, out: np.ndarray) -> np.ndarray:
+        return self.returns.numpy()[i0:i1]
+
 
 class LinearAccumulator:
     """Sufficient statistic of a linear reward: discounted feature sums [N, D], each
@@ -125,6 +135,12 @@ class LinearAccumulator:
             with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN in R are reported
                 return torch.from_numpy(self.stats.numpy() @ tasks.numpy().T)  # [N, K]
         return self.stats @ tasks.T
+
+    def rows(self, tasks: Tensor, i0: int, i1: int, out: np.ndarray) -> np.ndarray:
+        """Phi[i0:i1] psi^T into ``out``: a chunk of rows in cache, where R whole would
+        be N x K of fresh memory (page faults cost more than the product)."""
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN in R are reported
+            return np.matmul(self.stats.numpy()[i0:i1], tasks.numpy().T, out=out)
 
 
 def make_accumulator(
@@ -321,6 +337,55 @@ def returns_tiles(
                     prefetch=prefetch,
                 )
             yield j0, j1, shared.result(tasks[j0:j1])
+
+
+@dataclass(frozen=True)
+class WholeReturns:
+    """R [N, K] of all candidates after one pass, held as the accumulator that computes
+    any of its rows on the CPU (:meth:`rows`), so that R need not be held whole."""
+
+    accumulator: ReturnAccumulator
+    tasks: Tensor
+
+    def rows(self, i0: int, i1: int, out: np.ndarray) -> np.ndarray:
+        """R[i0:i1] (a :data:`~hipi_offline.relabel.posterior.RowSource`)."""
+        if not hasattr(self.accumulator, "rows"):  # TEMP until target rows land
+            return self.accumulator.result(self.tasks).numpy()[i0:i1]
+        return self.accumulator.rows(self.tasks, i0, i1, out)
+
+    def block(self, j0: int, j1: int) -> Tensor:
+        """R[:, j0:j1] (a :data:`~hipi_offline.relabel.posterior.Block`): R is made whole
+        on each call (the posterior asks for it only to name a non-finite R)."""
+        return self.accumulator.result(self.tasks)[:, j0:j1]
+
+
+def whole_returns(
+    store: TrajectoryStore | StoreRows,
+    spec: TaskSpec,
+    candidates: np.ndarray,
+    *,
+    device: torch.device,
+    chunk_steps: int,
+    show_progress: bool = True,
+    prefetch: bool = True,
+) -> WholeReturns:
+    """One pass over the steps for all candidates at once (R in one tile)."""
+    store = StoreRows.of(store)
+    tasks = torch.from_numpy(candidates.astype(np.float64)).to(device)
+    with progress_bar(
+        enabled=show_progress, total=store.num_steps, desc="relabel", unit="step", unit_scale=True
+    ) as bar:
+        acc = make_accumulator(spec.family, tasks, store.num_episodes, 0, store.first_episode)
+        accumulate_returns(
+            store,
+            spec,
+            acc,
+            device=device,
+            chunk_steps=chunk_steps,
+            progress=bar.update,
+            prefetch=prefetch,
+        )
+    return WholeReturns(acc, tasks)
 
 
 def tile_columns(episodes: int, candidates: int, max_matrix_mb: float) -> int:

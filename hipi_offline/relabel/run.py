@@ -33,7 +33,13 @@ from hipi_offline.relabel.posterior import (
     one_hot_posterior,
     uniform_posterior,
 )
-from hipi_offline.relabel.returns import RelabelSizes, check_fits, returns_tiles, tile_columns
+from hipi_offline.relabel.returns import (
+    RelabelSizes,
+    check_fits,
+    returns_tiles,
+    tile_columns,
+    whole_returns,
+)
 from hipi_offline.scheduler import check_scheduler
 from hipi_offline.store.label_attrs import task_attrs
 from hipi_offline.store.labels import (
@@ -187,15 +193,7 @@ def _hipi_posterior(
 ) -> Posterior:
     n, k = store.num_episodes, len(candidates)
     tile = tile_columns(n, k, config.max_matrix_mb)
-    tiles = returns_tiles(
-        store,
-        spec,
-        candidates,
-        device=device,
-        chunk_steps=config.chunk_steps,
-        tile=tile,
-        prefetch=config.prefetch,
-    )
+    passes = dict(device=device, chunk_steps=config.chunk_steps, prefetch=config.prefetch)
     prior = None if log_prior is None else torch.from_numpy(log_prior).to(device)
     options = dict(
         temperature=spec.temperature,
@@ -205,6 +203,10 @@ def _hipi_posterior(
         tile=tile,
         device=device,
     )
+    if tile >= k and device.type == "cpu":  # R's rows where the posterior needs them
+        whole = whole_returns(store, spec, candidates, **passes)
+        return inverse_rl_posterior(whole.block, n, k, **options, rows=whole.rows)
+    tiles = returns_tiles(store, spec, candidates, tile=tile, **passes)
     if tile >= k:
         ((_, _, returns),) = tiles
         return inverse_rl_posterior(lambda a, b: returns[:, a:b], n, k, **options)
