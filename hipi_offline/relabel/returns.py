@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numba
 import numpy as np
 import torch
 from torch import Tensor
@@ -123,6 +124,7 @@ class LinearAccumulator:
         self.family = family
         self.checks = frozenset(family.features)
         self.stats = torch.zeros(episodes, dim, dtype=torch.float64, device=device)
+        self._tasks_t: tuple[Tensor, np.ndarray] | None = None  # (tasks, their psi^T)
 
     def add(self, segments: Segments) -> bool:
         parts = [segments.sums(segments.values[name]) for name in self.family.features]
@@ -138,9 +140,27 @@ class LinearAccumulator:
 
     def rows(self, tasks: Tensor, i0: int, i1: int, out: np.ndarray) -> np.ndarray:
         """Phi[i0:i1] psi^T into ``out``: a chunk of rows in cache, where R whole would
-        be N x K of fresh memory (page faults cost more than the product)."""
-        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN in R are reported
-            return np.matmul(self.stats.numpy()[i0:i1], tasks.numpy().T, out=out)
+        be N x K of fresh memory (page faults cost more than the product). A compiled
+        loop, not numpy's matmul: OpenBLAS runs even this small product on all cores,
+        which stalls (100x) when another process holds one."""
+        if self._tasks_t is None or self._tasks_t[0] is not tasks:
+            self._tasks_t = (tasks, np.ascontiguousarray(tasks.numpy().T))
+        return _linear_rows(self.stats.numpy()[i0:i1], self._tasks_t[1], out)
+
+
+@numba.njit(cache=True, nogil=True)
+def _linear_rows(stats, tasks_t, out):  # noqa: ANN001, ANN202 (numba kernel)
+    """out = stats @ tasks_t ([m, D] x [D, K]), summed over D in order."""
+    rows, dim = stats.shape
+    for i in range(rows):
+        first = stats[i, 0] if dim else 0.0
+        for j in range(tasks_t.shape[1]):
+            out[i, j] = first * tasks_t[0, j] if dim else 0.0
+        for d in range(1, dim):
+            a = stats[i, d]
+            for j in range(tasks_t.shape[1]):
+                out[i, j] += a * tasks_t[d, j]
+    return out
 
 
 def make_accumulator(
@@ -349,8 +369,6 @@ class WholeReturns:
 
     def rows(self, i0: int, i1: int, out: np.ndarray) -> np.ndarray:
         """R[i0:i1] (a :data:`~hipi_offline.relabel.posterior.RowSource`)."""
-        if not hasattr(self.accumulator, "rows"):  # TEMP until target rows land
-            return self.accumulator.result(self.tasks).numpy()[i0:i1]
         return self.accumulator.rows(self.tasks, i0, i1, out)
 
     def block(self, j0: int, j1: int) -> Tensor:
