@@ -125,13 +125,26 @@ def torch_path(
     return posterior_module._finish(*parts)
 
 
-PATHS = {"numpy": numpy_path, "torch": torch_path}
+def rows_path(*, block: Block, n: int, k: int, **options: Any) -> Posterior | None:
+    """The numpy path with R's rows written into the posterior's own buffer by a row
+    source, as relabel's accumulators do (the scores then overwrite them in place)."""
+    whole = block(0, k).numpy()
+
+    def source(i0: int, i1: int, out: np.ndarray) -> np.ndarray:
+        out[...] = whole[i0:i1]
+        return out
+
+    return posterior_rows(block=block, n=n, k=k, rows=source, **options)
 
 
-@pytest.fixture(params=["numpy-1", "numpy-2", "torch-1"])
+PATHS = {"numpy": numpy_path, "torch": torch_path, "rows": rows_path}
+
+
+@pytest.fixture(params=["numpy-1", "numpy-2", "rows-1", "rows-2", "torch-1"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable]:
     """A way to compute one tile, with 1 or 2 torch threads (numpy: threads sharing the
-    chunks); chunks of 3 rows of 64 candidates (more for smaller K) cross boundaries."""
+    chunks; rows: R's rows from a row source); chunks of 3 rows of 64 candidates (more
+    for smaller K) cross boundaries."""
     monkeypatch.setattr(posterior_module, "_CHUNK_BYTES", 3 * 8 * 64)
     name, threads = request.param.split("-")
     before = torch.get_num_threads()
