@@ -328,11 +328,12 @@ def phase_breakdown(
     path: Path, spec_path: str, k: int, device: str, chunk_steps: int
 ) -> dict[str, float]:
     """Seconds of the two compute phases of relabel(), timed separately: the
-    streaming returns pass (read + reduce, one pass) and the posterior over N x K."""
+    streaming returns pass (read + reduce, one pass) and the posterior over N x K
+    (which, on the CPU, computes the rows of R it needs from the pass's sums)."""
     import torch
 
+    from hipi_offline.relabel import returns as returns_module
     from hipi_offline.relabel.posterior import inverse_rl_posterior
-    from hipi_offline.relabel.returns import returns_tiles
     from hipi_offline.store import open_store
     from hipi_offline.tasks.spec import load_task_spec
 
@@ -340,18 +341,29 @@ def phase_breakdown(
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     spec = load_task_spec(spec_path)
     candidates, _ = spec.draw_candidates(SEED, k)
+    # R's rows computed where the posterior needs them (CPU engines that have it), else
+    # R whole from one tile
+    whole_returns = getattr(returns_module, "whole_returns", None) if dev.type == "cpu" else None
     with open_store(path) as store:
         n = store.num_episodes
         sync()
         t0 = time.perf_counter()
-        (_, _, returns), = list(
-            returns_tiles(store, spec, candidates, device=dev, chunk_steps=chunk_steps, tile=k)
-        )
+        rows: dict[str, Any] = {}
+        if whole_returns is not None:
+            whole = whole_returns(
+                store, spec, candidates, device=dev, chunk_steps=chunk_steps, show_progress=False
+            )
+            block, rows = whole.block, {"rows": whole.rows}
+        else:
+            (_, _, returns), = list(returns_module.returns_tiles(
+                store, spec, candidates, device=dev, chunk_steps=chunk_steps, tile=k
+            ))
+            block = lambda a, b: returns[:, a:b]  # noqa: E731
         sync()
         t1 = time.perf_counter()
         inverse_rl_posterior(
-            lambda a, b: returns[:, a:b], n, k, temperature=spec.temperature, log_prior=None,
-            partition=True, top_k=32, tile=k, device=dev,
+            block, n, k, temperature=spec.temperature, log_prior=None,
+            partition=True, top_k=32, tile=k, device=dev, **rows,
         )
         sync()
         t2 = time.perf_counter()
