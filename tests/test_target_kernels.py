@@ -212,12 +212,15 @@ def segments(
 
 
 def test_add_reports_only_the_episodes_the_chunk_touched() -> None:
+    """A NaN makes add() False for its chunk only; a later chunk of other episodes is
+    True."""
     family = TargetFamily(feature=SPEED, ctrl_cost=0.05)
     acc = SortedTargetAccumulator(family, torch.tensor([[0.5], [1.5]]), 4)
     nan = np.array([0.2, np.nan, 1.0], np.float32)
     assert not acc.add(segments(nan, np.array([0, 0, 1]), None, 0))
     assert acc.add(segments(np.array([0.3, 2.0], np.float32), np.array([2, 3]), None, 3))
     assert np.isnan(acc.moment[0].numpy()).any() and np.isfinite(acc.moment[1:].numpy()).all()
+    assert acc.weight.sum().item() == 5  # NaN, too, was counted in one of the K+1 buckets
 
 
 # ------------------------------------------------------------------ the sums, bit for bit
