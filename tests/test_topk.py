@@ -43,9 +43,9 @@ def check(s: np.ndarray, k: int) -> None:
     got = top_k(s, k)
     assert_same(got, reference(s, k))
     if _OLD_TOP_K is not None and s.shape[0] > 0 and not np.isnan(s).any():
-        assert_same(got, _OLD_TOP_K(np.ascontiguousarray(s), k))
+        assert_same(got, _OLD_TOP_K(np.array(s, order="C"), k))
     if _OLD_SORTED is not None and s.shape[0] > 0:
-        assert_same(got, _OLD_SORTED(np.ascontiguousarray(s), k))
+        assert_same(got, _OLD_SORTED(np.array(s, order="C"), k))
 
 
 def scores(rng: np.random.Generator, n: int, k: int, kind: str) -> np.ndarray:
@@ -94,6 +94,14 @@ def test_top_k_one_and_all(k: int) -> None:
         check(s, 1)
         check(s, k)
         check(s, max(1, k // 8 + 1))  # top_k > K / 8
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties"])
+def test_large_top_k(kind: str) -> None:
+    """Hundreds of candidates: ranks up to 128 of them, a merge sort above."""
+    rng = np.random.default_rng(4)
+    for k, top in [(1000, 100), (1000, 127), (1000, 129), (2000, 700), (600, 599)]:
+        check(scores(rng, 4, k, kind), top)
 
 
 def test_n_zero_and_one() -> None:
@@ -177,6 +185,9 @@ def test_input_layouts_and_bad_arguments() -> None:
     s = np.random.default_rng(2).standard_normal((300, 20))
     check(np.asfortranarray(s), 4)
     check(s[::2, 1:], 4)
+    frozen = s.copy()
+    frozen.flags.writeable = False
+    check(frozen, 4)
     with pytest.raises(ValueError, match="top_k"):
         top_k(s, 0)
     with pytest.raises(ValueError, match="top_k"):
