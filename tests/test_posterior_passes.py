@@ -208,10 +208,9 @@ def test_wide_random_returns(path, partition: bool, temperature: float, prior: b
     check(post, reference(returns, **options, top_k=7), same_index=True)
 
 
-# K >= 256 and K >= 8 top_k: the two-stage top-k, blocks of 2, 4 (3 columns left
-# over) and 37 (8 left over) columns
+# K >= 256 and K >= 8 top_k: wide rows, K not a multiple of the top-k's column groups
 @pytest.mark.parametrize(("k", "top_k"), [(256, 32), (259, 8), (600, 2)])
-def test_wide_k_takes_the_two_stage_top_k(path, k: int, top_k: int):
+def test_wide_k_top_k(path, k: int, top_k: int):
     returns = wide(50, k, seed=3)
     post = run(path, returns, top_k=top_k)
     check(post, reference(returns, 1.0, None, True, top_k), same_index=True)
@@ -364,12 +363,12 @@ def test_columns_left_over_by_the_blocks_are_candidates(path):
     assert post is not None and set(post.topk_index[:, :3].ravel()) == {256, 257, 258}
 
 
-@pytest.mark.parametrize("k", [64, 1024])  # the full sort and the two-stage selection
+@pytest.mark.parametrize("k", [64, 1024])
 def test_exact_ties_come_in_increasing_candidate_order(k):
     """Labels must not depend on how the top k was found: tied scores (a target
     reward is flat between the middle order statistics of an episode) are listed by
     increasing candidate index, also when the tie straddles the k-th place."""
-    from hipi_offline.relabel.posterior import _top_k
+    from hipi_offline.relabel.topk import top_k
 
     rng = np.random.default_rng(3)
     s = rng.normal(size=(40, k))
@@ -377,12 +376,12 @@ def test_exact_ties_come_in_increasing_candidate_order(k):
     for row in range(40):
         s[row, tied[row]] = s[row].max() + 1.0  # nine (or fewer) equal maxima
     s[::2, rng.choice(k, 50, replace=False)] = -np.inf
-    values, index = _top_k(s.copy(), 32)
+    values, index = top_k(s.copy(), 32)
     for row in range(40):
         want = np.lexsort((np.arange(k), -s[row]))[:32]
         np.testing.assert_array_equal(index[row], want)
         np.testing.assert_array_equal(values[row], s[row, want])
     # a tie across the k-th place keeps the lowest indices
     flat = np.zeros((3, k))
-    values, index = _top_k(flat, 32)
+    values, index = top_k(flat, 32)
     np.testing.assert_array_equal(index, np.tile(np.arange(32), (3, 1)))

@@ -11,12 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from hipi_offline.relabel import posterior
 from hipi_offline.relabel.topk import top_k
-
-# today's numpy/torch versions, while posterior.py still has them
-_OLD_TOP_K = getattr(posterior, "_top_k", None)
-_OLD_SORTED = getattr(posterior, "_top_k_sorted", None)
 
 
 def reference(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,14 +33,9 @@ def assert_same(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.n
 
 
 def check(s: np.ndarray, k: int) -> None:
-    """top_k(s, k) equals the sorting reference and, while it exists, today's _top_k
-    (for rows without NaN; rows with NaN: today's sorted path)."""
-    got = top_k(s, k)
-    assert_same(got, reference(s, k))
-    if _OLD_TOP_K is not None and s.shape[0] > 0 and not np.isnan(s).any():
-        assert_same(got, _OLD_TOP_K(np.array(s, order="C"), k))
-    if _OLD_SORTED is not None and s.shape[0] > 0:
-        assert_same(got, _OLD_SORTED(np.array(s, order="C"), k))
+    """top_k(s, k) equals the sorting reference (it was also checked equal to the
+    numpy/torch top-k it replaced, bit for bit on rows without NaN)."""
+    assert_same(top_k(s, k), reference(s, k))
 
 
 def scores(rng: np.random.Generator, n: int, k: int, kind: str) -> np.ndarray:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from hipi_offline.errors import InputError
 from hipi_offline.relabel import posterior_sweeps as sweeps
+from hipi_offline.relabel import topk
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # top-k log-probabilities are stored as float32
 Block = Callable[[int, int], Tensor]  # (j0, j1) -> R[:, j0:j1] float64 on the device
@@ -400,7 +401,7 @@ def _rows_numpy(
                 inverse[rows],
                 mass,
             )
-            best_val[rows], best_idx[rows] = _top_k(s, top_k)
+            best_val[rows], best_idx[rows] = topk.top_k(s, top_k)
             bad = np.flatnonzero(inverse[rows] == 0.0)
             if len(bad):
                 norm, score, q = _direct_rows(torch.from_numpy(s[bad]))
@@ -421,87 +422,6 @@ def _rows_numpy(
     row_norm[done], expected_score[done] = direct_norm[done], weighted_score[done]
     entropy = row_norm - expected_score
     return log_z, row_norm, entropy, coverage, best_val, best_idx
-
-
-def _top_k(s: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``top_k`` largest s_ij of each row, in decreasing order, and their j.
-
-    For K >= 256 and K >= 8 * top_k in two stages, cheaper than torch.topk (whose
-    per-row selection costs ~10 ns an entry): the ``top_k`` blocks with the largest
-    maxima, of B ~ K / (8 top_k) columns each (strided: block b holds columns b,
-    b + K // B, ...), hold the row's top k, as an entry of another block is below
-    ``top_k`` block maxima; then the top k of those candidates. Each stage takes the
-    k-th largest value (numpy's vectorized partition) and keeps the entries at or above
-    it; a row where that keeps more than k (ties at the k-th value, or NaN) is sorted
-    whole. Exact ties are ordered by increasing j, whichever way was taken."""
-    n, k = s.shape
-    if k < 256 or k < 8 * top_k:
-        return _top_k_sorted(s, top_k)
-    block = max(2, k // (8 * top_k))
-    blocks = k // block  # >= 4 top_k
-    maxima = np.maximum(s[:, :blocks], s[:, blocks : 2 * blocks])
-    for b in range(2, block):
-        np.maximum(maxima, s[:, b * blocks : (b + 1) * blocks], out=maxima)
-    chosen, ok = _at_or_above_kth(maxima, top_k)
-    columns = (chosen[:, :, None] + np.arange(0, block * blocks, blocks)).reshape(n, -1)
-    if k > block * blocks:  # the columns outside the blocks are always candidates
-        rest = np.broadcast_to(np.arange(block * blocks, k), (n, k - block * blocks))
-        columns = np.concatenate([columns, rest], axis=1)
-    candidates = _take(s, columns)
-    picked, ok_too = _at_or_above_kth(candidates, top_k)
-    ok &= ok_too
-    picked += np.arange(0, n * columns.shape[1], columns.shape[1])[:, None]
-    values, index = candidates.ravel()[picked], columns.ravel()[picked]
-    order = np.lexsort((index, -values), axis=1)  # decreasing values; ties: lower j first
-    order += np.arange(0, n * top_k, top_k)[:, None]
-    values, index = values.ravel()[order], index.ravel()[order]
-    if not ok.all():
-        bad = np.flatnonzero(~ok)
-        values[bad], index[bad] = _top_k_sorted(s[bad], top_k)
-    return values, index
-
-
-def _top_k_sorted(s: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_top_k` by ``torch.topk``, then exact ties put in increasing j; a row whose
-    tie straddles the k-th place (or holding NaN) is sorted whole, so the labels do not
-    depend on which way the top k was found."""
-    n, k = s.shape
-    extra = min(top_k + 1, k)
-    found = torch.topk(torch.from_numpy(s), extra, dim=1)
-    values, index = found.values.numpy(), found.indices.numpy()
-    whole = np.isnan(values).any(axis=1)
-    if extra > top_k:
-        whole |= values[:, top_k - 1] == values[:, top_k]
-    values, index = values[:, :top_k], index[:, :top_k]
-    order = np.lexsort((index, -values), axis=1)
-    values, index = np.take_along_axis(values, order, 1), np.take_along_axis(index, order, 1)
-    if whole.any():
-        rows = s[whole]
-        columns = np.broadcast_to(np.arange(k), rows.shape)
-        keys = np.where(np.isnan(rows), -np.inf, -rows)  # NaN first, as torch.topk has it
-        full = np.lexsort((columns, keys), axis=1)[:, :top_k]
-        values[whole], index[whole] = np.take_along_axis(rows, full, 1), full
-    return values, index
-
-
-def _take(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """values[i, columns[i, c]] for each row i (``values`` C-contiguous)."""
-    n, m = values.shape
-    return np.take(values.ravel(), columns + np.arange(0, n * m, m)[:, None])
-
-
-def _at_or_above_kth(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of ``values`` [n, m]: the positions (increasing) of the entries at or
-    above the row's k-th largest, [n, k], and whether there are exactly k of them
-    (else that row's positions are arbitrary)."""
-    n, m = values.shape
-    kth = np.partition(values, m - k, axis=1)[:, m - k]
-    keep = values >= kth[:, None]
-    ok = np.count_nonzero(keep, axis=1) == k
-    if not ok.all():  # give the other rows k positions: their first k
-        keep[~ok] = False
-        keep[~ok, :k] = True
-    return (np.flatnonzero(keep) % m).reshape(n, k), ok
 
 
 def _all_finite(*tensors: Tensor) -> bool:
