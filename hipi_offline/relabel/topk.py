@@ -3,11 +3,9 @@
 :func:`top_k` gives, for each row of s [n, K], its ``top_k`` largest entries in
 decreasing order and their columns j, exact ties in increasing j: the first ``top_k``
 of the row sorted stably by decreasing value. A row holding NaN is sorted whole with
-NaN (and +inf, keyed alike) first, in increasing j, as posterior.py's torch.topk path
-(``_top_k_sorted``) does. Rows without NaN are bit-identical to posterior.py's
-``_top_k`` (a selection moves values, it does no arithmetic); rows with NaN are
-identical to ``_top_k_sorted``, while ``_top_k``'s two-stage path could drop a NaN
-behind tied or infinite block maxima.
+NaN (and +inf, keyed alike) first, in increasing j (such a posterior is refused
+anyway). Rows without NaN are bit-identical to the numpy two-stage selection this
+replaced (a selection moves values, it does no arithmetic).
 
 One row, in the compiled kernel (:func:`_top_k_rows`):
 
@@ -46,8 +44,8 @@ _SEARCH_STEPS = 10  # threshold search: counts at most (typically 3-5), then a q
 
 def top_k(s: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``top_k`` largest s_ij of each row, in decreasing order (float64 [n, top_k]),
-    and their j (int64 [n, top_k]); exact ties in increasing j, rows with NaN as
-    ``torch.topk`` then a whole-row sort give them (NaN first). ``s`` is float64
+    and their j (int64 [n, top_k]); exact ties in increasing j, rows with NaN sorted
+    whole (NaN first, keyed as +inf). ``s`` is float64
     [n, K], 1 <= top_k <= K; a copy is taken unless it is C-contiguous and writeable
     (so that one compiled specialization serves). Releases the GIL in the compiled
     part."""
