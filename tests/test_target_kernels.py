@@ -6,8 +6,10 @@ Returns are compared with the float64 brute force of tests/reference.py (every s
 candidate, one episode at a time) to rtol 1e-12: sums of a few dozen float64 terms of
 magnitude <= 3 in another order agree far closer. Two claims of the code are checked bit
 for bit, because they are the same operations in the same order, not another batching:
-the bucket sums equal ``np.bincount`` per chunk added to each episode's (the code they
-replaced), and ``rows`` equals ``result`` (the kernel and the torch formula).
+the bucket sums equal ``np.bincount`` per chunk added to each episode's, the unweighted
+squares equal ``np.add.reduceat`` of the row-major float64 squares per chunk added to
+each episode's (the code they replaced), and ``rows`` equals ``result`` (the kernel and
+the torch formula).
 """
 
 from __future__ import annotations
@@ -257,6 +259,26 @@ def test_bucket_sums_equal_bincount_per_chunk() -> None:
         assert np.array_equal(acc.moment.numpy(), moment)
         squares = np.bincount(episode, np.full(rows, 2.0) if weight is None else 2.0 * weight)
         np.testing.assert_allclose(acc.squares.numpy(), squares, rtol=RTOL)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 7, 1000])
+def test_unweighted_squares_equal_reduceat_per_chunk(tmp_path, chunk: int) -> None:
+    """The control cost of gamma = 1 is summed as the squares-then-reduceat code summed
+    it (first entry, then numpy's pairwise sum), chunk by chunk: bit-identical labels."""
+    lengths = [1, 300, 2, 131, 17, 1000, 8, 9]  # pairwise blocks of < 8, 128 and more
+    steps = make_steps(lengths, seed=5)
+    steps[ACT] = (steps[ACT] * np.float32(1e3)).astype(np.float32)
+    acc = run(write(tmp_path / "s.h5", steps, lengths), target_spec(), chunk=chunk)
+    want = np.zeros(len(lengths))
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    squares = np.square(steps[ACT], dtype=np.float64)
+    for a in range(0, int(ends[-1]), chunk):  # the old pass: per chunk, runs of episodes
+        b = min(a + chunk, int(ends[-1]))
+        for e in np.flatnonzero((starts < b) & (ends > a)):
+            lo, hi = max(starts[e], a), min(ends[e], b)
+            want[e] += np.add.reduceat(squares[lo:hi].reshape(-1), [0])[0]
+    np.testing.assert_array_equal(acc.squares.numpy(), want)
 
 
 def test_the_table_equals_its_numpy_definition() -> None:

@@ -32,9 +32,11 @@ class SortedTargetAccumulator:
     Summation order, on the CPU with a float32 feature: the bucket sums add the rows of
     a chunk in row order (as ``np.bincount`` did: bit-identical to it), each chunk's sums
     of an episode begun in an earlier chunk first on their own and then onto the
-    episode's (as ``index_add_`` did). ||a||^2 is summed column by column for each row
-    and the rows in four interleaved partial sums (:func:`_square_sum`): the previous
-    pairwise ``reduceat`` agrees within float64 rounding, not bit for bit."""
+    episode's (as ``index_add_`` did). Unweighted, each run's ||a||^2 is summed as
+    ``np.add.reduceat`` summed the row-major squares (:func:`_reduceat_square_sum`):
+    bit-identical; weighted (gamma < 1, or some steps only), column by column for each
+    row and the rows in four interleaved sums (:func:`_square_sum`), within float64
+    rounding of the per-column ``reduceat`` it replaced."""
 
     def __init__(self, family: TargetFamily, tasks: Tensor, episodes: int) -> None:
         self.family = family
@@ -291,6 +293,7 @@ def _add_chunk(
     summed in place. The bucket sums add their terms in row order; each run's squares
     are summed by :func:`_square_sum`, then added to the episode's."""
     rows, runs = len(values), len(offsets)
+    d = actions.shape[1]
     finite = True
     for r in range(runs):
         lo = offsets[r]
@@ -323,11 +326,74 @@ def _add_chunk(
                 if not math.isfinite(m):
                     finite = False
         if squared:
-            s = squares[e] + _square_sum(actions, lo, hi, weighted, weight)
+            run_sum = (
+                _square_sum(actions, lo, hi, weighted, weight)
+                if weighted
+                else _reduceat_square_sum(actions.reshape(-1), lo * d, hi * d)
+            )
+            s = squares[e] + run_sum
             squares[e] = s
             if not math.isfinite(s):
                 finite = False
     return finite
+
+
+@numba.njit(cache=True, nogil=True)
+def _reduceat_square_sum(flat: np.ndarray, lo: int, hi: int) -> float:
+    """sum of float64(flat[f])^2 over f in lo..hi, added as ``np.add.reduceat`` adds a
+    contiguous float64 segment: its first entry plus numpy's pairwise sum of the rest
+    (:func:`_pairwise_squares`), so that the unweighted control cost is bit-identical
+    to the squares-then-reduceat it replaced."""
+    first = np.float64(flat[lo])
+    if hi - lo == 1:
+        return first * first
+    return first * first + _pairwise_squares(flat, lo + 1, hi - lo - 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pairwise_squares(flat: np.ndarray, start: int, n: int) -> float:
+    """numpy's pairwise float64 sum (``pairwise_sum`` in its loops_utils: under 8 terms in
+    order; up to 128 in eight interleaved sums, combined as ((0+1)+(2+3))+((4+5)+(6+7)),
+    then the rest in order; above, the halves, the first a multiple of 8) of the
+    squares of flat[start:start + n]."""
+    if n < 8:
+        res = 0.0
+        for f in range(start, start + n):
+            v = np.float64(flat[f])
+            res += v * v
+        return res
+    if n <= 128:
+        v0, v1 = np.float64(flat[start]), np.float64(flat[start + 1])
+        v2, v3 = np.float64(flat[start + 2]), np.float64(flat[start + 3])
+        v4, v5 = np.float64(flat[start + 4]), np.float64(flat[start + 5])
+        v6, v7 = np.float64(flat[start + 6]), np.float64(flat[start + 7])
+        r0, r1, r2, r3 = v0 * v0, v1 * v1, v2 * v2, v3 * v3
+        r4, r5, r6, r7 = v4 * v4, v5 * v5, v6 * v6, v7 * v7
+        i = 8
+        while i < n - n % 8:
+            f = start + i
+            v0, v1 = np.float64(flat[f]), np.float64(flat[f + 1])
+            v2, v3 = np.float64(flat[f + 2]), np.float64(flat[f + 3])
+            v4, v5 = np.float64(flat[f + 4]), np.float64(flat[f + 5])
+            v6, v7 = np.float64(flat[f + 6]), np.float64(flat[f + 7])
+            r0 += v0 * v0
+            r1 += v1 * v1
+            r2 += v2 * v2
+            r3 += v3 * v3
+            r4 += v4 * v4
+            r5 += v5 * v5
+            r6 += v6 * v6
+            r7 += v7 * v7
+            i += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            v = np.float64(flat[start + i])
+            res += v * v
+            i += 1
+        return res
+    half = n // 2
+    half -= half % 8
+    return _pairwise_squares(flat, start, half) + _pairwise_squares(flat, start + half, n - half)
 
 
 @numba.njit(cache=True, nogil=True)
