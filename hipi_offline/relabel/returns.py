@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numba
 import numpy as np
@@ -332,9 +332,10 @@ def returns_tiles(
     """
     store = StoreRows.of(store)
     tasks = torch.from_numpy(candidates.astype(np.float64)).to(device)
-    n, k = store.num_episodes, len(candidates)
+    k = len(candidates)
     bounds = [(j, min(j + tile, k)) for j in range(0, k, tile)]
     linear = isinstance(spec.family, LinearFamily)
+    options = dict(device=device, chunk_steps=chunk_steps, prefetch=prefetch)
     passes = 1 if linear else len(bounds)
     with progress_bar(
         enabled=show_progress,
@@ -346,17 +347,22 @@ def returns_tiles(
         shared: ReturnAccumulator | None = None
         for j0, j1 in bounds:
             if shared is None or not linear:
-                acc = make_accumulator(spec.family, tasks[j0:j1], n, j0, store.first_episode)
-                shared = accumulate_returns(
-                    store,
-                    spec,
-                    acc,
-                    device=device,
-                    chunk_steps=chunk_steps,
-                    progress=bar.update,
-                    prefetch=prefetch,
-                )
+                shared = _one_pass(store, spec, tasks[j0:j1], j0, bar.update, **options)
             yield j0, j1, shared.result(tasks[j0:j1])
+
+
+def _one_pass(
+    store: StoreRows,
+    spec: TaskSpec,
+    tasks: Tensor,
+    first: int,
+    progress: Callable[[int], None],
+    **options: Any,
+) -> ReturnAccumulator:
+    """The family's accumulator after one pass over ``store`` for ``tasks`` (candidates
+    from index ``first`` on); ``options``: device, chunk_steps, prefetch."""
+    acc = make_accumulator(spec.family, tasks, store.num_episodes, first, store.first_episode)
+    return accumulate_returns(store, spec, acc, progress=progress, **options)
 
 
 @dataclass(frozen=True)
@@ -390,20 +396,11 @@ def whole_returns(
     """One pass over the steps for all candidates at once (R in one tile)."""
     store = StoreRows.of(store)
     tasks = torch.from_numpy(candidates.astype(np.float64)).to(device)
+    options = dict(device=device, chunk_steps=chunk_steps, prefetch=prefetch)
     with progress_bar(
         enabled=show_progress, total=store.num_steps, desc="relabel", unit="step", unit_scale=True
     ) as bar:
-        acc = make_accumulator(spec.family, tasks, store.num_episodes, 0, store.first_episode)
-        accumulate_returns(
-            store,
-            spec,
-            acc,
-            device=device,
-            chunk_steps=chunk_steps,
-            progress=bar.update,
-            prefetch=prefetch,
-        )
-    return WholeReturns(acc, tasks)
+        return WholeReturns(_one_pass(store, spec, tasks, 0, bar.update, **options), tasks)
 
 
 def tile_columns(episodes: int, candidates: int, max_matrix_mb: float) -> int:
