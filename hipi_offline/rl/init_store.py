@@ -101,7 +101,7 @@ def load_init_episodes(
                 )
             if np.dtype(info.dtype).kind not in "biuf":
                 raise InputError(f"{where}: {name} has dtype {info.dtype}, expected numbers")
-        lengths = store.lengths
+        lengths, starts = store.lengths, store.starts
         if not has_next and int(lengths.min()) < 2:
             raise InputError(
                 f"{where}: has no steps/next_observations and an episode of one step "
@@ -132,7 +132,6 @@ def load_init_episodes(
             raise InputError(f"{flag}: {what} of {path} holds non-finite or non-numeric tasks")
         _check_memory(where, store.num_steps, {n: fields[n] for n in needed}, rows, spec)
         data = {name: store.read_steps(name) for name in needed}
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     for name, values in data.items():
         _check_finite(where, name, np.asarray(values), starts)
     tasks = tasks.astype(np.float32)
@@ -143,7 +142,6 @@ def load_init_episodes(
         data = {name: values[keep] for name, values in data.items()}
         data["steps/next_observations"] = following[keep]
         lengths = lengths - 1
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     steps = {name: np.asarray(data[name]).astype(rows[name][1]) for name in data}
     steps["steps/rewards"] = _rewards(spec, steps, tasks, lengths).astype(rows["steps/rewards"][1])
     return InitEpisodes({n: steps[n] for n in rows}, [int(n) for n in lengths], tasks, source)
