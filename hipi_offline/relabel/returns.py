@@ -124,7 +124,6 @@ class LinearAccumulator:
         self.family = family
         self.checks = frozenset(family.features)
         self.stats = torch.zeros(episodes, dim, dtype=torch.float64, device=device)
-        self._tasks_t: tuple[Tensor, np.ndarray] | None = None  # (tasks, their psi^T)
 
     def add(self, segments: Segments) -> bool:
         parts = [segments.sums(segments.values[name]) for name in self.family.features]
@@ -133,9 +132,9 @@ class LinearAccumulator:
         return bool(torch.isfinite(sums).all())
 
     def result(self, tasks: Tensor) -> Tensor:
-        if seg.numpy_path(self.stats.device):  # numpy's matmul: 3x faster for D of a few
-            with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN in R are reported
-                return torch.from_numpy(self.stats.numpy() @ tasks.numpy().T)  # [N, K]
+        if seg.numpy_path(self.stats.device):  # the same loop as rows(), all rows at once
+            n = len(self.stats)
+            return torch.from_numpy(self.rows(tasks, 0, n, np.empty((n, len(tasks)))))
         return self.stats @ tasks.T
 
     def rows(self, tasks: Tensor, i0: int, i1: int, out: np.ndarray) -> np.ndarray:
@@ -143,9 +142,8 @@ class LinearAccumulator:
         be N x K of fresh memory (page faults cost more than the product). A compiled
         loop, not numpy's matmul: OpenBLAS runs even this small product on all cores,
         which stalls (100x) when another process holds one."""
-        if self._tasks_t is None or self._tasks_t[0] is not tasks:
-            self._tasks_t = (tasks, np.ascontiguousarray(tasks.numpy().T))
-        return _linear_rows(self.stats.numpy()[i0:i1], self._tasks_t[1], out)
+        tasks_t = np.ascontiguousarray(tasks.numpy().T)  # [D, K]: K x D numbers
+        return _linear_rows(self.stats.numpy()[i0:i1], tasks_t, out)
 
 
 @numba.njit(cache=True, nogil=True)
