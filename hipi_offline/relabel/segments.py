@@ -134,13 +134,6 @@ class Segments:
             sums = np.add.reduceat(squares, self.offsets * matrix.shape[1])
         return torch.from_numpy(sums)
 
-    def run_base(self, scale: int, scratch: Scratch) -> np.ndarray:
-        """int64 [rows]: ``scale`` times each row's run (a reused buffer)."""
-        base = scratch.get("base", self.size, np.int64)
-        base.fill(0)
-        base[self.offsets[1:]] = scale
-        return np.cumsum(base, out=base)
-
     def locate(self, name: str, first_episode: int) -> None:
         """InputError naming the first row of ``name`` that holds NaN or inf, if any."""
         values = self.values[name]
