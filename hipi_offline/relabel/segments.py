@@ -1,8 +1,9 @@
 """A chunk's rewarded rows in runs of one episode (:class:`Segments`), and their
 per-run sums: the step-level half of the returns pass (:mod:`hipi_offline.relabel.returns`).
 
-On the CPU the sums are segment reductions (``np.add.reduceat``) that accumulate in
-float64 straight from the stored dtype; on CUDA (and in tests that call for it through
+On the CPU the sums are segment reductions that accumulate in float64 straight from
+the stored dtype (``np.add.reduceat``, or a compiled loop for fields of several float
+columns); on CUDA (and in tests that call for it through
 :func:`numpy_path`) torch ops cast on the device and sum with ``index_add_``.
 """
 
@@ -113,7 +114,8 @@ class Segments:
 
     def _kernel_sums(self, matrix: np.ndarray) -> np.ndarray:
         """:meth:`sums` of a float32/float64 matrix of several columns on the CPU, by
-        :func:`_run_sums`: in row order, as ``np.add.reduceat`` along rows, so equal."""
+        :func:`_run_sums`, in row order: unweighted float32 as ``np.add.reduceat`` along
+        rows adds it (equal bit for bit), float64 or weighted within float64 rounding."""
         out = np.empty((len(self.offsets), matrix.shape[1]))
         weight = np.empty(0) if self.weight is None else self.weight
         bounds = np.append(self.offsets, len(matrix))
