@@ -380,46 +380,35 @@ def _rows_numpy(
     high = c.max()
     w = np.exp(c - high)
     zero = sweeps.zero_flags(None if log_prior is None else np.isneginf(log_prior), k)
-    shift_or_none = np.zeros(0) if shift is None else np.ascontiguousarray(shift)
-    row_sum, weighted_score, inverse = np.empty(n), np.empty(n), np.empty(n)
+    shifts = np.zeros(0) if shift is None else np.ascontiguousarray(shift)  # empty: none
+    row_norm, expected_score = np.empty(n), np.empty(n)
     best_val, best_idx = np.empty((n, top_k)), np.empty((n, top_k), dtype=np.int64)
 
     def rest_share(share: range) -> tuple[np.ndarray, np.ndarray]:
         mass = np.zeros(k)  # sum_i E_ij v_i
         direct = np.zeros(k)  # sum_i q_ij over the rows computed the direct way
+        row_sum, weighted_score, inverse = np.empty(step), np.empty(step), np.empty(step)
         for rows, x, s, e in chunks(share):
-            sweeps.offsets_and_scores(x, temperature, top, shift_or_none, e, s)
+            size = rows.stop - rows.start
+            sweeps.offsets_and_scores(x, temperature, top, shifts, e, s)
             np.exp(e, out=e)
-            sweeps.row_terms(
-                e,
-                s,
-                w,
-                zero,
-                _TINY_ROW_SUM,
-                row_sum[rows],
-                weighted_score[rows],
-                inverse[rows],
-                mass,
-            )
+            terms = row_sum[:size], weighted_score[:size], inverse[:size]
+            sweeps.row_terms(e, s, w, zero, _TINY_ROW_SUM, *terms, mass)
+            row_norm[rows] = high + np.log(row_sum[:size])
+            expected_score[rows] = weighted_score[:size] * inverse[:size]
             best_val[rows], best_idx[rows] = topk.top_k(s, top_k)
-            bad = np.flatnonzero(inverse[rows] == 0.0)
+            bad = np.flatnonzero(inverse[:size] == 0.0)  # under _TINY_ROW_SUM, or NaN
             if len(bad):
                 norm, score, q = _direct_rows(torch.from_numpy(s[bad]))
-                row_sum[rows.start + bad] = np.nan  # the direct way: L_i given below
-                weighted_score[rows.start + bad] = score.numpy()
-                direct_norm[rows.start + bad] = norm.numpy()
+                row_norm[rows.start + bad] = norm.numpy()
+                expected_score[rows.start + bad] = score.numpy()
                 direct += q.numpy()
         return mass, direct
 
-    direct_norm = np.full(n, np.nan)
     found = each_share(rest_share)
     mass = sum(part for part, _ in found)
     direct = sum(part for _, part in found)
     coverage = np.exp(c - high + np.log(mass) - math.log(total)) + direct / total
-    row_norm = high + np.log(row_sum)
-    expected_score = weighted_score * inverse
-    done = ~np.isnan(direct_norm)
-    row_norm[done], expected_score[done] = direct_norm[done], weighted_score[done]
     entropy = row_norm - expected_score
     return log_z, row_norm, entropy, coverage, best_val, best_idx
 
