@@ -46,8 +46,8 @@ def floored_offsets(x, top, out):  # noqa: ANN001, ANN201 (numba kernel)
 
 @numba.njit(cache=True, nogil=True)
 def offsets_and_scores(x, temperature, top, shift, offsets, scores):  # noqa: ANN001, ANN201
-    """For x = R / temperature: offsets = max(x - top, EXP_FLOOR) (exp comes next) and
-    scores = x + shift (``shift`` empty: x itself)."""
+    """For R's rows x and v = x / temperature: offsets = max(v - top, EXP_FLOOR) (exp
+    comes next) and scores = v + shift (``shift`` empty: v itself)."""
     rows, columns = x.shape
     scale = temperature != 1.0
     shifted = shift.shape[0] > 0
