@@ -19,7 +19,7 @@ import logging
 import re
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +116,19 @@ def dask_client(spec: SchedulerSpec, memory_limit: str | int | None = "auto") ->
             one_line(f"--scheduler {spec}: cannot start the cluster ({err})")
         ) from None
     with cluster, distributed.Client(cluster) as client, cluster_errors():
-        yield client
+        try:
+            yield client
+        finally:
+            _settle(client, spec.workers)
+
+
+def _settle(client: Client, workers: int) -> None:
+    """Wait (up to :data:`CONNECT_SECONDS`) until the local cluster has its ``workers``
+    again before it is closed: a nanny still restarting a worker that died makes the
+    cluster's close fail inside distributed ("can only join a started process",
+    dask/distributed#6973), which would replace the one-line error of the death."""
+    with suppress(TimeoutError, OSError):  # one that cannot is closed as it is
+        client.wait_for_workers(workers, timeout=CONNECT_SECONDS)
 
 
 def _probe(address: str) -> None:
